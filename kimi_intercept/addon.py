@@ -1,0 +1,153 @@
+"""The mitmproxy addon — the only module that imports mitmproxy.
+
+Hooks (order on a streamed flow: ``request → responseheaders → chunks → response``, shared
+notes ``mitmproxy.md`` appendix):
+
+- ``load``: registers the option ``kimi_config`` (path of ``config.toml``).
+- ``configure``: parses the config once; sets ``allow_hosts`` (only LLM hosts are decrypted),
+  ``connection_strategy=lazy`` (required to reroute), and ``listen_host=127.0.0.1`` unless the
+  user chose an interface. A bad config raises ``OptionsError`` naming the fix.
+- ``running``: starts the relay and the SQLite writer on mitmproxy's loop.
+- ``request``: an intercepted chat-completions call is planned (:mod:`.routing`), parked in the
+  relay under a one-shot id, and the flow is pointed at the relay. Any bug of ours leaves the
+  flow untouched, so the IDE's request still reaches its original host, and is logged.
+- ``responseheaders``: relay answers are streamed (``flow.response.stream = True``), never
+  buffered.
+- ``done``: stops the relay and flushes the writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http
+
+from . import tokens
+from .config import Config, ConfigError, allow_hosts_patterns, load_config
+from .relay import ROUTE_HEADER, Relay
+from .routing import plan_route
+from .store import StoreWriter
+
+log = logging.getLogger(__name__)
+
+_METADATA_KEY = "kimi_intercept_route"
+
+
+class KimiIntercept:
+    def __init__(self) -> None:
+        self.cfg: Config | None = None
+        self.relay: Relay | None = None
+        self.writer: StoreWriter | None = None
+        self._rng = random.Random()
+
+    def load(self, loader: Any) -> None:
+        loader.add_option(
+            "kimi_config",
+            str,
+            "config.toml",
+            "Path of the kimi-intercept TOML configuration (a missing file means defaults).",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "kimi_config" in updated:
+            try:
+                cfg = load_config(ctx.options.kimi_config)
+            except ConfigError as e:
+                raise exceptions.OptionsError(f"kimi_config: {e}") from e
+            self.cfg = cfg
+            if self.relay is not None:
+                self.relay.cfg = cfg
+            changes: dict[str, Any] = {
+                "allow_hosts": allow_hosts_patterns(cfg.hosts),
+                "connection_strategy": "lazy",
+            }
+            if not ctx.options.listen_host:
+                changes["listen_host"] = "127.0.0.1"
+            ctx.options.update(**changes)
+            for p in cfg.chain:
+                if not p.api_key:
+                    log.warning("kimi-intercept: %s; it will be skipped", p.missing_key_hint())
+
+    async def running(self) -> None:
+        assert self.cfg is not None
+        self.writer = StoreWriter(self.cfg.database)
+        self.relay = Relay(self.cfg, self.writer.put)
+        port = await self.relay.start()
+        threading.Thread(target=_warm_tokenizer, name="kimi-tokenizer", daemon=True).start()
+        log.info(
+            "kimi-intercept: ready — relay on 127.0.0.1:%d, %d LLM hosts intercepted, "
+            "route %s (share %g%%), database %s",
+            port,
+            len(self.cfg.hosts),
+            " → ".join(p.name for p in self.cfg.chain),
+            self.cfg.routing.share,
+            self.cfg.database,
+        )
+
+    async def done(self) -> None:
+        if self.relay is not None:
+            await self.relay.stop()
+        if self.writer is not None:
+            self.writer.close()
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if self.relay is None or self.relay.port is None or self.cfg is None:
+            return
+        try:
+            self._route(flow)
+        except Exception:
+            log.exception(
+                "kimi-intercept: could not route %s %s; it goes to its original host untouched",
+                flow.request.method,
+                flow.request.pretty_url,
+            )
+
+    def _route(self, flow: http.HTTPFlow) -> None:
+        assert self.relay is not None and self.cfg is not None
+        req = flow.request
+        if req.content is None:
+            return
+        peer = flow.client_conn.peername
+        plan = plan_route(
+            self.cfg,
+            method=req.method,
+            url=req.pretty_url,
+            host=req.pretty_host,
+            path=req.path,
+            headers=list(req.headers.items(multi=True)),
+            body=req.content,
+            roll=self._rng.random() * 100.0,
+            client_host=peer[0] if peer else None,
+            started=req.timestamp_start,
+        )
+        if plan is None:
+            return
+        route_id = self.relay.park(plan)
+        flow.metadata[_METADATA_KEY] = route_id
+        # The plan holds the body and any keys; the hop to the relay carries neither.
+        for name in ("authorization", "x-api-key", "api-key", "cookie"):
+            req.headers.pop(name, None)
+        req.content = b""
+        req.url = f"http://127.0.0.1:{self.relay.port}{req.path}"
+        req.headers[ROUTE_HEADER] = route_id
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if _METADATA_KEY in flow.metadata and flow.response is not None:
+            flow.response.stream = True
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        route_id = flow.metadata.get(_METADATA_KEY)
+        if route_id and self.relay is not None:
+            self.relay.discard(route_id)  # never reached the relay: drop the parked plan
+
+
+def _warm_tokenizer() -> None:
+    """Load the tokenizer once, off the event loop, so the first estimate is quick."""
+    try:
+        tokens.prepare_offline_cache()
+        tokens.encoding()
+    except Exception as e:  # estimates will report their own failure later
+        log.warning("kimi-intercept: tokenizer unavailable, estimates will be missing: %s", e)
