@@ -16,26 +16,21 @@ import click
 from kimi_intercept import __version__
 
 DEFAULT_CONFIG = "config.toml"
-DEFAULT_DB = "kimi_intercept.db"
+DEMO_DB = "kimi_intercept_demo.db"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def resolve_db_path(config_path: Path, db: Path | None) -> Path:
-    """The database to use: ``--db`` if given, else the one the config names.
-
-    The only place the CLI reads the config for the database path.
-    """
+    """The database to use: ``--db`` if given, else ``[storage] database`` of the config
+    (a missing config file means the built-in defaults)."""
     if db is not None:
         return db
-    from kimi_intercept import config
+    from kimi_intercept.config import ConfigError, load_config
 
-    load_config = getattr(config, "load_config", None)
-    if load_config is None or not config_path.exists():
-        return Path(DEFAULT_DB)
     try:
-        return Path(load_config(config_path).storage.database)
-    except Exception as e:  # a bad config file: show its message, which names the fix
+        return load_config(config_path).database
+    except ConfigError as e:  # the message names the key and the fix
         raise click.ClickException(f"{config_path}: {e}") from e
 
 
@@ -111,3 +106,29 @@ def report(
         raise click.ClickException(f"Cannot read {db_path.resolve()}: {e}") from e
     click.echo(f"Report written to {path.resolve()}")
     click.echo(totals.summary())
+
+
+@main.command()
+@common_options
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("reports"),
+    show_default=True,
+    help="Folder to write index.html into",
+)
+def demo(config_path: Path, db: Path | None, out_dir: Path) -> None:
+    """Run the whole path locally without an API key: simulated Kimi and DeepSeek upstreams,
+    a real mitmdump with the addon, real openai SDK calls, then the report.
+
+    The demo's rows go to their own database (kimi_intercept_demo.db unless --db is given), never
+    to the one your config names. --config is accepted for symmetry and not read.
+    """
+    from kimi_intercept.demo import run_demo
+    from kimi_intercept.mitmdump import ProxyStartError
+
+    try:
+        run_demo(db or Path(DEMO_DB), out_dir, echo=click.echo)
+    except ProxyStartError as e:
+        raise click.ClickException(str(e)) from e

@@ -192,9 +192,7 @@ def _build(raw: dict[str, Any], source: Path | None) -> Config:
     for key in raw:
         if key not in known:
             raise ConfigError(f"unknown table [{key}]; the tables are {sorted(known)}")
-    providers = {
-        name: _provider(name, table) for name, table in _table(raw, "providers").items()
-    }
+    providers = {name: _provider(name, table) for name, table in _table(raw, "providers").items()}
     r = _table(raw, "routing")
     routing = Routing(
         primary=_str(r, "routing.primary"),
@@ -230,7 +228,7 @@ def _provider(name: str, t: Any) -> Provider:
     dialect = t.get("dialect", "openai")
     if dialect != "openai":
         raise ConfigError(
-            f"providers.{name}.dialect = {dialect!r} is not supported yet; use \"openai\""
+            f'providers.{name}.dialect = {dialect!r} is not supported yet; use "openai"'
         )
     models = {}
     for model, info in (t.get("models") or {}).items():

@@ -10,15 +10,20 @@ Kimi refuses with a 429 so it falls back to DeepSeek. Then it writes the HTML re
 from __future__ import annotations
 
 import os
+import sqlite3
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .mitmdump import ProxyProcess, demo_env, start_proxy_process
+from .mitmdump import ProxyProcess, clean_env, start_proxy_process
 from .report import write_report
+from .routing import iso_utc
 from .simulator import FakeUpstream, Reply
+
+# Stand-ins for real keys: the simulators accept anything, and the demo shows they are swapped.
+_DEMO_KEYS = {"MOONSHOT_API_KEY": "sk-demo-kimi", "DEEPSEEK_API_KEY": "sk-demo-deepseek"}
 
 # Moonshot's documented 429 body (platform.kimi.ai/docs/api/errors, "requset" sic).
 _KIMI_429 = {
@@ -51,22 +56,25 @@ base_url = "{deepseek_url}/v1"
 def run_demo(db_path: Path, out_dir: Path, echo: Callable[[str], None] = print) -> Path:
     """Run the demo, append its rows to ``db_path``, write the report; return its path."""
     db_path = db_path.resolve()
-    with tempfile.TemporaryDirectory(prefix="kimi-demo-") as tmp, FakeUpstream(
-        default_gap_s=0.05
-    ) as kimi, FakeUpstream(default_gap_s=0.05) as deepseek:
+    with (
+        tempfile.TemporaryDirectory(prefix="kimi-demo-") as tmp,
+        FakeUpstream(default_gap_s=0.05) as kimi,
+        FakeUpstream(default_gap_s=0.05) as deepseek,
+    ):
         config = Path(tmp) / "config.toml"
         config.write_text(demo_config(db_path, kimi.url, deepseek.url), encoding="utf-8")
         echo("kimi-intercept demo — everything runs on 127.0.0.1, no API key needed")
         echo(f"  simulated Kimi     {kimi.url}/v1")
         echo(f"  simulated DeepSeek {deepseek.url}/v1")
-        proxy = start_proxy_process(config, Path(tmp) / "confdir", env=demo_env())
+        proxy = start_proxy_process(config, Path(tmp) / "confdir", env=clean_env(_DEMO_KEYS))
+        since = iso_utc(time.time() - 1)
         try:
             echo(f"  mitmdump + addon   {proxy.proxy_url} (CA {proxy.ca_path})")
             _calls(proxy, kimi, echo)
         finally:
-            proxy.stop()
+            proxy.stop()  # the addon flushes its writer on the way out
+    _print_rows(db_path, since, echo)
     report = write_report(db_path, out_dir)
-    echo(f"\nRows recorded in {db_path}")
     echo(f"Report written to {report.resolve()}")
     return report
 
@@ -75,38 +83,52 @@ def _calls(proxy: ProxyProcess, kimi: FakeUpstream, echo: Callable[[str], None])
     import openai
 
     messages = [{"role": "user", "content": "Say hello from Kimi."}]
-    with _client_env(proxy):
+    with _client_env(proxy):  # an unmodified SDK reads these when the client is built
         client = openai.OpenAI(api_key="sk-demo-client-key", max_retries=0)
 
     echo("\n1) streamed call to api.openai.com (model gpt-4o) — answered by Kimi:")
-    t0 = time.perf_counter()
-    first = None
-    with _client_env(proxy):
-        stream = client.chat.completions.create(model="gpt-4o", messages=messages, stream=True)
-        pieces = []
-        for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                first = first or time.perf_counter()
-                pieces.append(chunk.choices[0].delta.content)
-    ttft = (first - t0) * 1000 if first else float("nan")
-    echo(f"   {''.join(pieces)!r}  ({len(pieces)} chunks, first after {ttft:.0f} ms)")
+    stream = client.chat.completions.create(model="gpt-4o", messages=messages, stream=True)
+    pieces = [c.choices[0].delta.content for c in stream if c.choices]
+    pieces = [p for p in pieces if p]
+    echo(f"   {''.join(pieces)!r}  ({len(pieces)} chunks, as they arrived)")
 
     echo("2) non-streamed call:")
-    with _client_env(proxy):
-        r = client.chat.completions.create(model="gpt-4o", messages=messages)
-    echo(f"   {r.choices[0].message.content!r}  model={r.model} usage={r.usage.total_tokens} tokens")
+    r = client.chat.completions.create(model="gpt-4o", messages=messages)
+    echo(f"   {r.choices[0].message.content!r}  model={r.model}")
 
     echo("3) Kimi answers 429 (rate limit) — the proxy falls back to DeepSeek, still streaming:")
     kimi.enqueue(Reply.error(429, _KIMI_429))
-    with _client_env(proxy):
-        raw = client.chat.completions.with_raw_response.create(
-            model="gpt-4o", messages=messages, stream=True
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=messages, stream=True
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    echo(f"   {text!r}  served by {raw.headers.get('x-kimi-intercept-provider')}")
+    client.close()
+
+
+def _print_rows(db_path: Path, since: str, echo: Callable[[str], None]) -> None:
+    """What the proxy recorded for the demo's calls (read back from SQLite)."""
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        found = con.execute(
+            "select provider, model, stream, fallback_used, prompt_tokens, completion_tokens,"
+            " cached_tokens, usage_source, cost_usd, ttft_ms from requests"
+            " where started_at >= ? order by started_at",
+            (since,),
+        ).fetchall()
+    finally:
+        con.close()
+    echo(f"\nRecorded in {db_path}:")
+    echo(
+        "  provider  model          stream fallback prompt completion cached source"
+        "   cost USD  TTFT ms"
+    )
+    for prov, model, stream, fb, p, c, cached, src, cost, ttft in found:
+        price = "unpriced" if cost is None else f"{cost:.7f}"
+        echo(
+            f"  {prov:<9} {model:<14} {stream:>6} {fb:>8} {p:>6} {c:>10} {cached or 0:>6}"
+            f" {src:<8} {price:>9} {ttft or 0:>8.1f}"
         )
-        served_by = raw.headers.get("x-kimi-intercept-provider")
-        text = "".join(
-            c.choices[0].delta.content or "" for c in raw.parse() if c.choices
-        )
-    echo(f"   {text!r}  served by {served_by}")
 
 
 @contextmanager

@@ -133,7 +133,9 @@ class Relay:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         parked = self._routes.pop(request.headers.get(ROUTE_HEADER, ""), None)
         if parked is None:
-            return web.json_response(_error_body("unknown or used route id", "not_found"), status=404)
+            return web.json_response(
+                _error_body("unknown or used route id", "not_found"), status=404
+            )
         plan = parked[1]
         await request.read()  # the body travels in the plan; drain what mitmproxy sent
         attempts: list[dict[str, Any]] = []
@@ -153,9 +155,13 @@ class Relay:
                 attempts.append(
                     _attempt_row(n, target, started, e.status, str(e), _ms_since(started))
                 )
-                log.warning("kimi-intercept: %s failed (%s), trying the next provider", target.provider, e)
+                log.warning(
+                    "kimi-intercept: %s failed (%s), trying the next provider", target.provider, e
+                )
                 continue
-            attempts.append(_attempt_row(n, target, started, upstream.status, None, _ms_since(started)))
+            attempts.append(
+                _attempt_row(n, target, started, upstream.status, None, _ms_since(started))
+            )
             response = await self._pipe(request, plan, target, upstream, first, n, result)
             break
         if response is None:
@@ -186,7 +192,9 @@ class Relay:
         try:
             if upstream.status in FALLBACK_STATUSES:
                 detail = await _error_message(upstream)
-                raise AttemptFailed(f"HTTP {upstream.status}: {detail}", upstream.status, "http_error")
+                raise AttemptFailed(
+                    f"HTTP {upstream.status}: {detail}", upstream.status, "http_error"
+                )
             first = await asyncio.wait_for(
                 upstream.content.readany(), timeout=max(deadline - time.monotonic(), 0.001)
             )
@@ -240,7 +248,9 @@ class Relay:
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
                 # Upstream broke off after the client got bytes: say so in-band, never end clean.
                 result.outcome = "incomplete"
-                result.error = f"upstream {target.provider} broke off the answer: {_describe_exc(e)}"
+                result.error = (
+                    f"upstream {target.provider} broke off the answer: {_describe_exc(e)}"
+                )
                 log.warning("kimi-intercept: %s", result.error)
                 if sse:
                     event = {"error": _error_body(result.error, "stream_interrupted")["error"]}
@@ -268,7 +278,11 @@ class Relay:
     ) -> web.StreamResponse:
         tried = ", ".join(t.provider for t in plan.targets)
         message = f"kimi-intercept: every provider failed ({tried}); last: {last}"
-        status = last.status if last and last.status else (504 if last and last.error_type == "timeout" else 502)
+        status = (
+            last.status
+            if last and last.status
+            else (504 if last and last.error_type == "timeout" else 502)
+        )
         result.status, result.outcome, result.error = status, "error", message
         result.target = plan.targets[-1] if plan.targets else None
         return web.json_response(_error_body(message, "all_providers_failed"), status=status)
@@ -412,7 +426,9 @@ def _message_from_json(body: bytes) -> str:
 
 
 def _error_body(message: str, code: str) -> dict[str, Any]:
-    return {"error": {"message": message, "type": "kimi_intercept_error", "param": None, "code": code}}
+    return {
+        "error": {"message": message, "type": "kimi_intercept_error", "param": None, "code": code}
+    }
 
 
 def redact(text: str) -> str:

@@ -37,9 +37,12 @@ def fmt_num(value: float | None) -> str:
 
 
 def fmt_usd(value: float | None) -> str:
-    """Dollars to the cent, or to 1/100 cent below one cent; ``None`` → ``unpriced``."""
+    """Dollars to the cent; below a cent to 1/100 cent, below that to a millionth of a dollar
+    (a single short request costs fractions of a cent); ``None`` → ``unpriced``."""
     if value is None:
         return "unpriced"
+    if value != 0 and abs(value) < 0.0001:
+        return f"${value:.6f}"
     if value != 0 and abs(value) < 0.01:
         return f"${value:.4f}"
     return f"${value:,.2f}"

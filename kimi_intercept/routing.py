@@ -29,16 +29,30 @@ CHAT_COMPLETIONS = "/chat/completions"
 # RFC 9110 §7.6.1 hop-by-hop headers, plus what the relay sets itself.
 _HOP_BY_HOP = frozenset(
     {
-        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
-        "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
         "accept-encoding",
     }
 )
 # Client credentials and account scoping that must not reach another provider.
 _CLIENT_SECRETS = frozenset(
     {
-        "authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie",
-        "openai-organization", "openai-project",
+        "authorization",
+        "x-api-key",
+        "api-key",
+        "x-goog-api-key",
+        "cookie",
+        "openai-organization",
+        "openai-project",
     }
 )
 
@@ -88,15 +102,22 @@ def client_name(user_agent: str | None) -> str | None:
         return None
     parts = user_agent.split()
     name = parts[0]
-    if "/" in name and len(parts) > 1 and parts[1][:1].isdigit() and not name.split("/")[1][:1].isdigit():
+    if (
+        "/" in name
+        and len(parts) > 1
+        and parts[1][:1].isdigit()
+        and not name.split("/")[1][:1].isdigit()
+    ):
         name = f"{name} {parts[1]}"
     return name[:120]
 
 
 def iso_utc(ts: float) -> str:
     """``1700000000.5`` → ``"2023-11-14T22:13:20.500Z"``."""
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
+    return (
+        datetime.fromtimestamp(ts, timezone.utc)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
     )
 
 
@@ -160,7 +181,10 @@ def _forwardable(headers: list[tuple[str, str]], drop: frozenset[str]) -> dict[s
 
 
 def _reroute_targets(
-    cfg: Config, request_json: dict[str, Any], client_model: str | None, headers: list[tuple[str, str]]
+    cfg: Config,
+    request_json: dict[str, Any],
+    client_model: str | None,
+    headers: list[tuple[str, str]],
 ) -> list[Target]:
     base = _forwardable(headers, _CLIENT_SECRETS)
     base["content-type"] = "application/json"
@@ -191,7 +215,11 @@ def _reroute_targets(
 
 
 def _passthrough_target(
-    cfg: Config, url: str, host: str, client_model: str | None, headers: list[tuple[str, str]],
+    cfg: Config,
+    url: str,
+    host: str,
+    client_model: str | None,
+    headers: list[tuple[str, str]],
     body: bytes,
 ) -> Target:
     known = cfg.provider_for_host(host)

@@ -22,7 +22,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -92,17 +91,6 @@ def m001_initial(db: sqlite_utils.Database) -> None:
 
 class DatabaseNotFound(FileNotFoundError):
     """Raised by :func:`open_readonly` when no database exists at the path."""
-
-
-def utc_now_iso() -> str:
-    """The current time in the ``started_at`` format: ``2026-11-21T23:54:42.123Z``."""
-    return iso_utc(datetime.now(timezone.utc))
-
-
-def iso_utc(dt: datetime) -> str:
-    """Format an aware datetime as ISO 8601 UTC with milliseconds and a ``Z``."""
-    dt = dt.astimezone(timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
 def open_db(

@@ -81,7 +81,7 @@ def test_streamed_call_is_rerouted_counted_and_not_buffered(setup):
     assert "".join(text) == "OK"
     # 8 events 200 ms apart: a buffering proxy would deliver them all at once at the end.
     assert len(arrivals) == 8
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
     assert min(gaps) > 0.1, gaps
     assert arrivals[0] < 0.15 + 0.5  # first chunk long before the last (~1.4 s)
 
@@ -93,17 +93,44 @@ def test_streamed_call_is_rerouted_counted_and_not_buffered(setup):
     assert deepseek.received == []
 
     [row] = wait_rows(db, 1)
-    assert {k: row[k] for k in (
-        "client_model", "provider", "model", "status_code", "outcome", "attempts", "fallback_used",
-        "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "usage_source",
-        "route", "stream", "host", "response_id",
-    )} == {
-        "client_model": "gpt-4o", "provider": "kimi", "model": "kimi-k2.6", "status_code": 200,
-        "outcome": "ok", "attempts": 1, "fallback_used": 0,
+    assert {
+        k: row[k]
+        for k in (
+            "client_model",
+            "provider",
+            "model",
+            "status_code",
+            "outcome",
+            "attempts",
+            "fallback_used",
+            "prompt_tokens",
+            "completion_tokens",
+            "cached_tokens",
+            "reasoning_tokens",
+            "usage_source",
+            "route",
+            "stream",
+            "host",
+            "response_id",
+        )
+    } == {
+        "client_model": "gpt-4o",
+        "provider": "kimi",
+        "model": "kimi-k2.6",
+        "status_code": 200,
+        "outcome": "ok",
+        "attempts": 1,
+        "fallback_used": 0,
         # The documented stream repeats usage (choice + trailing chunk): counted once.
-        "prompt_tokens": 90, "completion_tokens": 50, "cached_tokens": 64,
-        "reasoning_tokens": 33, "usage_source": "provider", "route": "reroute", "stream": 1,
-        "host": "api.openai.com", "response_id": "chatcmpl-6a1f0c2e-58b1-9d3e-a7c4-1b2c3d4e5f60",
+        "prompt_tokens": 90,
+        "completion_tokens": 50,
+        "cached_tokens": 64,
+        "reasoning_tokens": 33,
+        "usage_source": "provider",
+        "route": "reroute",
+        "stream": 1,
+        "host": "api.openai.com",
+        "response_id": "chatcmpl-6a1f0c2e-58b1-9d3e-a7c4-1b2c3d4e5f60",
     }
     # kimi-k2.6: 26 uncached × $0.95 + 64 cached × $0.16 + 50 × $4.00, per million tokens
     assert row["cost_usd"] == pytest.approx((26 * 0.95 + 64 * 0.16 + 50 * 4.00) / 1e6)
@@ -119,7 +146,9 @@ def test_non_streamed_call_is_counted(setup):
     [row] = wait_rows(db, 1)
     sent_usage = kimi.last_usage
     assert (row["prompt_tokens"], row["completion_tokens"], row["cached_tokens"]) == (
-        sent_usage["prompt_tokens"], sent_usage["completion_tokens"], sent_usage["cached_tokens"],
+        sent_usage["prompt_tokens"],
+        sent_usage["completion_tokens"],
+        sent_usage["cached_tokens"],
     )
     assert (row["stream"], row["outcome"], row["usage_source"]) == (0, "ok", "provider")
 
@@ -146,12 +175,22 @@ def test_429_falls_back_to_deepseek_and_still_streams(setup):
     assert deepseek.received[0].json["model"] == "deepseek-chat"
     [row] = wait_rows(db, 1)
     assert (row["provider"], row["fallback_used"], row["attempts"], row["outcome"]) == (
-        "deepseek", 1, 2, "ok"
+        "deepseek",
+        1,
+        2,
+        "ok",
     )
     # DeepSeek reports cache hits as prompt_cache_hit_tokens; prompt 10, completion 128.
-    assert (row["prompt_tokens"], row["completion_tokens"], row["reasoning_tokens"]) == (10, 128, 94)
+    assert (row["prompt_tokens"], row["completion_tokens"], row["reasoning_tokens"]) == (
+        10,
+        128,
+        94,
+    )
     attempts = rows(db, "attempts")
-    assert [(a["provider"], a["status_code"]) for a in attempts] == [("kimi", 429), ("deepseek", 200)]
+    assert [(a["provider"], a["status_code"]) for a in attempts] == [
+        ("kimi", 429),
+        ("deepseek", 200),
+    ]
     assert "max requset" in attempts[0]["error"]
 
 
@@ -182,8 +221,12 @@ def test_every_provider_failing_gives_the_client_an_openai_error(setup):
 
 def test_client_error_is_returned_unchanged_without_fallback(setup):
     kimi, deepseek, proxy, client, db = setup()
-    bad = {"error": {"message": "invalid temperature: only 0.6 is allowed for this model",
-                     "type": "invalid_request_error"}}
+    bad = {
+        "error": {
+            "message": "invalid temperature: only 0.6 is allowed for this model",
+            "type": "invalid_request_error",
+        }
+    }
     kimi.enqueue(Reply.error(400, bad))
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="gpt-4o", messages=MESSAGES, temperature=0.2)
@@ -232,8 +275,9 @@ def test_client_disconnect_mid_stream_is_recorded(setup):
     assert row["outcome"] == "client_abort"
 
 
-def test_share_zero_passes_through_with_the_clients_key(tmp_path, fake_upstream, start_proxy,
-                                                        openai_client):
+def test_share_zero_passes_through_with_the_clients_key(
+    tmp_path, fake_upstream, start_proxy, openai_client
+):
     """share = 0: the original provider gets the request unchanged, and it is still counted."""
     original, kimi, deepseek = fake_upstream(), fake_upstream(), fake_upstream()
     db = tmp_path / "kimi.db"
@@ -246,7 +290,10 @@ def test_share_zero_passes_through_with_the_clients_key(tmp_path, fake_upstream,
     assert original.received[0].json["model"] == "gpt-4o-mini"
     [row] = wait_rows(db, 1)
     assert (row["route"], row["provider"], row["model"], row["host"]) == (
-        "passthrough", "localhost", "gpt-4o-mini", "localhost"
+        "passthrough",
+        "localhost",
+        "gpt-4o-mini",
+        "localhost",
     )  # priced from the shipped [providers.openai.models."gpt-4o-mini"] table
     assert row["cost_usd"] == pytest.approx(
         ((row["prompt_tokens"] * 0.15) + row["completion_tokens"] * 0.60) / 1e6
@@ -255,9 +302,17 @@ def test_share_zero_passes_through_with_the_clients_key(tmp_path, fake_upstream,
 
 def test_no_key_reaches_the_database_or_the_log(setup):
     kimi, deepseek, proxy, client, db = setup()
-    kimi.enqueue(Reply.error(401, {"error": {
-        "message": f"Incorrect API key provided: {PROVIDER_ENV['MOONSHOT_API_KEY']}",
-        "type": "invalid_authentication_error"}}))
+    kimi.enqueue(
+        Reply.error(
+            401,
+            {
+                "error": {
+                    "message": f"Incorrect API key provided: {PROVIDER_ENV['MOONSHOT_API_KEY']}",
+                    "type": "invalid_authentication_error",
+                }
+            },
+        )
+    )
     with pytest.raises(openai.AuthenticationError):
         client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
     client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
@@ -284,3 +339,68 @@ def test_report_shows_what_was_recorded(setup, tmp_path):
     total_tokens = 90 + 50 + 10 + 128
     assert f"{total_tokens:,}" in html or str(total_tokens) in html
     assert "deepseek" in html and "kimi-k2.6" in html
+
+
+def test_slow_first_byte_falls_back_at_the_timeout(
+    tmp_path, fake_upstream, start_proxy, openai_client
+):
+    kimi, deepseek = fake_upstream(), fake_upstream()
+    slow = Reply.sse_file(MOONSHOT_STREAM)
+    slow.delay_before_headers_s = 5.0
+    kimi.enqueue(slow)
+    db = tmp_path / "kimi.db"
+    text = render_config(db, kimi.url, deepseek.url).replace(
+        "share = 100", "share = 100\nfirst_byte_timeout_s = 0.5"
+    )
+    client = openai_client(start_proxy(text))
+    t0 = time.perf_counter()
+    chunks = list(client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True))
+    elapsed = time.perf_counter() - t0
+    assert chunks and 0.5 <= elapsed < 3.0
+    [row] = wait_rows(db, 1)
+    assert (row["provider"], row["fallback_used"]) == ("deepseek", 1)
+    assert "within 0.5 s" in rows(db, "attempts")[0]["error"]
+
+
+def test_a_locked_database_delays_the_row_not_the_answer(setup):
+    kimi, _, proxy, client, db = setup()
+    client.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # creates the tables
+    wait_rows(db, 1)
+    lock = sqlite3.connect(db, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        t0 = time.perf_counter()
+        r = client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+        assert time.perf_counter() - t0 < 1.0
+        assert r.choices[0].message.content
+        time.sleep(0.5)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert len(wait_rows(db, 2, timeout=15)) == 2
+
+
+def test_large_prompt_arrives_intact(setup):
+    kimi, _, proxy, client, db = setup()
+    big = "log line with ünïcödé 🚀\n" * 100_000  # ~2.8 MB
+    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": big}])
+    assert kimi.received[0].json["messages"][0]["content"] == big
+    [row] = wait_rows(db, 1)
+    assert row["outcome"] == "ok"
+
+
+def test_relay_refuses_requests_without_a_live_route_id(setup):
+    import re
+
+    import httpx
+
+    kimi, _, proxy, client, db = setup()
+    port = int(re.search(r"relay on 127\.0\.0\.1:(\d+)", proxy.log_text()).group(1))
+    with httpx.Client(trust_env=False) as direct:
+        r = direct.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            json={"model": "x"},
+            headers={"x-kimi-intercept-route": "guessed"},
+        )
+    assert r.status_code == 404
+    assert kimi.received == []

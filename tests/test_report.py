@@ -443,6 +443,7 @@ def test_formatters():
     assert report.fmt_usd(None) == "unpriced"
     assert report.fmt_usd(0) == "$0.00"
     assert report.fmt_usd(0.0042) == "$0.0042"
+    assert report.fmt_usd(0.0000484) == "$0.000048"
     assert report.fmt_usd(1234.567) == "$1,234.57"
     assert report.fmt_ms(12_345) == "12.3 s"
     assert report.fmt_compact(2500) == "2.5k"
@@ -495,3 +496,11 @@ def test_cli_report_bad_date(db_path):
 def test_resolve_db_path(tmp_path):
     assert resolve_db_path(Path("config.toml"), Path("x.db")) == Path("x.db")
     assert resolve_db_path(Path("missing.toml"), None) == Path("kimi_intercept.db")
+
+
+def test_cli_report_database_from_config(tmp_path):
+    (tmp_path / "my.toml").write_text('[storage]\ndatabase = "data/usage.db"\n')
+    write_rows(tmp_path / "data" / "usage.db", SEED)
+    result = CliRunner().invoke(main, ["report", "--config", "my.toml"])
+    assert result.exit_code == 0, result.output
+    assert "3 requests" in result.output

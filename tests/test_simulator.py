@@ -19,7 +19,7 @@ from kimi_intercept.simulator import (
     default_usage,
 )
 
-WIRE = REPO.parent / "shared" / "wire"
+WIRE = REPO / "tests" / "wire"  # byte-exact copies of ../shared/wire (see its README)
 MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "Say hello."},
@@ -27,10 +27,7 @@ MESSAGES = [
 
 
 def wire_file(name: str) -> bytes:
-    path = WIRE / name
-    if not path.is_file():
-        pytest.skip(f"{path} is not available (shared/ must sit beside the repository)")
-    return path.read_bytes()
+    return (WIRE / name).read_bytes()
 
 
 def sse_events(body: bytes) -> list[bytes]:

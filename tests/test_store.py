@@ -341,14 +341,6 @@ def test_writer_open_error_raised_in_constructor(tmp_path):
         StoreWriter(tmp_path / "a-file" / "kimi.db")
 
 
-def test_iso_utc():
-    from datetime import datetime, timedelta, timezone
-
-    dt = datetime(2026, 11, 22, 0, 54, 42, 123456, tzinfo=timezone(timedelta(hours=1)))
-    assert store.iso_utc(dt) == "2026-11-21T23:54:42.123Z"
-    assert len(store.utc_now_iso()) == len("2026-11-21T23:54:42.123Z")
-
-
 def test_writer_gives_up_loudly_when_locked_too_long(db_path, caplog):
     w = StoreWriter(db_path, busy_timeout_ms=20, retries=2, backoff_s=0.01)
     other = sqlite3.connect(db_path, isolation_level=None)

@@ -1,0 +1,114 @@
+"""Routing plans: what is rerouted, what passes through, and what reaches each upstream."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+from kimi_intercept.config import load_config
+from kimi_intercept.routing import client_name, is_chat_completions, plan_route
+
+ENV = {"MOONSHOT_API_KEY": "sk-moon", "DEEPSEEK_API_KEY": "sk-deep"}
+BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+HEADERS = [
+    ("Host", "api.openai.com"),
+    ("Authorization", "Bearer sk-client"),
+    ("User-Agent", "OpenAI/Python 2.54.0"),
+    ("OpenAI-Organization", "org-1"),
+    ("X-Stainless-Lang", "python"),
+    ("Accept-Encoding", "gzip"),
+    ("Content-Length", "99"),
+]
+
+
+def plan(roll=0.0, body=BODY, path="/v1/chat/completions", host="api.openai.com", env=ENV):
+    return plan_route(
+        load_config(None, env=env),
+        method="POST",
+        url=f"https://{host}{path}",
+        host=host,
+        path=path,
+        headers=HEADERS,
+        body=json.dumps(body).encode(),
+        roll=roll,
+    )
+
+
+def test_reroute_swaps_key_and_model_and_keeps_the_user_agent():
+    p = plan()
+    assert p.kind == "reroute" and p.stream is True and p.client_model == "gpt-4o"
+    kimi, deepseek = p.targets
+    assert kimi.url == "https://api.moonshot.ai/v1/chat/completions"
+    assert kimi.headers["authorization"] == "Bearer sk-moon"
+    assert kimi.headers["user-agent"] == "OpenAI/Python 2.54.0"
+    assert kimi.headers["accept-encoding"] == "identity"
+    assert "openai-organization" not in kimi.headers and "content-length" not in kimi.headers
+    assert json.loads(kimi.body) == {**BODY, "model": "kimi-k2.6"}
+    assert deepseek.headers["authorization"] == "Bearer sk-deep"
+    assert json.loads(deepseek.body)["model"] == "deepseek-chat"
+
+
+def test_share_roll_above_share_passes_through_unchanged():
+    cfg = load_config(None, env=ENV)
+    cfg = replace(cfg, routing=replace(cfg.routing, share=30.0))
+    body = json.dumps(BODY).encode()
+    kw = dict(
+        method="POST",
+        url="https://api.openai.com/v1/chat/completions",
+        host="api.openai.com",
+        path="/v1/chat/completions",
+        headers=HEADERS,
+        body=body,
+    )
+    assert plan_route(cfg, roll=29.9, **kw).kind == "reroute"
+    through = plan_route(cfg, roll=30.0, **kw)
+    assert through.kind == "passthrough"
+    [t] = through.targets
+    assert t.url == "https://api.openai.com/v1/chat/completions" and t.body == body
+    assert t.headers["authorization"] == "Bearer sk-client"
+    assert t.provider == "openai" and t.model_info.input_per_mtok == 2.50
+
+
+def test_missing_key_marks_the_target_skipped_with_the_variable_name():
+    p = plan(env={"DEEPSEEK_API_KEY": "sk-deep"})
+    assert p.targets[0].skip_reason == (
+        "no API key for provider 'kimi': set the MOONSHOT_API_KEY environment variable"
+    )
+    assert "authorization" not in p.targets[0].headers
+    assert p.targets[1].skip_reason is None
+
+
+def test_other_paths_hosts_and_bad_bodies_are_left_alone():
+    assert plan(path="/v1/models") is None
+    assert plan(host="example.com") is None
+    assert (
+        plan_route(
+            load_config(None, env=ENV),
+            method="POST",
+            url="https://api.openai.com/v1/chat/completions",
+            host="api.openai.com",
+            path="/v1/chat/completions",
+            headers=HEADERS,
+            body=b"\xff{not json",
+            roll=0.0,
+        )
+        is None
+    )
+    assert plan(body=["not", "an", "object"]) is None
+
+
+def test_chat_completions_matching():
+    assert is_chat_completions("POST", "/v1/chat/completions?beta=true")
+    assert is_chat_completions("post", "/openai/v1/chat/completions/")
+    assert not is_chat_completions("GET", "/v1/chat/completions")
+    assert not is_chat_completions("POST", "/v1/chat/completions/abc/messages")
+
+
+def test_client_name_from_user_agent():
+    assert client_name("OpenAI/Python 2.54.0") == "OpenAI/Python 2.54.0"
+    assert client_name("claude-cli/2.1.328 (external, sdk-cli)") == "claude-cli/2.1.328"
+    assert (
+        client_name("ai-sdk/openai-compatible/1.0.0 runtime/node")
+        == "ai-sdk/openai-compatible/1.0.0"
+    )
+    assert client_name(None) is None
