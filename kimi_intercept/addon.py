@@ -19,7 +19,6 @@ notes ``mitmproxy.md`` appendix):
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from typing import Any
 
@@ -29,6 +28,7 @@ from . import tokens
 from .config import Config, ConfigError, allow_hosts_patterns, load_config
 from .relay import ROUTE_HEADER, Relay
 from .routing import plan_route
+from .status import status_file_for
 from .store import StoreWriter
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,6 @@ class KimiIntercept:
         self.cfg: Config | None = None
         self.relay: Relay | None = None
         self.writer: StoreWriter | None = None
-        self._rng = random.Random()
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -74,7 +73,9 @@ class KimiIntercept:
     async def running(self) -> None:
         assert self.cfg is not None
         self.writer = StoreWriter(self.cfg.database)
-        self.relay = Relay(self.cfg, self.writer.put)
+        self.relay = Relay(
+            self.cfg, self.writer.put, status_path=status_file_for(self.cfg.database)
+        )
         port = await self.relay.start()
         threading.Thread(target=_warm_tokenizer, name="kimi-tokenizer", daemon=True).start()
         log.info(
@@ -119,7 +120,6 @@ class KimiIntercept:
             path=req.path,
             headers=list(req.headers.items(multi=True)),
             body=req.content,
-            roll=self._rng.random() * 100.0,
             client_host=peer[0] if peer else None,
             started=req.timestamp_start,
         )

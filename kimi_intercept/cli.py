@@ -110,6 +110,18 @@ def report(
 
 @main.command()
 @common_options
+def status(config_path: Path, db: Path | None) -> None:
+    """Each provider's state (available, circuit open, cooling down, rate-limited) from the
+    running proxy, and the last hour of upstream attempts from the database."""
+    from kimi_intercept.status import render, status_file_for
+
+    db_path = resolve_db_path(config_path, db)
+    for line in render(status_file_for(db_path), db_path):
+        click.echo(line)
+
+
+@main.command()
+@common_options
 @click.option(
     "--out",
     "out_dir",

@@ -60,6 +60,8 @@ class Provider:
     api_key: str | None = field(default=None, repr=False)
     api_key_ref: str = ""
     models: Mapping[str, ModelInfo] = field(default_factory=dict)
+    rpm: int | None = None  # local limit, requests per minute
+    tpm: int | None = None  # local limit, tokens per minute
 
     def url(self, endpoint: str) -> str:
         """``base_url`` joined with an endpoint path such as ``/chat/completions``."""
@@ -84,8 +86,14 @@ class Routing:
     fallbacks: tuple[str, ...]
     share: float
     connect_timeout_s: float
-    first_byte_timeout_s: float
-    nonstream_timeout_s: float
+    first_byte_timeout_s: float | None  # None = "auto" (see :func:`routing.first_byte_timeout`)
+    stall_timeout_s: float
+    max_retries: int
+    retry_max_wait_s: float
+    failures_to_open: int
+    breaker_window_s: float
+    cooldown_s: float
+    auth_cooldown_s: float
 
 
 @dataclass(frozen=True)
@@ -199,8 +207,16 @@ def _build(raw: dict[str, Any], source: Path | None) -> Config:
         fallbacks=tuple(_str_list(r, "routing.fallbacks")),
         share=_number(r, "routing.share", 0, 100),
         connect_timeout_s=_number(r, "routing.connect_timeout_s", 0.001, 3600),
-        first_byte_timeout_s=_number(r, "routing.first_byte_timeout_s", 0.001, 3600),
-        nonstream_timeout_s=_number(r, "routing.nonstream_timeout_s", 0.001, 7200),
+        first_byte_timeout_s=None
+        if r.get("first_byte_timeout_s") == "auto"
+        else _number(r, "routing.first_byte_timeout_s", 0.001, 3600),
+        stall_timeout_s=_number(r, "routing.stall_timeout_s", 0.001, 3600),
+        max_retries=int(_number(r, "routing.max_retries", 0, 10)),
+        retry_max_wait_s=_number(r, "routing.retry_max_wait_s", 0, 600),
+        failures_to_open=int(_number(r, "routing.failures_to_open", 1, 1000)),
+        breaker_window_s=_number(r, "routing.breaker_window_s", 0.001, 86400),
+        cooldown_s=_number(r, "routing.cooldown_s", 0, 86400),
+        auth_cooldown_s=_number(r, "routing.auth_cooldown_s", 0, 86400),
     )
     for name in (routing.primary, *routing.fallbacks):
         if name not in providers:
@@ -249,6 +265,8 @@ def _provider(name: str, t: Any) -> Provider:
         api_key=t.get("api_key") or None,
         api_key_ref=t.get("_api_key_ref", ""),
         models=models,
+        rpm=_opt_int(t, f"providers.{name}.rpm"),
+        tpm=_opt_int(t, f"providers.{name}.tpm"),
     )
 
 
@@ -289,7 +307,7 @@ def _opt_int(t: Mapping[str, Any], key: str) -> int | None:
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise ConfigError(f"{key} must be a positive whole number of tokens, got {v!r}")
+        raise ConfigError(f"{key} must be a positive whole number, got {v!r}")
     return v
 
 

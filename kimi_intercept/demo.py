@@ -25,11 +25,12 @@ from .simulator import FakeUpstream, Reply
 # Stand-ins for real keys: the simulators accept anything, and the demo shows they are swapped.
 _DEMO_KEYS = {"MOONSHOT_API_KEY": "sk-demo-kimi", "DEEPSEEK_API_KEY": "sk-demo-deepseek"}
 
-# Moonshot's documented 429 body (platform.kimi.ai/docs/api/errors, "requset" sic).
+# Moonshot's documented TPM rate-limit 429 (platform.kimi.ai/docs/api/errors). It states no
+# wait, so the proxy falls back at once (a short stated wait would be waited out and retried).
 _KIMI_429 = {
     "error": {
-        "message": "Your account demo<ak-demo> request reached max requset: 3, "
-        "please try again after 1 seconds",
+        "message": "Your account demo<ak-demo> request reached TPM rate limit, "
+        "current:120000, limit:100000",
         "type": "rate_limit_reached_error",
     }
 }

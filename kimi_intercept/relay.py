@@ -5,14 +5,22 @@ rescue a refused connection at all (shared notes ``mitmproxy.md`` §3). So the a
 :class:`~kimi_intercept.routing.RoutePlan` under a one-shot random id and points the flow at
 this aiohttp server, which runs on mitmproxy's own event loop on ``127.0.0.1``:
 
-1. For each target in order: connect, send, and wait for the status line and the first body
-   bytes (``first_byte_timeout_s`` for streams, ``nonstream_timeout_s`` otherwise). A refused or
-   reset connection, a timeout, or status 429/500/502/503/504/529 moves on to the next target;
-   nothing has been sent to the client yet.
-2. The first other answer is committed: its status and headers go to the client, then every
-   chunk as it arrives (no buffering), while a meter reads the usage from the bytes passing.
-3. When the answer ends (or the client leaves, or the upstream breaks off) one ``requests`` row
-   and one ``attempts`` row per try are handed to the store writer, off the response path.
+1. For each target in order it first checks whether the target may be tried: an API key, a
+   context window that fits the prompt plus the requested output, the provider's circuit
+   breaker and cooldowns, and local rpm/tpm limits (:mod:`.health`). Then it sends the request
+   and waits for the first body bytes (:func:`~.routing.first_byte_timeout`). A failure is
+   classified (:mod:`.failures`): transient ones are retried on the same provider with
+   exponential backoff and jitter, a short ``Retry-After`` is waited out, the rest move on to
+   the next provider. Nothing has reached the client yet.
+2. The first answer that is a success, or the client's own error (other 4xx), is committed: its
+   status and headers go to the client, then every chunk as it arrives (no buffering), while a
+   meter reads the usage from the bytes passing (:mod:`.accounting`).
+3. If the upstream breaks off after that (reset, stall, a malformed SSE line, a provider error
+   event), the client gets an in-band OpenAI-style ``{"error": …}`` SSE event and a cut
+   connection — never a clean end — and the row says ``incomplete``. If the client leaves, the
+   upstream request is closed at once and the row says ``client_abort``.
+4. One ``requests`` row and one ``attempts`` row per try go to the store writer, off the
+   response path.
 
 If every target fails the client gets an OpenAI-dialect error
 (``{"error": {"message", "type", "code"}}``, https://platform.openai.com/docs/guides/error-codes)
@@ -27,75 +35,94 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
+import os
 import secrets
 import ssl
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import certifi
 from aiohttp import web
 
-from . import pricing, tokens
+from . import tokens
+from .accounting import Outcome, build_row, new_meter
 from .config import Config
-from .routing import RoutePlan, Target, iso_utc
-from .usage import ChatStreamMeter, Usage, meter_chat_json
+from .failures import (
+    Action,
+    Failure,
+    classify_response,
+    classify_transport,
+    error_message,
+    redact,
+)
+from .health import ProviderHealth, RateLimiter, backoff_delay
+from .routing import RoutePlan, Target, first_byte_timeout, iso_utc, requested_max_tokens
+from .sse import EventSplitter
 
 log = logging.getLogger(__name__)
 
 ROUTE_HEADER = "x-kimi-intercept-route"
-FALLBACK_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
 ROUTE_TTL_S = 300.0
-MAX_JSON_BODY = 16 * 1024 * 1024
+SKIPPED = "skipped: "  # the error text of an attempts row for a provider that was not tried
+# UTF-8 text has at least ~2.5 bytes per token in every tokenizer we price: below this bound a
+# prompt surely fits, and the exact (tiktoken) count is skipped.
+_BYTES_PER_TOKEN_LOW = 2.5
 _DROP_RESPONSE_HEADERS = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
 )
-_KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{6,}|nvapi-[A-Za-z0-9_\-]{6,}|AIza[0-9A-Za-z_\-]{20,})")
 
 Recorder = Callable[[dict[str, Any], list[dict[str, Any]]], None]
 
 
 class AttemptFailed(Exception):
-    """One upstream attempt failed before anything reached the client (fallback is possible)."""
+    """One upstream attempt failed before anything reached the client."""
 
-    def __init__(self, message: str, status: int | None = None, error_type: str = "upstream_error"):
-        super().__init__(message)
-        self.status = status
-        self.error_type = error_type
+    def __init__(self, failure: Failure):
+        super().__init__(f"{failure.kind}: {failure.message}")
+        self.failure = failure
 
 
-@dataclass
-class _Outcome:
-    target: Target | None = None
-    status: int | None = None
-    outcome: str = "error"
-    error: str | None = None
-    ttft_ms: float | None = None
-    meter: Any = None
-    upstream_request_id: str | None = None
+class _ClientGone(Exception):
+    pass
+
+
+class _StreamBroken(Exception):
+    pass
 
 
 class Relay:
     """aiohttp server + client on the running loop. ``record(row, attempts)`` must not block."""
 
-    def __init__(self, cfg: Config, record: Recorder):
+    def __init__(self, cfg: Config, record: Recorder, status_path: Path | None = None):
         self.cfg = cfg
         self.record = record
+        self.status_path = status_path
         self.port: int | None = None
+        rc = cfg.routing
+        self.health = ProviderHealth(
+            failures_to_open=rc.failures_to_open,
+            window_s=rc.breaker_window_s,
+            cooldown_s=rc.cooldown_s,
+            auth_cooldown_s=rc.auth_cooldown_s,
+        )
+        self.limiter = RateLimiter({p.name: (p.rpm, p.tpm) for p in cfg.providers.values()})
         self._routes: dict[str, tuple[float, RoutePlan]] = {}
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._published: Any = None
 
     async def start(self) -> int:
         """Listen on ``127.0.0.1`` (an ephemeral port) and return the port."""
         app = web.Application(client_max_size=1024**3)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # handler_cancellation: a client that leaves cancels its handler, which closes upstream.
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, handler_cancellation=True
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -133,47 +160,153 @@ class Relay:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         parked = self._routes.pop(request.headers.get(ROUTE_HEADER, ""), None)
         if parked is None:
-            return web.json_response(
-                _error_body("unknown or used route id", "not_found"), status=404
-            )
+            body = _error_body("unknown or used route id", "not_found")
+            return web.json_response(body, status=404)
         plan = parked[1]
         await request.read()  # the body travels in the plan; drain what mitmproxy sent
         attempts: list[dict[str, Any]] = []
-        result = _Outcome()
-        last: AttemptFailed | None = None
-        response: web.StreamResponse | None = None
-        for n, target in enumerate(plan.targets, start=1):
-            started = time.time()
-            if target.skip_reason:
-                last = AttemptFailed(target.skip_reason, None, "no_api_key")
-                attempts.append(_attempt_row(n, target, started, None, target.skip_reason, 0.0))
-                continue
-            try:
-                upstream, first = await self._open(target, plan)
-            except AttemptFailed as e:
-                last = e
-                attempts.append(
-                    _attempt_row(n, target, started, e.status, str(e), _ms_since(started))
-                )
-                log.warning(
-                    "kimi-intercept: %s failed (%s), trying the next provider", target.provider, e
-                )
-                continue
-            attempts.append(
-                _attempt_row(n, target, started, upstream.status, None, _ms_since(started))
-            )
-            response = await self._pipe(request, plan, target, upstream, first, n, result)
-            break
-        if response is None:
-            response = await self._all_failed(request, plan, last, result)
-        self._spawn(self._finish(plan, attempts, result))
-        return response
+        result = Outcome()
+        try:
+            return await self._serve(request, plan, attempts, result)
+        except asyncio.CancelledError:
+            result.outcome, result.error = "client_abort", "client disconnected"
+            raise
+        finally:
+            self._spawn(self._finish(plan, attempts, result))
 
-    async def _open(self, target: Target, plan: RoutePlan) -> tuple[aiohttp.ClientResponse, bytes]:
-        """Send the request; return the response and its first body bytes, or raise."""
+    async def _serve(
+        self, request: web.Request, plan: RoutePlan, attempts: list[dict[str, Any]], r: Outcome
+    ) -> web.StreamResponse:
+        rc = self.cfg.routing
+        body_bytes = len(plan.targets[0].body) if plan.targets else 0
+        max_tokens = requested_max_tokens(plan.request_json)
+        budget = first_byte_timeout(
+            rc.first_byte_timeout_s,
+            stream=plan.stream,
+            prompt_tokens=int(body_bytes / 4),
+            max_tokens=max_tokens,
+        )
+        waited = 0.0  # seconds spent on upstreams and backoff: not the proxy's own overhead
+        last: Failure | None = None
+        window_floor = 0  # after a context-length failure, only larger windows are tried
+        for target in plan.targets:
+            why = await self._cannot_try(target, plan, max_tokens, window_floor)
+            verdict = None if why else self.health.check(target.provider)
+            if verdict is not None and not verdict.ok:
+                why = verdict.reason or "unavailable"
+            if not why and not self.limiter.try_acquire(target.provider, _tokens_guess(plan)):
+                why = "local rpm/tpm limit reached"
+                if verdict is not None and verdict.probe:
+                    self.health.probe_abandoned(target.provider)
+            if why:
+                r.skipped.append(f"{target.provider}: {why}")
+                attempts.append(
+                    _attempt_row(len(attempts) + 1, target, time.time(), None, SKIPPED + why, 0)
+                )
+                continue
+            for retry in range(rc.max_retries + 1):
+                started = time.time()
+                try:
+                    upstream, first = await self._open(target, budget)
+                except AttemptFailed as e:
+                    f = last = e.failure
+                    waited += time.time() - started
+                    attempts.append(
+                        _attempt_row(
+                            len(attempts) + 1,
+                            target,
+                            started,
+                            f.status,
+                            f"{f.kind}: {f.message}",
+                            _ms_since(started),
+                        )
+                    )
+                    self.health.record_failure(target.provider, f)
+                    delay = self._retry_delay(f, retry)
+                    log.warning(
+                        "kimi-intercept: %s failed (%s: %s); %s",
+                        target.provider,
+                        f.kind,
+                        redact(f.message),
+                        f"retrying in {delay:.2f} s" if delay is not None else "moving on",
+                    )
+                    if delay is None:
+                        break
+                    await asyncio.sleep(delay)
+                    waited += delay
+                    continue
+                except asyncio.CancelledError:
+                    if verdict is not None and verdict.probe:
+                        self.health.probe_abandoned(target.provider)
+                    raise
+                waited += time.time() - started
+                attempts.append(
+                    _attempt_row(
+                        len(attempts) + 1,
+                        target,
+                        started,
+                        upstream.status,
+                        None,
+                        _ms_since(started),
+                    )
+                )
+                self.health.record_success(target.provider)
+                r.overhead_ms = round(max(_ms_since(plan.received) - waited * 1000, 0.0), 2)
+                return await self._pipe(request, plan, target, upstream, first, len(attempts), r)
+            if last is not None and last.action is Action.CONTEXT:
+                info = target.model_info
+                window_floor = max(window_floor, info.context_window or 0) if info else 0
+        return self._all_failed(plan, last, r)
+
+    async def _cannot_try(
+        self, target: Target, plan: RoutePlan, max_tokens: int | None, window_floor: int
+    ) -> str | None:
+        """Why ``target`` must be skipped for this request, or ``None``."""
+        if target.skip_reason:
+            return target.skip_reason
+        window = target.model_info.context_window if target.model_info else None
+        if window is None:
+            return None
+        if window_floor and window <= window_floor:
+            return f"context window {window:,} is not larger than the one that was exceeded"
+        need_out = max_tokens or 0
+        if len(target.body) / _BYTES_PER_TOKEN_LOW + need_out <= window:
+            return None  # fits for sure; no need to count
+        prompt = await self._prompt_tokens(plan)
+        if prompt + need_out > window:
+            return (
+                f"prompt ~{prompt:,} + max_tokens {need_out:,} tokens exceeds the "
+                f"context window {window:,} of {target.model}"
+            )
+        return None
+
+    async def _prompt_tokens(self, plan: RoutePlan) -> int:
+        if plan.prompt_tokens_estimate is None:
+            plan.prompt_tokens_estimate = await asyncio.to_thread(
+                tokens.estimate_prompt_tokens, plan.request_json
+            )
+        return plan.prompt_tokens_estimate
+
+    def _retry_delay(self, f: Failure, retry: int) -> float | None:
+        """Seconds to wait before trying the same provider again, or ``None`` to move on."""
+        rc = self.cfg.routing
+        if retry >= rc.max_retries:
+            return None
+        if f.action is Action.RETRY:
+            delay = backoff_delay(retry + 1)
+            if f.retry_after_s is not None:
+                delay = max(delay, f.retry_after_s)
+            return (
+                delay if delay <= max(rc.retry_max_wait_s, 0.0) or f.retry_after_s is None else None
+            )
+        if f.action is Action.FALLBACK and f.retry_after_s is not None:
+            return f.retry_after_s if f.retry_after_s <= rc.retry_max_wait_s else None
+        return None
+
+    async def _open(self, target: Target, budget: float) -> tuple[aiohttp.ClientResponse, bytes]:
+        """Send the request; return the response and its first body bytes (the whole body for
+        a client error), or raise :class:`AttemptFailed`."""
         assert self._session is not None
-        cfg = self.cfg.routing
-        budget = cfg.first_byte_timeout_s if plan.stream else cfg.nonstream_timeout_s
         deadline = time.monotonic() + budget
         try:
             upstream = await asyncio.wait_for(
@@ -181,32 +314,41 @@ class Relay:
                     target.url,
                     data=target.body,
                     headers=target.headers,
-                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout_s),
+                    timeout=aiohttp.ClientTimeout(
+                        total=None, sock_connect=self.cfg.routing.connect_timeout_s
+                    ),
                 ),
                 timeout=budget,
             )
         except asyncio.TimeoutError as e:
-            raise AttemptFailed(f"no answer within {budget:g} s", None, "timeout") from e
+            raise AttemptFailed(
+                classify_transport("timeout", f"no answer within {budget:g} s")
+            ) from e
+        except aiohttp.ClientSSLError as e:
+            raise AttemptFailed(classify_transport("tls", _describe_exc(e))) from e
         except (aiohttp.ClientError, OSError) as e:
-            raise AttemptFailed(_describe_exc(e), None, "connect_error") from e
+            raise AttemptFailed(classify_transport("connect", _describe_exc(e))) from e
         try:
-            if upstream.status in FALLBACK_STATUSES:
-                detail = await _error_message(upstream)
-                raise AttemptFailed(
-                    f"HTTP {upstream.status}: {detail}", upstream.status, "http_error"
-                )
-            first = await asyncio.wait_for(
-                upstream.content.readany(), timeout=max(deadline - time.monotonic(), 0.001)
-            )
+            remaining = max(deadline - time.monotonic(), 0.001)
+            if upstream.status >= 400:
+                body = await asyncio.wait_for(upstream.read(), timeout=remaining)
+                failure = classify_response(upstream.status, upstream.headers, body)
+                if failure is None or failure.action is Action.CLIENT:
+                    return upstream, body  # the client's own error: forwarded unchanged
+                upstream.release()
+                raise AttemptFailed(failure)
+            first = await asyncio.wait_for(upstream.content.readany(), timeout=remaining)
             return upstream, first
         except asyncio.TimeoutError as e:
             upstream.close()
-            raise AttemptFailed(f"no first byte within {budget:g} s", None, "timeout") from e
+            raise AttemptFailed(
+                classify_transport("timeout", f"no first byte within {budget:g} s")
+            ) from e
         except (aiohttp.ClientError, OSError) as e:
             upstream.close()
-            raise AttemptFailed(_describe_exc(e), None, "connect_error") from e
-        except AttemptFailed:
-            upstream.release()
+            raise AttemptFailed(classify_transport("reset", _describe_exc(e))) from e
+        except asyncio.CancelledError:
+            upstream.close()
             raise
 
     async def _pipe(
@@ -217,177 +359,151 @@ class Relay:
         upstream: aiohttp.ClientResponse,
         first: bytes,
         attempt_no: int,
-        result: _Outcome,
+        r: Outcome,
     ) -> web.StreamResponse:
         """Commit to ``upstream``: forward status, headers and every chunk as it arrives."""
-        result.target, result.status = target, upstream.status
-        result.upstream_request_id = upstream.headers.get("msh-request-id") or upstream.headers.get(
+        r.target, r.status = target, upstream.status
+        r.upstream_request_id = upstream.headers.get("msh-request-id") or upstream.headers.get(
             "x-request-id"
         )
-        sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
-        meter: Any = ChatStreamMeter() if sse else _JsonBuffer()
-        result.meter = meter
+        content_type = upstream.headers.get("content-type", "")
+        sse = content_type.startswith("text/event-stream")
+        meter = r.meter = new_meter(content_type)
         out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         for k, v in upstream.headers.items():
             if k.lower() not in _DROP_RESPONSE_HEADERS:
                 out.headers.add(k, v)
         out.headers["x-kimi-intercept-provider"] = target.provider
         out.headers["x-kimi-intercept-attempts"] = str(attempt_no)
+        if r.overhead_ms is not None:
+            out.headers["x-kimi-intercept-overhead-ms"] = f"{r.overhead_ms:.1f}"
+        stall = self.cfg.routing.stall_timeout_s
+        events = EventSplitter() if sse else None
         chunk = first
         try:
-            await out.prepare(request)
-            try:
-                while chunk:
-                    await out.write(chunk)
-                    if result.ttft_ms is None:
-                        result.ttft_ms = _ms_since(plan.received)
-                    meter.feed(chunk)
-                    chunk = await upstream.content.readany()
-            except (ConnectionError, aiohttp.ClientConnectionResetError):
-                raise
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-                # Upstream broke off after the client got bytes: say so in-band, never end clean.
-                result.outcome = "incomplete"
-                result.error = (
-                    f"upstream {target.provider} broke off the answer: {_describe_exc(e)}"
-                )
-                log.warning("kimi-intercept: %s", result.error)
-                if sse:
-                    event = {"error": _error_body(result.error, "stream_interrupted")["error"]}
-                    await out.write(b"data: " + json.dumps(event).encode() + b"\n\n")
-                _abort(request)
-                return out
-            await out.write_eof()
-            result.outcome = "ok" if upstream.status < 400 else "error"
+            await _write_or_gone(out.prepare(request))
+            while chunk:
+                for piece in events.push(chunk) if events is not None else (chunk,):
+                    await self._forward(out, piece, meter, sse, plan, r)
+                try:
+                    chunk = await asyncio.wait_for(upstream.content.readany(), timeout=stall)
+                except asyncio.TimeoutError as e:
+                    raise _StreamBroken(f"stalled: no byte for {stall:g} s") from e
+                except (aiohttp.ClientError, OSError) as e:
+                    raise _StreamBroken(_describe_exc(e)) from e
+            rest = events.flush() if events is not None else b""
+            if rest:
+                await self._forward(out, rest, meter, sse, plan, r)
+            await _write_or_gone(out.write_eof())
+            r.outcome = "ok" if upstream.status < 400 else "error"
             if upstream.status >= 400:
-                result.error = _message_from_json(meter.body_bytes() if not sse else b"")
+                r.error = f"HTTP {upstream.status}: {_body_message(meter)}"
             return out
-        except (ConnectionError, aiohttp.ClientConnectionResetError, asyncio.CancelledError):
-            result.outcome = "client_abort"
-            result.error = "client disconnected"
+        except _ClientGone:
+            r.outcome, r.error = "client_abort", "client disconnected"
+            return out
+        except _StreamBroken as e:
+            r.outcome = "incomplete"
+            r.error = f"upstream {target.provider} broke off the answer: {e}"
+            log.warning("kimi-intercept: %s", redact(r.error))
+            self.health.record_failure(target.provider, classify_transport("reset", str(e)))
+            if sse and meter.error is None:
+                event = {"error": _error_body(r.error, "stream_interrupted")["error"]}
+                try:
+                    await out.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                except (ConnectionError, aiohttp.ClientConnectionResetError):
+                    pass  # the client left too; the cut below is all that is left to do
+            if request.transport is not None:
+                request.transport.abort()  # no terminating chunk: the client sees a broken body
             return out
         finally:
-            if result.outcome == "ok":
+            if r.outcome == "ok":
                 upstream.release()
             else:
                 upstream.close()
             meter.finish()
 
-    async def _all_failed(
-        self, request: web.Request, plan: RoutePlan, last: AttemptFailed | None, result: _Outcome
-    ) -> web.StreamResponse:
+    @staticmethod
+    async def _forward(
+        out: web.StreamResponse, piece: bytes, meter: Any, sse: bool, plan: RoutePlan, r: Outcome
+    ) -> None:
+        """Meter one whole SSE event (or a body chunk), then send it to the client."""
+        meter.feed(piece)
+        if sse and meter.malformed_events:
+            raise _StreamBroken("malformed SSE event (not JSON)")  # never forwarded
+        await _write_or_gone(out.write(piece))
+        if r.ttft_ms is None:
+            r.ttft_ms = _ms_since(plan.received)
+        if sse and meter.error is not None:  # forwarded as the provider sent it, then cut
+            raise _StreamBroken(f"provider error event: {json.dumps(meter.error)[:300]}")
+
+    def _all_failed(self, plan: RoutePlan, last: Failure | None, r: Outcome) -> web.Response:
         tried = ", ".join(t.provider for t in plan.targets)
-        message = f"kimi-intercept: every provider failed ({tried}); last: {last}"
-        status = (
-            last.status
-            if last and last.status
-            else (504 if last and last.error_type == "timeout" else 502)
-        )
-        result.status, result.outcome, result.error = status, "error", message
-        result.target = plan.targets[-1] if plan.targets else None
-        return web.json_response(_error_body(message, "all_providers_failed"), status=status)
+        detail = f"{last.kind}: {last.message}" if last else "no provider could be tried"
+        if r.skipped:
+            detail += " (skipped: " + "; ".join(r.skipped) + ")"
+        message = redact(f"kimi-intercept: every provider failed ({tried}); last: {detail}")
+        code = "all_providers_failed"
+        if last is not None and last.status:
+            status = last.status
+        elif last is not None and last.kind == "timeout":
+            status = 504
+        elif last is None and r.skipped and all("context window" in s for s in r.skipped):
+            status, code = 400, "context_length_exceeded"  # too long for every provider
+        else:
+            status = 502
+        r.status, r.outcome, r.error = status, "error", message
+        r.target = plan.targets[-1] if plan.targets else None
+        headers = {}
+        if last is not None and last.retry_after_s is not None:
+            headers["retry-after"] = str(max(1, round(last.retry_after_s)))
+        return web.json_response(_error_body(message, code), status=status, headers=headers)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _finish(self, plan: RoutePlan, attempts: list[dict[str, Any]], r: _Outcome) -> None:
+    async def _finish(self, plan: RoutePlan, attempts: list[dict[str, Any]], r: Outcome) -> None:
         """Build and hand over the ``requests`` row. Never raises (a bug here is only logged)."""
         try:
-            row = await build_row(plan, attempts, r)
+            row = await build_row(plan, attempts, r, _ms_since(plan.received))
             for a in attempts:
                 a["request_id"] = row["id"]
             self.record(row, attempts)
+            await self._publish_status()
         except Exception:
             log.exception("kimi-intercept: could not record a request (the client was answered)")
 
-
-async def build_row(plan: RoutePlan, attempts: list[dict[str, Any]], r: _Outcome) -> dict[str, Any]:
-    """The ``requests`` row for one client request (estimates run in a worker thread)."""
-    meter = r.meter
-    usage: Usage | None = meter.usage if meter is not None else None
-    source = "provider" if usage is not None else None
-    if usage is None and r.status is not None and r.status < 400 and meter is not None:
-        text = meter.completion_text or ""
-        usage = await asyncio.to_thread(_estimate, plan.request_json, text)
-        source = "estimate"
-    target = r.target
-    model = (meter.model if meter is not None else None) or (target.model if target else None)
-    info = target.model_info if target else None
-    cost = pricing.cost_usd(info, usage) if usage is not None else None
-    served = next((i for i, t in enumerate(plan.targets) if t is target), 0)
-    details = {
-        "upstream_request_id": r.upstream_request_id,
-        "finish_reason": getattr(meter, "finish_reason", None),
-        "events": getattr(meter, "events", None),
-        "malformed_events": getattr(meter, "malformed_events", None),
-    }
-    return {
-        "id": uuid.uuid4().hex,
-        "started_at": plan.started_at,
-        "client": plan.client,
-        "client_host": plan.client_host,
-        "client_model": plan.client_model,
-        "provider": target.provider if target else None,
-        "model": model,
-        "status_code": r.status,
-        "outcome": r.outcome,
-        "attempts": len(attempts),
-        "fallback_used": int(served > 0 or (r.outcome == "error" and len(attempts) > 1)),
-        "ttft_ms": _round(r.ttft_ms),
-        "duration_ms": _round(_ms_since(plan.received)),
-        "prompt_tokens": usage.prompt_tokens if usage else None,
-        "completion_tokens": usage.completion_tokens if usage else None,
-        "cached_tokens": usage.cached_tokens if usage else None,
-        "reasoning_tokens": usage.reasoning_tokens if usage else None,
-        "usage_source": source,
-        "cost_usd": cost,
-        "route": plan.kind,
-        "stream": int(plan.stream),
-        "response_id": getattr(meter, "response_id", None),
-        "host": plan.host,
-        "error": redact(r.error) if r.error else None,
-        "details": json.dumps({k: v for k, v in details.items() if v is not None}),
-    }
+    async def _publish_status(self) -> None:
+        """Write the providers' health to ``status_path`` (for ``kimi-intercept status``)."""
+        if self.status_path is None:
+            return
+        providers = self.health.snapshot()
+        if providers == self._published:
+            return
+        self._published = providers
+        doc = {"pid": os.getpid(), "updated_at": iso_utc(time.time()), "providers": providers}
+        await asyncio.to_thread(_write_json, self.status_path, doc)
 
 
-def _estimate(request_json: dict[str, Any], completion_text: str) -> Usage:
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+async def _write_or_gone(awaitable: Any) -> None:
     try:
-        return Usage(
-            prompt_tokens=tokens.estimate_prompt_tokens(request_json),
-            completion_tokens=tokens.estimate_completion_tokens(completion_text),
-        )
-    except Exception:
-        log.exception("kimi-intercept: token estimate failed; the row is left without tokens")
-        return Usage()
+        await awaitable
+    except (ConnectionError, aiohttp.ClientConnectionResetError) as e:
+        raise _ClientGone() from e
 
 
-class _JsonBuffer:
-    """Collects a non-streamed body (up to 16 MiB) and meters it at the end."""
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-        self._size = 0
-        self._result: Any = None
-
-    def feed(self, chunk: bytes) -> None:
-        if self._size < MAX_JSON_BODY:
-            self._parts.append(chunk)
-        self._size += len(chunk)
-
-    def body_bytes(self) -> bytes:
-        return b"".join(self._parts)
-
-    def finish(self) -> None:
-        if self._size <= MAX_JSON_BODY:
-            self._result = meter_chat_json(self.body_bytes())
-        self._parts = []
-
-    def __getattr__(self, name: str) -> Any:  # usage, model, response_id, … from the result
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._result, name, None) if self._result is not None else None
+def _tokens_guess(plan: RoutePlan) -> int:
+    """Tokens a request may use, for local tpm limits: the prompt (bytes / 4) plus max output."""
+    body = len(plan.targets[0].body) if plan.targets else 0
+    return int(body / 4) + (requested_max_tokens(plan.request_json) or 0)
 
 
 def _attempt_row(
@@ -400,29 +516,13 @@ def _attempt_row(
         "started_at": iso_utc(started),
         "status_code": status,
         "error": redact(error) if error else None,
-        "duration_ms": _round(ms),
+        "duration_ms": round(ms, 2),
     }
 
 
-async def _error_message(resp: aiohttp.ClientResponse) -> str:
-    try:
-        body = await asyncio.wait_for(resp.content.read(65536), timeout=5)
-    except (asyncio.TimeoutError, aiohttp.ClientError, OSError):
-        return resp.reason or ""
-    return _message_from_json(body) or resp.reason or ""
-
-
-def _message_from_json(body: bytes) -> str:
-    """``error.message`` (OpenAI/Moonshot/Anthropic shapes) or the start of the body text."""
-    try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return body[:300].decode("utf-8", "replace").strip()
-    err = obj.get("error") if isinstance(obj, dict) else None
-    if isinstance(err, dict) and isinstance(err.get("message"), str):
-        kind = err.get("type") or err.get("status") or ""
-        return f"{kind}: {err['message']}" if kind else err["message"]
-    return json.dumps(obj)[:300]
+def _body_message(meter: Any) -> str:
+    body = meter.body_bytes() if hasattr(meter, "body_bytes") else b""
+    return error_message(body)
 
 
 def _error_body(message: str, code: str) -> dict[str, Any]:
@@ -431,24 +531,9 @@ def _error_body(message: str, code: str) -> dict[str, Any]:
     }
 
 
-def redact(text: str) -> str:
-    """Mask anything shaped like an API key (``sk-…``, ``nvapi-…``, ``AIza…``)."""
-    return _KEYLIKE.sub(lambda m: m.group(0)[:3] + "…redacted", text)
-
-
 def _describe_exc(e: BaseException) -> str:
     return redact(f"{type(e).__name__}: {e}".rstrip(": "))
 
 
-def _abort(request: web.Request) -> None:
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
-
-
 def _ms_since(t: float) -> float:
     return (time.time() - t) * 1000.0
-
-
-def _round(v: float | None) -> float | None:
-    return None if v is None else round(v, 2)

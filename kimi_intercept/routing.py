@@ -16,6 +16,7 @@ Everything else (other paths, a body that is not a JSON object) is left to mitmp
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -87,7 +88,9 @@ class RoutePlan:
     client: str | None
     client_host: str | None
     started_at: str
+    conversation: str = ""
     received: float = field(default_factory=time.time)
+    prompt_tokens_estimate: int | None = None  # tiktoken count, filled in only when needed
 
 
 def is_chat_completions(method: str, path: str) -> bool:
@@ -112,6 +115,75 @@ def client_name(user_agent: str | None) -> str | None:
     return name[:120]
 
 
+SESSION_HEADERS = ("x-kimi-session", "x-claude-code-session-id")
+
+
+def conversation_key(headers: list[tuple[str, str]], request_json: dict[str, Any]) -> str:
+    """A stable id for the conversation a request belongs to (hex SHA-256).
+
+    An explicit session header wins (``x-kimi-session``, then Claude Code's
+    ``x-claude-code-session-id``); otherwise the conversation's stable prefix — every system
+    message and the first user message — plus the client's User-Agent product name. Later turns
+    only append messages, so every turn of one conversation gets the same key.
+    """
+    lower = {k.lower(): v for k, v in headers}
+    for name in SESSION_HEADERS:
+        if lower.get(name):
+            return hashlib.sha256(f"{name}:{lower[name]}".encode()).hexdigest()
+    prefix: list[Any] = []
+    messages = request_json.get("messages")
+    for m in messages if isinstance(messages, list) else []:
+        if not isinstance(m, dict):
+            continue
+        if m.get("role") in ("system", "developer"):
+            prefix.append(m.get("content"))
+        elif m.get("role") == "user":
+            prefix.append(m.get("content"))
+            break
+    ua = (lower.get("user-agent") or "").split("/")[0]
+    blob = json.dumps([ua, prefix], ensure_ascii=False, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def share_roll(key: str) -> float:
+    """A number in [0, 100) fixed by the conversation key, compared with ``[routing] share``:
+    one conversation always lands on the same side, so its prompt cache keeps hitting."""
+    return int(key[:8], 16) / 0x1_0000_0000 * 100.0
+
+
+AUTO_BASE_S = 60.0
+AUTO_MAX_S = 600.0
+AUTO_PREFILL_TOKENS_PER_S = 2000.0
+AUTO_DECODE_TOKENS_PER_S = 50.0
+AUTO_DEFAULT_MAX_TOKENS = 4096
+
+
+def first_byte_timeout(
+    setting: float | None, *, stream: bool, prompt_tokens: int, max_tokens: int | None
+) -> float:
+    """Seconds to wait for an upstream's first byte before trying the next provider.
+
+    ``setting`` is ``[routing] first_byte_timeout_s`` (``None`` = "auto"). Auto: 60 s plus
+    1 s per 2,000 prompt tokens (prefill); a non-streamed answer arrives whole, so it also gets
+    ``max_tokens`` / 50 s (4,096 when the request gives none); capped at 600 s.
+    """
+    if setting is not None:
+        return setting
+    budget = AUTO_BASE_S + prompt_tokens / AUTO_PREFILL_TOKENS_PER_S
+    if not stream:
+        budget += (max_tokens or AUTO_DEFAULT_MAX_TOKENS) / AUTO_DECODE_TOKENS_PER_S
+    return min(budget, AUTO_MAX_S)
+
+
+def requested_max_tokens(request_json: dict[str, Any]) -> int | None:
+    """``max_completion_tokens`` or the older ``max_tokens`` of a chat request, if a number."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        v = request_json.get(key)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
 def iso_utc(ts: float) -> str:
     """``1700000000.5`` → ``"2023-11-14T22:13:20.500Z"``."""
     return (
@@ -130,14 +202,15 @@ def plan_route(
     path: str,
     headers: list[tuple[str, str]],
     body: bytes,
-    roll: float,
+    roll: float | None = None,
     client_host: str | None = None,
     started: float | None = None,
 ) -> RoutePlan | None:
     """Plan a request, or return ``None`` to leave it to mitmproxy untouched.
 
     ``url`` is the original absolute URL; ``roll`` a number in [0, 100) that is compared with
-    ``[routing] share`` (below → reroute). Never raises on bad input: a body that is not a JSON
+    ``[routing] share`` (below → reroute); by default :func:`share_roll` of the conversation, so
+    the choice is sticky per conversation. Never raises on bad input: a body that is not a JSON
     object gives ``None``.
     """
     if host not in cfg.hosts or not is_chat_completions(method, path):
@@ -151,6 +224,9 @@ def plan_route(
     client_model = request_json.get("model") if isinstance(request_json.get("model"), str) else None
     lower = [(k.lower(), v) for k, v in headers]
     ua = next((v for k, v in lower if k == "user-agent"), None)
+    conversation = conversation_key(headers, request_json)
+    if roll is None:
+        roll = share_roll(conversation)
     reroute = roll < cfg.routing.share
     if reroute:
         targets = _reroute_targets(cfg, request_json, client_model, lower)
@@ -167,6 +243,7 @@ def plan_route(
         client=client_name(ua),
         client_host=client_host,
         started_at=iso_utc(started),
+        conversation=conversation,
     )
 
 

@@ -157,3 +157,38 @@ class SSEParser:
         self._data = []
         self._has_data = False
         return SSEEvent(event=event_type, data=data, id=self._last_id)
+
+
+# A blank line: a line terminator (\r\n, \n or a lone \r) followed by another one.
+_EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
+
+
+class EventSplitter:
+    """Cuts a byte stream into complete SSE events, bytes untouched.
+
+    ``push(chunk)`` returns the raw bytes of every event completed by ``chunk`` (each with its
+    blank-line terminator); the unfinished rest is held. ``flush()`` returns what is left at the
+    end of the stream. Used so that the relay forwards whole events only: a client never sees
+    half of a malformed event before the in-band error that replaces it. Only the held tail is
+    re-scanned (from a few bytes before its end), so each byte is scanned about once.
+    """
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def push(self, chunk: bytes) -> list[bytes]:
+        start = max(len(self._buf) - 3, 0)
+        buf = self._buf + chunk
+        out: list[bytes] = []
+        cut = 0
+        for m in _EVENT_END.finditer(buf, start):
+            if m.end() == len(buf) and buf.endswith(b"\r"):
+                break  # a \r at the very end may be the first half of \r\n: wait for more
+            out.append(buf[cut : m.end()])
+            cut = m.end()
+        self._buf = buf[cut:]
+        return out
+
+    def flush(self) -> bytes:
+        rest, self._buf = self._buf, b""
+        return rest

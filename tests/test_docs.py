@@ -42,3 +42,11 @@ def test_readme_gives_the_install_and_test_commands_ci_runs():
     assert f"\n{demo}\n" in README
     [ci_line] = [line for line in ci.splitlines() if line.startswith("python3 -m venv")]
     assert "pytest" in ci_line and f"\n{ci_line}\n" in README
+
+
+def test_readme_error_table_is_the_one_the_code_applies():
+    from kimi_intercept.failures import decision_table
+
+    start = README.index("-->\n", README.index("<!-- decision table")) + 4
+    end = README.index("<!-- end decision table -->")
+    assert README[start:end] == decision_table()

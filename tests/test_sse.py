@@ -133,3 +133,45 @@ def test_keeps_only_the_unfinished_line():
     assert parser.pending_bytes == 0
     parser.feed(b"data: partial")
     assert parser.pending_bytes == len(b"data: partial")
+
+
+# --- EventSplitter: whole raw events, bytes untouched -------------------------------------
+
+
+def _split_all(data: bytes, size: int) -> list[bytes]:
+    from kimi_intercept.sse import EventSplitter
+
+    s = EventSplitter()
+    events: list[bytes] = []
+    for i in range(0, len(data), size):
+        events += s.push(data[i : i + size])
+    rest = s.flush()
+    return events + ([rest] if rest else [])
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64, 10_000])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "documented/moonshot_stream.sse",
+        "captured_gemini_stream.sse",
+        "documented/deepseek_stream.sse",
+    ],
+)
+def test_event_splitter_returns_each_event_whole_at_any_chunking(name, size):
+    data = (WIRE / name).read_bytes()
+    whole = _split_all(data, len(data))
+    assert b"".join(whole) == data  # nothing lost or changed
+    assert _split_all(data, size) == whole
+    framing = b"\r\n\r\n" if b"\r\n\r\n" in data else b"\n\n"
+    assert all(e.endswith(framing) for e in whole)
+    assert len(whole) == data.count(framing)
+
+
+def test_event_splitter_holds_an_unfinished_event_and_a_trailing_cr():
+    from kimi_intercept.sse import EventSplitter
+
+    s = EventSplitter()
+    assert s.push(b"data: 1\n\ndata: 2\r\n\r") == [b"data: 1\n\n"]
+    assert s.push(b"\ndata: 3") == [b"data: 2\r\n\r\n"]
+    assert s.flush() == b"data: 3"

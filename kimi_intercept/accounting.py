@@ -1,0 +1,143 @@
+"""Accounting: turn what passed through the relay into one ``requests`` row.
+
+Provider usage is the truth (``usage_source = 'provider'``); when the answer carried none, the
+prompt and completion are counted with tiktoken (``'estimate'``), in a worker thread because it
+is CPU-bound. Cost comes from the model's prices in the config (:mod:`.pricing`); an unknown
+price leaves ``cost_usd`` NULL, never 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import pricing, tokens
+from .failures import redact
+from .routing import RoutePlan, Target
+from .usage import ChatStreamMeter, Usage, meter_chat_json
+
+log = logging.getLogger(__name__)
+
+MAX_JSON_BODY = 16 * 1024 * 1024
+
+
+@dataclass
+class Outcome:
+    """What happened to one client request, filled in by the relay as it goes.
+
+    Times in ms. ``meter`` is a :class:`~.usage.ChatStreamMeter` or :class:`JsonBuffer` once an
+    answer was committed.
+    """
+
+    target: Target | None = None
+    status: int | None = None
+    outcome: str = "error"  # ok | error | incomplete | client_abort
+    error: str | None = None
+    ttft_ms: float | None = None
+    overhead_ms: float | None = None
+    meter: Any = None
+    upstream_request_id: str | None = None
+    skipped: list[str] = field(default_factory=list)
+
+
+class JsonBuffer:
+    """Collects a non-streamed body (up to 16 MiB) and meters it when it ends."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._result: Any = None
+
+    def feed(self, chunk: bytes) -> None:
+        if self._size < MAX_JSON_BODY:
+            self._parts.append(chunk)
+        self._size += len(chunk)
+
+    def body_bytes(self) -> bytes:
+        return b"".join(self._parts)
+
+    def finish(self) -> None:
+        if self._size <= MAX_JSON_BODY:
+            self._result = meter_chat_json(self.body_bytes())
+        self._parts = []
+
+    def __getattr__(self, name: str) -> Any:  # usage, model, response_id, … of the result
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._result, name, None) if self._result is not None else None
+
+
+def new_meter(content_type: str) -> ChatStreamMeter | JsonBuffer:
+    """The meter for an answer's ``Content-Type``: SSE is read event by event as it passes."""
+    return ChatStreamMeter() if content_type.startswith("text/event-stream") else JsonBuffer()
+
+
+async def build_row(
+    plan: RoutePlan, attempts: list[dict[str, Any]], r: Outcome, duration_ms: float
+) -> dict[str, Any]:
+    """The ``requests`` row (columns: see README "The database")."""
+    meter = r.meter
+    usage: Usage | None = meter.usage if meter is not None else None
+    source = "provider" if usage is not None else None
+    if usage is None and r.status is not None and r.status < 400 and meter is not None:
+        usage = await asyncio.to_thread(_estimate, plan.request_json, meter.completion_text or "")
+        source = "estimate"
+    target = r.target
+    model = (meter.model if meter is not None else None) or (target.model if target else None)
+    info = target.model_info if target else None
+    served = next((i for i, t in enumerate(plan.targets) if t is target), 0)
+    details = {
+        "upstream_request_id": r.upstream_request_id,
+        "finish_reason": getattr(meter, "finish_reason", None),
+        "events": getattr(meter, "events", None),
+        "malformed_events": getattr(meter, "malformed_events", None) or None,
+        "overhead_ms": r.overhead_ms,
+        "conversation": plan.conversation or None,
+        "skipped": r.skipped or None,
+    }
+    return {
+        "id": uuid.uuid4().hex,
+        "started_at": plan.started_at,
+        "client": plan.client,
+        "client_host": plan.client_host,
+        "client_model": plan.client_model,
+        "provider": target.provider if target else None,
+        "model": model,
+        "status_code": r.status,
+        "outcome": r.outcome,
+        "attempts": len(attempts),
+        "fallback_used": int(served > 0 or (r.outcome == "error" and len(attempts) > 1)),
+        "ttft_ms": _round(r.ttft_ms),
+        "duration_ms": _round(duration_ms),
+        "prompt_tokens": usage.prompt_tokens if usage else None,
+        "completion_tokens": usage.completion_tokens if usage else None,
+        "cached_tokens": usage.cached_tokens if usage else None,
+        "reasoning_tokens": usage.reasoning_tokens if usage else None,
+        "usage_source": source,
+        "cost_usd": pricing.cost_usd(info, usage) if usage is not None else None,
+        "route": plan.kind,
+        "stream": int(plan.stream),
+        "response_id": getattr(meter, "response_id", None),
+        "host": plan.host,
+        "error": redact(r.error) if r.error else None,
+        "details": json.dumps({k: v for k, v in details.items() if v is not None}),
+    }
+
+
+def _estimate(request_json: dict[str, Any], completion_text: str) -> Usage:
+    try:
+        return Usage(
+            prompt_tokens=tokens.estimate_prompt_tokens(request_json),
+            completion_tokens=tokens.estimate_completion_tokens(completion_text),
+        )
+    except Exception:
+        log.exception("kimi-intercept: token estimate failed; the row is left without tokens")
+        return Usage()
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 2)
