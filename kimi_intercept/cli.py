@@ -54,6 +54,16 @@ def common_options(f: F) -> F:
     return f
 
 
+out_option = click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("reports"),
+    show_default=True,
+    help="Folder to write index.html into",
+)
+
+
 @click.group()
 @click.version_option(__version__, prog_name="kimi-intercept")
 def main() -> None:
@@ -62,14 +72,7 @@ def main() -> None:
 
 @main.command()
 @common_options
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("reports"),
-    show_default=True,
-    help="Folder to write index.html into",
-)
+@out_option
 @click.option(
     "--since", type=click.DateTime(["%Y-%m-%d"]), help="First day to include (UTC, YYYY-MM-DD)"
 )
@@ -122,14 +125,7 @@ def status(config_path: Path, db: Path | None) -> None:
 
 @main.command()
 @common_options
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("reports"),
-    show_default=True,
-    help="Folder to write index.html into",
-)
+@out_option
 def demo(config_path: Path, db: Path | None, out_dir: Path) -> None:
     """Run the whole path locally without an API key: simulated Kimi and DeepSeek upstreams,
     a real mitmdump with the addon, real openai SDK calls, then the report.

@@ -293,7 +293,7 @@ class Relay:
         if retry >= rc.max_retries:
             return None
         if f.action is Action.RETRY:
-            delay = backoff_delay(retry + 1)
+            delay = backoff_delay(retry)
             if f.retry_after_s is not None:
                 delay = max(delay, f.retry_after_s)
             return (

@@ -3,13 +3,24 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from kimi_intercept import mitmdump
 from kimi_intercept.mitmdump import ProxyProcess, ProxyStartError, start_proxy_process
 
-__all__ = ["ProxyProcess", "ProxyStartError", "start_proxy_process", "clean_env", "render_config"]
+__all__ = [
+    "ProxyProcess",
+    "ProxyStartError",
+    "start_proxy_process",
+    "clean_env",
+    "render_config",
+    "rows",
+    "wait_rows",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,3 +72,26 @@ base_url = "{deepseek_url}/v1"
 api_key = "${{DEEPSEEK_API_KEY}}"
 model = "deepseek-chat"
 """
+
+
+def rows(db: Path, table: str = "requests") -> list[dict[str, Any]]:
+    """Every row of ``table`` in insertion order, as dicts."""
+    con = sqlite3.connect(db)
+    con.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in con.execute(f"select * from {table} order by rowid")]
+    finally:
+        con.close()
+
+
+def wait_rows(db: Path, n: int, timeout: float = 15.0) -> list[dict[str, Any]]:
+    """Rows are written by the proxy's writer thread after an answer ends: wait for ``n``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            got = rows(db)
+        except sqlite3.OperationalError:  # the writer has not created the tables yet
+            got = []
+        if len(got) >= n or time.monotonic() > deadline:
+            return got
+        time.sleep(0.05)

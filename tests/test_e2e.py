@@ -12,12 +12,11 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
 
 import openai
 import pytest
 from click.testing import CliRunner
-from proxyproc import CLIENT_KEY, PROVIDER_ENV, render_config
+from proxyproc import CLIENT_KEY, PROVIDER_ENV, render_config, rows, wait_rows
 
 from kimi_intercept import tokens
 from kimi_intercept.cli import main as cli_main
@@ -36,28 +35,6 @@ MOONSHOT_429 = {
     }
 }
 MESSAGES = [{"role": "user", "content": "Say OK."}]
-
-
-def rows(db: Path, table: str = "requests") -> list[dict[str, Any]]:
-    con = sqlite3.connect(db)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute(f"select * from {table} order by rowid")]
-    finally:
-        con.close()
-
-
-def wait_rows(db: Path, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-    """Rows are written by a writer thread after the answer ends: wait for them."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            got = rows(db)
-        except sqlite3.OperationalError:
-            got = []
-        if len(got) >= n or time.monotonic() > deadline:
-            return got
-        time.sleep(0.05)
 
 
 @pytest.fixture

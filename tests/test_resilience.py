@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import openai
 import pytest
 from click.testing import CliRunner
-from proxyproc import render_config
+from proxyproc import render_config, rows, wait_rows
 
 from kimi_intercept.cli import main as cli_main
 from kimi_intercept.simulator import Reply, closed_port
@@ -30,27 +29,6 @@ MESSAGES = [{"role": "user", "content": "Say OK."}]
 
 def body(name: str) -> dict[str, Any]:
     return json.loads((WIRE / name).read_text())
-
-
-def rows(db: Path, table: str = "requests") -> list[dict[str, Any]]:
-    con = sqlite3.connect(db)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute(f"select * from {table} order by rowid")]
-    finally:
-        con.close()
-
-
-def wait_rows(db: Path, n: int, timeout: float = 15.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            got = rows(db)
-        except sqlite3.OperationalError:
-            got = []
-        if len(got) >= n or time.monotonic() > deadline:
-            return got
-        time.sleep(0.05)
 
 
 def attempts(db: Path) -> list[tuple[str, int | None]]:
