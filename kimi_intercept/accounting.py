@@ -42,6 +42,7 @@ class Outcome:
     meter: Any = None
     upstream_request_id: str | None = None
     skipped: list[str] = field(default_factory=list)
+    continued_after: str | None = None  # why the first provider's stream broke (continue_on_break)
 
 
 class JsonBuffer:
@@ -98,6 +99,7 @@ async def build_row(
         "overhead_ms": r.overhead_ms,
         "conversation": plan.conversation or None,
         "skipped": r.skipped or None,
+        "continued_after_break": r.continued_after,
     }
     return {
         "id": uuid.uuid4().hex,

@@ -94,6 +94,7 @@ class Routing:
     breaker_window_s: float
     cooldown_s: float
     auth_cooldown_s: float
+    continue_on_break: bool = False
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,7 @@ def _build(raw: dict[str, Any], source: Path | None) -> Config:
         breaker_window_s=_number(r, "routing.breaker_window_s", 0.001, 86400),
         cooldown_s=_number(r, "routing.cooldown_s", 0, 86400),
         auth_cooldown_s=_number(r, "routing.auth_cooldown_s", 0, 86400),
+        continue_on_break=_bool(r, "routing.continue_on_break"),
     )
     for name in (routing.primary, *routing.fallbacks):
         if name not in providers:
@@ -300,6 +302,13 @@ def _number(t: Mapping[str, Any], key: str, lo: float, hi: float) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
         raise ConfigError(f"{key} must be a number from {lo:g} to {hi:g}, got {v!r}")
     return float(v)
+
+
+def _bool(t: Mapping[str, Any], key: str) -> bool:
+    v = t.get(_leaf(key), False)
+    if not isinstance(v, bool):
+        raise ConfigError(f"{key} must be true or false, got {v!r}")
+    return v
 
 
 def _opt_int(t: Mapping[str, Any], key: str) -> int | None:

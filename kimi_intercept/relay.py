@@ -33,6 +33,7 @@ open proxy to anything on the machine.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -252,7 +253,7 @@ class Relay:
                 )
                 self.health.record_success(target.provider)
                 r.overhead_ms = round(max(_ms_since(plan.received) - waited * 1000, 0.0), 2)
-                return await self._pipe(request, plan, target, upstream, first, len(attempts), r)
+                return await self._pipe(request, plan, target, upstream, first, attempts, r, budget)
             if last is not None and last.action is Action.CONTEXT:
                 info = target.model_info
                 window_floor = max(window_floor, info.context_window or 0) if info else 0
@@ -358,8 +359,9 @@ class Relay:
         target: Target,
         upstream: aiohttp.ClientResponse,
         first: bytes,
-        attempt_no: int,
+        attempts: list[dict[str, Any]],
         r: Outcome,
+        budget: float,
     ) -> web.StreamResponse:
         """Commit to ``upstream``: forward status, headers and every chunk as it arrives."""
         r.target, r.status = target, upstream.status
@@ -374,7 +376,7 @@ class Relay:
             if k.lower() not in _DROP_RESPONSE_HEADERS:
                 out.headers.add(k, v)
         out.headers["x-kimi-intercept-provider"] = target.provider
-        out.headers["x-kimi-intercept-attempts"] = str(attempt_no)
+        out.headers["x-kimi-intercept-attempts"] = str(len(attempts))
         if r.overhead_ms is not None:
             out.headers["x-kimi-intercept-overhead-ms"] = f"{r.overhead_ms:.1f}"
         stall = self.cfg.routing.stall_timeout_s
@@ -403,10 +405,23 @@ class Relay:
             r.outcome, r.error = "client_abort", "client disconnected"
             return out
         except _StreamBroken as e:
+            broken = str(e)
+            self.health.record_failure(target.provider, classify_transport("reset", broken))
+            upstream.close()
+            if self._may_continue(plan, target, meter, sse):
+                try:
+                    if await self._continue(out, plan, target, meter, attempts, r, budget, broken):
+                        return out
+                except _StreamBroken as again:
+                    broken = str(again)
+                except _ClientGone:
+                    r.outcome, r.error = "client_abort", "client disconnected"
+                    return out
             r.outcome = "incomplete"
-            r.error = f"upstream {target.provider} broke off the answer: {e}"
+            r.error = (
+                f"upstream {r.target.provider if r.target else '?'} broke off the answer: {broken}"
+            )
             log.warning("kimi-intercept: %s", redact(r.error))
-            self.health.record_failure(target.provider, classify_transport("reset", str(e)))
             if sse and meter.error is None:
                 event = {"error": _error_body(r.error, "stream_interrupted")["error"]}
                 try:
@@ -422,6 +437,106 @@ class Relay:
             else:
                 upstream.close()
             meter.finish()
+
+    def _may_continue(self, plan: RoutePlan, target: Target, meter: Any, sse: bool) -> bool:
+        """``continue_on_break`` applies: a rerouted text stream (no tool call in flight) with a
+        provider after this one."""
+        return (
+            self.cfg.routing.continue_on_break
+            and sse
+            and plan.kind == "reroute"
+            and meter.error is None
+            and not meter.saw_tool_calls
+            and target is not plan.targets[-1]
+        )
+
+    async def _continue(
+        self,
+        out: web.StreamResponse,
+        plan: RoutePlan,
+        broken_target: Target,
+        meter: Any,
+        attempts: list[dict[str, Any]],
+        r: Outcome,
+        budget: float,
+        why: str,
+    ) -> bool:
+        """Re-send the conversation plus the partial answer as an assistant prefix (Moonshot
+        partial mode, https://platform.kimi.ai/docs/guide/use-partial-mode-feature-of-kimi-api)
+        to the next providers, and stream the continuation into the same response. True when
+        it completed; False when no provider would take it. Raises :class:`_StreamBroken` if the
+        continuation breaks too, :class:`_ClientGone` if the client leaves."""
+        prefix = {"role": "assistant", "content": meter.answer_text, "partial": True}
+        for target in plan.targets[plan.targets.index(broken_target) + 1 :]:
+            if target.skip_reason or not self.health.check(target.provider).ok:
+                continue
+            body = json.loads(target.body)
+            body["messages"] = [*body.get("messages", []), prefix]
+            cont = dataclasses.replace(target, body=json.dumps(body, ensure_ascii=False).encode())
+            started = time.time()
+            try:
+                upstream, first = await self._open(cont, budget)
+            except AttemptFailed as e:
+                f = e.failure
+                self.health.record_failure(target.provider, f)
+                attempts.append(
+                    _attempt_row(
+                        len(attempts) + 1,
+                        target,
+                        started,
+                        f.status,
+                        f"continuation: {f.kind}: {f.message}",
+                        _ms_since(started),
+                    )
+                )
+                continue
+            attempts.append(
+                _attempt_row(
+                    len(attempts) + 1,
+                    target,
+                    started,
+                    upstream.status,
+                    None if upstream.status < 400 else "continuation refused",
+                    _ms_since(started),
+                )
+            )
+            if upstream.status >= 400 or not upstream.headers.get("content-type", "").startswith(
+                "text/event-stream"
+            ):
+                upstream.close()
+                continue
+            log.warning(
+                "kimi-intercept: continuing the broken answer on %s (%s)",
+                target.provider,
+                redact(why),
+            )
+            r.target, r.continued_after = target, why
+            events = EventSplitter()
+            chunk = first
+            try:
+                while chunk:
+                    for piece in events.push(chunk):
+                        await self._forward(out, piece, meter, True, plan, r)
+                    try:
+                        chunk = await asyncio.wait_for(
+                            upstream.content.readany(), timeout=self.cfg.routing.stall_timeout_s
+                        )
+                    except asyncio.TimeoutError as e:
+                        raise _StreamBroken("the continuation stalled") from e
+                    except (aiohttp.ClientError, OSError) as e:
+                        raise _StreamBroken(_describe_exc(e)) from e
+                rest = events.flush()
+                if rest:
+                    await self._forward(out, rest, meter, True, plan, r)
+                await _write_or_gone(out.write_eof())
+            except BaseException:
+                upstream.close()
+                raise
+            upstream.release()
+            self.health.record_success(target.provider)
+            r.outcome = "ok"
+            return True
+        return False
 
     @staticmethod
     async def _forward(

@@ -145,6 +145,7 @@ class ChatStreamMeter:
     - ``completion_text``: ``delta.content`` + ``reasoning_content`` + ``refusal`` + tool-call
       names/arguments in arrival order, capped at :data:`MAX_COMPLETION_TEXT_CHARS`
       (``text_truncated`` tells);
+    - ``answer_text``: ``delta.content`` alone; ``saw_tool_calls``: a tool-call delta arrived;
     - ``saw_done``: ``data: [DONE]`` arrived; ``error``: an in-stream ``{"error": {...}}``;
     - ``events``: SSE events with data (including ``[DONE]``); ``malformed_events``: events
       whose data was not a JSON object;
@@ -165,6 +166,14 @@ class ChatStreamMeter:
         self.malformed_events = 0
         self.text_truncated = False
         self.truncated = False
+        self.saw_tool_calls = False
+        self._answer: list[str] = []
+
+    @property
+    def answer_text(self) -> str:
+        """Only the ``delta.content`` text (no reasoning, no tool calls): what the user reads,
+        used as the assistant prefix when a broken stream is continued elsewhere."""
+        return "".join(self._answer)
 
     @property
     def completion_text(self) -> str:
@@ -217,6 +226,13 @@ class ChatStreamMeter:
                 delta = choice.get("delta")
                 if isinstance(delta, dict):
                     _message_text(delta, found)
+                    if (
+                        isinstance(delta.get("content"), str)
+                        and self._text_len < MAX_COMPLETION_TEXT_CHARS
+                    ):
+                        self._answer.append(delta["content"])
+                    if delta.get("tool_calls") or delta.get("function_call"):
+                        self.saw_tool_calls = True
                 if isinstance(choice.get("usage"), dict):
                     self.usage = usage_from_openai(choice["usage"])
         x_groq = obj.get("x_groq")

@@ -336,3 +336,51 @@ def test_fifty_concurrent_streams_while_the_primary_flaps(proxy_with):
     assert len(got) == 50
     assert {r["outcome"] for r in got} == {"ok"}
     assert {r["provider"] for r in got} <= {"kimi", "deepseek"}
+
+
+def test_local_rpm_limit_sends_the_overflow_to_the_next_provider(
+    tmp_path, fake_upstream, start_proxy, openai_client
+):
+    kimi, deepseek = fake_upstream(), fake_upstream()
+    db = tmp_path / "kimi.db"
+    text = render_config(db, kimi.url, deepseek.url).replace(
+        'model = "kimi-k2.6"\n', 'model = "kimi-k2.6"\nrpm = 2\n'
+    )
+    client = openai_client(start_proxy(text))
+    for _ in range(3):
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    got = wait_rows(db, 3)
+    assert [r["provider"] for r in got] == ["kimi", "kimi", "deepseek"]
+    assert len(kimi.received) == 2
+    assert rows(db, "attempts")[2]["error"] == "skipped: local rpm/tpm limit reached"
+
+
+def test_continue_on_break_finishes_the_answer_on_the_next_provider(proxy_with):
+    kimi, deepseek, client, db = proxy_with(continue_on_break=True)
+    cut = Reply.sse_file(MOONSHOT_STREAM, gap_s=0.05)
+    cut.abort_after_chunks = 5  # role, three reasoning deltas, then content "O" — then reset
+    kimi.enqueue(cut)
+    text, error = stream_all(client)
+    assert error is None
+    assert text == "O" + "Hello from the fake Kimi upstream."
+    continuation = deepseek.received[0].json
+    assert continuation["messages"] == MESSAGES + [
+        {"role": "assistant", "content": "O", "partial": True}
+    ]
+    [row] = wait_rows(db, 1)
+    assert (row["outcome"], row["provider"], row["fallback_used"]) == ("ok", "deepseek", 1)
+    assert "continued_after_break" in json.loads(row["details"])
+    assert attempts(db) == [("kimi", 200), ("deepseek", 200)]
+
+
+def test_without_continue_on_break_a_reset_is_incomplete(proxy_with):
+    kimi, deepseek, client, db = proxy_with()
+    cut = Reply.sse_file(MOONSHOT_STREAM, gap_s=0.05)
+    cut.abort_after_chunks = 5
+    kimi.enqueue(cut)
+    text, error = stream_all(client)
+    assert text == "O" and isinstance(error, openai.APIError)
+    assert "broke off" in str(error)
+    assert deepseek.received == []
+    [row] = wait_rows(db, 1)
+    assert row["outcome"] == "incomplete"

@@ -112,3 +112,41 @@ def test_client_name_from_user_agent():
         == "ai-sdk/openai-compatible/1.0.0"
     )
     assert client_name(None) is None
+
+
+def test_conversation_key_is_stable_across_turns_and_overridden_by_session_headers():
+    from kimi_intercept.routing import conversation_key, share_roll
+
+    first = {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "U1"}]}
+    later = {
+        "messages": first["messages"]
+        + [{"role": "assistant", "content": "A1"}, {"role": "user", "content": "U2"}]
+    }
+    other = {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "X"}]}
+    ua = [("User-Agent", "OpenAI/Python 2.54.0")]
+    assert conversation_key(ua, first) == conversation_key(ua, later)
+    assert conversation_key(ua, first) != conversation_key(ua, other)
+    session = ua + [("x-claude-code-session-id", "abc")]
+    assert conversation_key(session, first) == conversation_key(session, other)
+    explicit = session + [("X-Kimi-Session", "mine")]
+    assert conversation_key(explicit, first) != conversation_key(session, first)
+    rolls = [
+        share_roll(conversation_key(ua, {"messages": [{"role": "user", "content": str(i)}]}))
+        for i in range(2000)
+    ]
+    assert all(0 <= r < 100 for r in rolls)
+    assert 40 < sum(r < 50 for r in rolls) / 20 < 60  # about half below a share of 50
+
+
+def test_first_byte_timeout_adapts_to_the_task_size():
+    from kimi_intercept.routing import first_byte_timeout
+
+    assert first_byte_timeout(7.5, stream=True, prompt_tokens=10**6, max_tokens=None) == 7.5
+    assert first_byte_timeout(None, stream=True, prompt_tokens=0, max_tokens=None) == 60
+    assert first_byte_timeout(None, stream=True, prompt_tokens=200_000, max_tokens=None) == 160
+    # non-streamed: the whole answer must arrive: + max_tokens / 50 tokens per second
+    assert first_byte_timeout(None, stream=False, prompt_tokens=0, max_tokens=1000) == 80
+    assert (
+        first_byte_timeout(None, stream=False, prompt_tokens=0, max_tokens=None) == 60 + 4096 / 50
+    )
+    assert first_byte_timeout(None, stream=False, prompt_tokens=10**6, max_tokens=32000) == 600
