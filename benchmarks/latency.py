@@ -142,7 +142,7 @@ def main() -> None:
         config = tmp / "config.toml"
         config.write_text(render_config(tmp / "kimi.db", kimi.url, deepseek.url))
         (tmp / "confdir").mkdir()
-        proxy = start_proxy_process(config, tmp / "confdir", cwd=tmp)
+        proxy = start_proxy_process(config, tmp / "confdir", env=clean_env(), cwd=tmp)
         try:
             spec = {
                 "direct_url": kimi.url + "/v1/chat/completions",

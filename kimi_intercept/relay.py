@@ -200,6 +200,7 @@ class Relay:
                 if verdict is not None and verdict.probe:
                     self.health.probe_abandoned(target.provider)
             if why:
+                log.info("kimi-intercept: skipping %s: %s", target.provider, redact(why))
                 r.skipped.append(f"{target.provider}: {why}")
                 attempts.append(
                     _attempt_row(len(attempts) + 1, target, time.time(), None, SKIPPED + why, 0)

@@ -1,0 +1,26 @@
+"""Wire dialects. OpenAI chat completions is the hub every provider can speak; a client that
+speaks another dialect (Anthropic Messages, Gemini) is translated to it and back.
+
+Each non-hub dialect module (:mod:`.anthropic`, :mod:`.gemini`) offers the same seam:
+
+- ``to_openai_request(body: dict, *, model: str | None) -> dict`` — the client's request as an
+  OpenAI chat-completions body (``stream_options.include_usage`` set when streaming, so usage
+  arrives); raises :class:`DialectError` for input that cannot be translated.
+- ``StreamTranslator(model: str | None)`` — ``feed(raw_event: bytes) -> bytes`` takes one
+  complete SSE event of an OpenAI chat-completions stream (as cut by
+  :class:`kimi_intercept.sse.EventSplitter`) and returns the client-dialect bytes to send now
+  (zero or more events); ``finish() -> bytes`` closes the client's stream when the upstream
+  ended; ``error_event(message: str, code: str) -> bytes`` is an in-band error in the client's
+  dialect.
+- ``from_openai_response(body: dict) -> dict`` — a non-streamed answer.
+- ``error_body(status: int, message: str, code: str) -> dict`` — a JSON error body.
+- ``StreamMeter`` / ``meter_json(body: bytes)`` — usage of the dialect's *native* answers (when
+  the provider speaks the client's dialect), with the attributes of
+  :class:`kimi_intercept.usage.ChatStreamMeter`.
+"""
+
+from __future__ import annotations
+
+
+class DialectError(ValueError):
+    """A request that cannot be translated; the message says what and why."""
