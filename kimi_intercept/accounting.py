@@ -12,13 +12,15 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import pricing, tokens
 from .failures import redact
-from .routing import RoutePlan, Target
-from .usage import ChatStreamMeter, Usage, meter_chat_json
+from .routing import RoutePlan
+from .targets import Target
+from .usage import Usage, meter_chat_json
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +42,18 @@ class Outcome:
     ttft_ms: float | None = None
     overhead_ms: float | None = None
     meter: Any = None
+    bridge: Any = None  # dialects.bridge.Bridge of the committed answer
     upstream_request_id: str | None = None
     skipped: list[str] = field(default_factory=list)
     continued_after: str | None = None  # why the first provider's stream broke (continue_on_break)
 
 
 class JsonBuffer:
-    """Collects a non-streamed body (up to 16 MiB) and meters it when it ends."""
+    """Collects a non-streamed body (up to 16 MiB) and meters it with ``meter_json`` when it
+    ends (:func:`~.usage.meter_chat_json` or a dialect's ``meter_json``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, meter_json: Callable[[bytes], Any] = meter_chat_json) -> None:
+        self._meter_json = meter_json
         self._parts: list[bytes] = []
         self._size = 0
         self._result: Any = None
@@ -63,18 +68,13 @@ class JsonBuffer:
 
     def finish(self) -> None:
         if self._size <= MAX_JSON_BODY:
-            self._result = meter_chat_json(self.body_bytes())
+            self._result = self._meter_json(self.body_bytes())
         self._parts = []
 
     def __getattr__(self, name: str) -> Any:  # usage, model, response_id, … of the result
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self._result, name, None) if self._result is not None else None
-
-
-def new_meter(content_type: str) -> ChatStreamMeter | JsonBuffer:
-    """The meter for an answer's ``Content-Type``: SSE is read event by event as it passes."""
-    return ChatStreamMeter() if content_type.startswith("text/event-stream") else JsonBuffer()
 
 
 async def build_row(
@@ -100,6 +100,7 @@ async def build_row(
         "conversation": plan.conversation or None,
         "skipped": r.skipped or None,
         "continued_after_break": r.continued_after,
+        "request_changes": list(target.notes) if target and target.notes else None,
     }
     return {
         "id": uuid.uuid4().hex,
@@ -122,6 +123,7 @@ async def build_row(
         "usage_source": source,
         "cost_usd": pricing.cost_usd(info, usage) if usage is not None else None,
         "route": plan.kind,
+        "dialect": plan.dialect,
         "stream": int(plan.stream),
         "response_id": getattr(meter, "response_id", None),
         "host": plan.host,

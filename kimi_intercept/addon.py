@@ -128,10 +128,11 @@ class KimiIntercept:
         route_id = self.relay.park(plan)
         flow.metadata[_METADATA_KEY] = route_id
         # The plan holds the body and any keys; the hop to the relay carries neither.
-        for name in ("authorization", "x-api-key", "api-key", "cookie"):
+        for name in ("authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie"):
             req.headers.pop(name, None)
         req.content = b""
-        req.url = f"http://127.0.0.1:{self.relay.port}{req.path}"
+        # no query: Gemini clients may carry their key there (?key=…), and mitmdump logs URLs
+        req.url = f"http://127.0.0.1:{self.relay.port}{req.path.partition('?')[0]}"
         req.headers[ROUTE_HEADER] = route_id
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:

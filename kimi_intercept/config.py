@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 DEFAULT_CONFIG_NAME = "default_config.toml"
+DIALECTS = ("openai", "anthropic", "gemini")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -244,9 +245,9 @@ def _provider(name: str, t: Any) -> Provider:
             f"providers.{name}.base_url must be an http:// or https:// URL, got {base_url!r}"
         )
     dialect = t.get("dialect", "openai")
-    if dialect != "openai":
+    if dialect not in DIALECTS:
         raise ConfigError(
-            f'providers.{name}.dialect = {dialect!r} is not supported yet; use "openai"'
+            f"providers.{name}.dialect must be one of {', '.join(DIALECTS)}, got {dialect!r}"
         )
     models = {}
     for model, info in (t.get("models") or {}).items():

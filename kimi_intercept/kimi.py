@@ -37,6 +37,7 @@ Never touched: system/user/assistant text, tool descriptions and schemas.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -275,3 +276,32 @@ def _caps(out: dict, changes: list[str]) -> None:
         else:
             del out["stop"]
         changes.append(f"stop: dropped {' and '.join(why)}; kept {kept!r}")
+
+
+def restore_tool_names(raw: bytes, renamed: dict[str, str]) -> bytes:
+    """Put the client's tool names back into one Kimi answer: a whole SSE event of a
+    chat-completions stream (``data: {...}``) or a whole non-streamed JSON body. ``renamed``
+    maps the name Kimi saw to the client's (:attr:`Normalized.renamed`). Anything that does not
+    parse is returned unchanged."""
+    if not renamed:
+        return raw
+    is_sse = raw.lstrip().startswith(b"data:")
+    payload = raw.split(b":", 1)[1].strip() if is_sse else raw
+    try:
+        obj = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return raw
+    changed = False
+    for choice in obj.get("choices") or [] if isinstance(obj, dict) else []:
+        part = (choice.get("delta") or choice.get("message")) if isinstance(choice, dict) else None
+        for call in (part or {}).get("tool_calls") or []:
+            fn = call.get("function") if isinstance(call, dict) else None
+            if isinstance(fn, dict) and fn.get("name") in renamed:
+                fn["name"] = renamed[fn["name"]]
+                changed = True
+    if not changed:
+        return raw
+    text = json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    if not is_sse:
+        return text
+    return b"data: " + text + raw[len(raw.rstrip(b"\r\n")) :]

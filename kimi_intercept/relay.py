@@ -49,8 +49,9 @@ import certifi
 from aiohttp import web
 
 from . import tokens
-from .accounting import Outcome, build_row, new_meter
+from .accounting import Outcome, build_row
 from .config import Config
+from .dialects.bridge import Bridge, error_json, openai_error_body
 from .failures import (
     Action,
     Failure,
@@ -60,8 +61,10 @@ from .failures import (
     redact,
 )
 from .health import ProviderHealth, RateLimiter, backoff_delay
-from .routing import RoutePlan, Target, first_byte_timeout, iso_utc, requested_max_tokens
+from .kimi import restore_tool_names
+from .routing import RoutePlan, first_byte_timeout, iso_utc, requested_max_tokens
 from .sse import EventSplitter
+from .targets import Target
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +164,12 @@ class Relay:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         parked = self._routes.pop(request.headers.get(ROUTE_HEADER, ""), None)
         if parked is None:
-            body = _error_body("unknown or used route id", "not_found")
+            body = openai_error_body("unknown or used route id", "not_found")
             return web.json_response(body, status=404)
         plan = parked[1]
         await request.read()  # the body travels in the plan; drain what mitmproxy sent
+        if plan.kind == "count_tokens":
+            return await self._count_tokens(plan)
         attempts: list[dict[str, Any]] = []
         result = Outcome()
         try:
@@ -174,6 +179,21 @@ class Relay:
             raise
         finally:
             self._spawn(self._finish(plan, attempts, result))
+
+    async def _count_tokens(self, plan: RoutePlan) -> web.Response:
+        """Anthropic ``/v1/messages/count_tokens``, answered locally with the tiktoken estimate
+        of the translated request (no upstream call, no row: it is not model usage)."""
+        try:
+            n = await asyncio.to_thread(tokens.estimate_prompt_tokens, plan.request_json)
+        except Exception as e:  # a tokenizer problem: say so in the client's dialect
+            log.warning("kimi-intercept: count_tokens failed: %s", e)
+            message = f"kimi-intercept could not count tokens: {e}"
+            return web.json_response(
+                error_json("anthropic", 500, message, "count_failed"), status=500
+            )
+        from .dialects.anthropic import count_tokens_response
+
+        return web.json_response(count_tokens_response(n))
 
     async def _serve(
         self, request: web.Request, plan: RoutePlan, attempts: list[dict[str, Any]], r: Outcome
@@ -371,11 +391,14 @@ class Relay:
         )
         content_type = upstream.headers.get("content-type", "")
         sse = content_type.startswith("text/event-stream")
-        meter = r.meter = new_meter(content_type)
+        bridge = r.bridge = Bridge(plan.dialect, target.dialect, target.model)
+        meter = r.meter = bridge.meter(sse)
         out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         for k, v in upstream.headers.items():
             if k.lower() not in _DROP_RESPONSE_HEADERS:
                 out.headers.add(k, v)
+        if bridge.translate:
+            out.headers["content-type"] = bridge.content_type(content_type, sse)
         out.headers["x-kimi-intercept-provider"] = target.provider
         out.headers["x-kimi-intercept-attempts"] = str(len(attempts))
         if r.overhead_ms is not None:
@@ -385,9 +408,10 @@ class Relay:
         chunk = first
         try:
             await _write_or_gone(out.prepare(request))
+            whole = bridge.translate and not sse  # a translated JSON answer goes out whole
             while chunk:
                 for piece in events.push(chunk) if events is not None else (chunk,):
-                    await self._forward(out, piece, meter, sse, plan, r)
+                    await self._forward(out, piece, meter, sse, plan, r, target, bridge, whole)
                 try:
                     chunk = await asyncio.wait_for(upstream.content.readany(), timeout=stall)
                 except asyncio.TimeoutError as e:
@@ -396,7 +420,12 @@ class Relay:
                     raise _StreamBroken(_describe_exc(e)) from e
             rest = events.flush() if events is not None else b""
             if rest:
-                await self._forward(out, rest, meter, sse, plan, r)
+                await self._forward(out, rest, meter, sse, plan, r, target, bridge, whole)
+            if whole:
+                raw = restore_tool_names(meter.body_bytes(), target.renamed)
+                await self._send(out, bridge.body(upstream.status, raw), plan, r)
+            elif sse:
+                await self._send(out, bridge.finish(), plan, r)
             await _write_or_gone(out.write_eof())
             r.outcome = "ok" if upstream.status < 400 else "error"
             if upstream.status >= 400:
@@ -424,9 +453,8 @@ class Relay:
             )
             log.warning("kimi-intercept: %s", redact(r.error))
             if sse and meter.error is None:
-                event = {"error": _error_body(r.error, "stream_interrupted")["error"]}
                 try:
-                    await out.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                    await out.write(bridge.error_event(r.error, "stream_interrupted"))
                 except (ConnectionError, aiohttp.ClientConnectionResetError):
                     pass  # the client left too; the cut below is all that is left to do
             if request.transport is not None:
@@ -448,6 +476,7 @@ class Relay:
             and plan.kind == "reroute"
             and meter.error is None
             and not meter.saw_tool_calls
+            and target.dialect == "openai"
             and target is not plan.targets[-1]
         )
 
@@ -469,7 +498,9 @@ class Relay:
         continuation breaks too, :class:`_ClientGone` if the client leaves."""
         prefix = {"role": "assistant", "content": meter.answer_text, "partial": True}
         for target in plan.targets[plan.targets.index(broken_target) + 1 :]:
-            if target.skip_reason or not self.health.check(target.provider).ok:
+            if target.dialect != "openai" or target.skip_reason:
+                continue
+            if not self.health.check(target.provider).ok:
                 continue
             body = json.loads(target.body)
             body["messages"] = [*body.get("messages", []), prefix]
@@ -517,7 +548,7 @@ class Relay:
             try:
                 while chunk:
                     for piece in events.push(chunk):
-                        await self._forward(out, piece, meter, True, plan, r)
+                        await self._forward(out, piece, meter, True, plan, r, target, r.bridge)
                     try:
                         chunk = await asyncio.wait_for(
                             upstream.content.readany(), timeout=self.cfg.routing.stall_timeout_s
@@ -528,7 +559,8 @@ class Relay:
                         raise _StreamBroken(_describe_exc(e)) from e
                 rest = events.flush()
                 if rest:
-                    await self._forward(out, rest, meter, True, plan, r)
+                    await self._forward(out, rest, meter, True, plan, r, target, r.bridge)
+                await self._send(out, r.bridge.finish(), plan, r)
                 await _write_or_gone(out.write_eof())
             except BaseException:
                 upstream.close()
@@ -539,19 +571,37 @@ class Relay:
             return True
         return False
 
-    @staticmethod
     async def _forward(
-        out: web.StreamResponse, piece: bytes, meter: Any, sse: bool, plan: RoutePlan, r: Outcome
+        self,
+        out: web.StreamResponse,
+        piece: bytes,
+        meter: Any,
+        sse: bool,
+        plan: RoutePlan,
+        r: Outcome,
+        target: Target,
+        bridge: Bridge,
+        whole: bool = False,
     ) -> None:
-        """Meter one whole SSE event (or a body chunk), then send it to the client."""
+        """Meter one whole SSE event (or a body chunk) of the provider's answer, then send the
+        client its form of it (translated when the dialects differ; held when ``whole``)."""
         meter.feed(piece)
         if sse and meter.malformed_events:
             raise _StreamBroken("malformed SSE event (not JSON)")  # never forwarded
-        await _write_or_gone(out.write(piece))
-        if r.ttft_ms is None:
-            r.ttft_ms = _ms_since(plan.received)
+        if not whole:
+            if sse and target.renamed:
+                piece = restore_tool_names(piece, target.renamed)
+            await self._send(out, bridge.piece(piece) if sse else piece, plan, r)
         if sse and meter.error is not None:  # forwarded as the provider sent it, then cut
             raise _StreamBroken(f"provider error event: {json.dumps(meter.error)[:300]}")
+
+    @staticmethod
+    async def _send(out: web.StreamResponse, data: bytes, plan: RoutePlan, r: Outcome) -> None:
+        if not data:
+            return
+        await _write_or_gone(out.write(data))
+        if r.ttft_ms is None:
+            r.ttft_ms = _ms_since(plan.received)
 
     def _all_failed(self, plan: RoutePlan, last: Failure | None, r: Outcome) -> web.Response:
         tried = ", ".join(t.provider for t in plan.targets)
@@ -573,7 +623,8 @@ class Relay:
         headers = {}
         if last is not None and last.retry_after_s is not None:
             headers["retry-after"] = str(max(1, round(last.retry_after_s)))
-        return web.json_response(_error_body(message, code), status=status, headers=headers)
+        body = error_json(plan.dialect, status, message, code)
+        return web.json_response(body, status=status, headers=headers)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -639,12 +690,6 @@ def _attempt_row(
 def _body_message(meter: Any) -> str:
     body = meter.body_bytes() if hasattr(meter, "body_bytes") else b""
     return error_message(body)
-
-
-def _error_body(message: str, code: str) -> dict[str, Any]:
-    return {
-        "error": {"message": message, "type": "kimi_intercept_error", "param": None, "code": code}
-    }
 
 
 def _describe_exc(e: BaseException) -> str:

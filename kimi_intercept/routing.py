@@ -1,15 +1,16 @@
-"""Routing decisions: which intercepted requests go where, and the exact upstream requests.
+"""Routing decisions: which intercepted requests go where.
 
 Pure functions over the request's parts; the addon feeds them, the relay executes the plan.
 
-A request is *routed* when its host is intercepted and it is an OpenAI chat-completions call
-(``POST …/chat/completions``, any prefix, any query — the OpenAI dialect:
-https://platform.openai.com/docs/api-reference/chat/create). It is then either
+A request is *routed* when its host is intercepted and it is an LLM call in one of the dialects
+(:func:`detect_dialect`: OpenAI chat completions, https://platform.openai.com/docs/api-reference/chat/create;
+Anthropic Messages; Gemini generateContent). It is then either
 
 - ``reroute``: sent to ``[routing] primary`` with the provider's key and model, then to the
-  fallbacks in order; or
-- ``passthrough`` (the ``100 - share`` percent): sent to the original URL with the client's
-  own headers, unchanged, and counted.
+  fallbacks in order (the upstream requests themselves: :mod:`.targets`); or
+- ``passthrough`` (the ``100 - share`` percent of conversations): sent to the original URL
+  with the client's own headers, unchanged, and counted;
+- ``count_tokens``: Anthropic's ``/v1/messages/count_tokens``, answered locally.
 
 Everything else (other paths, a body that is not a JSON object) is left to mitmproxy untouched.
 """
@@ -18,57 +19,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from .config import Config, ModelInfo
+from .config import Config
+from .dialects import DialectError
+from .targets import Target, passthrough_target, reroute_targets
 
 CHAT_COMPLETIONS = "/chat/completions"
-
-# RFC 9110 §7.6.1 hop-by-hop headers, plus what the relay sets itself.
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "accept-encoding",
-    }
-)
-# Client credentials and account scoping that must not reach another provider.
-_CLIENT_SECRETS = frozenset(
-    {
-        "authorization",
-        "x-api-key",
-        "api-key",
-        "x-goog-api-key",
-        "cookie",
-        "openai-organization",
-        "openai-project",
-    }
-)
-
-
-@dataclass(frozen=True)
-class Target:
-    """One upstream attempt: where, with which headers and body. ``headers`` may hold a key."""
-
-    provider: str
-    url: str
-    headers: dict[str, str] = field(repr=False)
-    body: bytes = field(repr=False)
-    model: str | None
-    model_info: ModelInfo | None
-    skip_reason: str | None = None  # set when the target cannot be tried (e.g. no API key)
+_GEMINI_PATH = re.compile(r"/models/([^/:]+):(generateContent|streamGenerateContent)$")
 
 
 @dataclass
@@ -79,7 +41,7 @@ class RoutePlan:
     ``started_at`` is the ISO 8601 UTC start of the request.
     """
 
-    kind: str  # "reroute" | "passthrough"
+    kind: str  # "reroute" | "passthrough" | "count_tokens"
     targets: list[Target]
     stream: bool
     request_json: dict[str, Any] = field(repr=False)
@@ -89,6 +51,7 @@ class RoutePlan:
     client_host: str | None
     started_at: str
     conversation: str = ""
+    dialect: str = "openai"  # the client's: openai | anthropic | gemini
     received: float = field(default_factory=time.time)
     prompt_tokens_estimate: int | None = None  # tiktoken count, filled in only when needed
 
@@ -193,6 +156,35 @@ def iso_utc(ts: float) -> str:
     )
 
 
+def detect_dialect(method: str, path: str) -> tuple[str, str | None, bool | None] | None:
+    """``(dialect, model, stream)`` of an LLM call, from its method and path (query ignored).
+
+    ``openai``: ``POST …/chat/completions``; ``anthropic``: ``POST …/v1/messages``
+    (``anthropic_count``: ``…/v1/messages/count_tokens``,
+    https://docs.claude.com/en/api/messages-count-tokens); ``gemini``: ``POST
+    …/models/{model}:generateContent`` or ``:streamGenerateContent``
+    (https://ai.google.dev/api/generate-content), whose model and streaming live in the path
+    (streaming only as SSE, ``?alt=sse``; the JSON-array stream is left untouched).
+    ``None`` for anything else.
+    """
+    if method.upper() != "POST":
+        return None
+    p = path.split("?", 1)[0].rstrip("/")
+    if p.endswith(CHAT_COMPLETIONS):
+        return "openai", None, None
+    if p.endswith("/v1/messages/count_tokens"):
+        return "anthropic_count", None, None
+    if p.endswith("/v1/messages"):
+        return "anthropic", None, None
+    m = _GEMINI_PATH.search(p)
+    if m:
+        stream = m.group(2) == "streamGenerateContent"
+        if stream and "alt=sse" not in path.partition("?")[2]:
+            return None  # a streamed JSON array, not SSE: left untouched
+        return "gemini", m.group(1), stream
+    return None
+
+
 def plan_route(
     cfg: Config,
     *,
@@ -213,98 +205,73 @@ def plan_route(
     the choice is sticky per conversation. Never raises on bad input: a body that is not a JSON
     object gives ``None``.
     """
-    if host not in cfg.hosts or not is_chat_completions(method, path):
+    found = detect_dialect(method, path) if host in cfg.hosts else None
+    if found is None:
         return None
+    dialect, path_model, path_stream = found
     try:
-        request_json = json.loads(body)
+        native = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         return None
-    if not isinstance(request_json, dict):
+    if not isinstance(native, dict):
         return None
-    client_model = request_json.get("model") if isinstance(request_json.get("model"), str) else None
+    model = native.get("model") if dialect != "gemini" else path_model
+    client_model = model if isinstance(model, str) else None
+    stream = path_stream if dialect == "gemini" else native.get("stream") is True
+    hub, hub_error = to_hub(dialect, native, client_model, bool(stream))
     lower = [(k.lower(), v) for k, v in headers]
     ua = next((v for k, v in lower if k == "user-agent"), None)
-    conversation = conversation_key(headers, request_json)
+    conversation = conversation_key(headers, hub or {})
     if roll is None:
         roll = share_roll(conversation)
-    reroute = roll < cfg.routing.share
-    if reroute:
-        targets = _reroute_targets(cfg, request_json, client_model, lower)
+    reroute = roll < cfg.routing.share or dialect == "anthropic_count"
+    if dialect == "anthropic_count":
+        targets: list[Target] = []  # answered by the relay itself, with a local count
+    elif reroute:
+        targets = reroute_targets(
+            cfg, client_dialect=dialect, native=native, hub=hub, hub_error=hub_error,
+            client_model=client_model, stream=bool(stream), headers=lower,
+        )  # fmt: skip
     else:
-        targets = [_passthrough_target(cfg, url, host, client_model, lower, body)]
+        targets = [
+            passthrough_target(
+                cfg, url=url, host=host, client_dialect=dialect, client_model=client_model,
+                headers=lower, body=body,
+            )
+        ]  # fmt: skip
     started = time.time() if started is None else started
     return RoutePlan(
-        kind="reroute" if reroute else "passthrough",
+        kind="count_tokens"
+        if dialect == "anthropic_count"
+        else "reroute"
+        if reroute
+        else "passthrough",
         targets=targets,
-        stream=request_json.get("stream") is True,
-        request_json=request_json,
+        stream=bool(stream),
+        request_json=hub or {},
         client_model=client_model,
         host=host,
         client=client_name(ua),
         client_host=client_host,
         started_at=iso_utc(started),
         conversation=conversation,
+        dialect="anthropic" if dialect == "anthropic_count" else dialect,
     )
 
 
-def _forwardable(headers: list[tuple[str, str]], drop: frozenset[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for k, v in headers:
-        if k in _HOP_BY_HOP or k in drop or k.startswith("x-kimi-intercept"):
-            continue
-        out[k] = f"{out[k]}, {v}" if k in out else v
-    out["accept-encoding"] = "identity"  # keep the SSE parseable while it passes
-    return out
+def to_hub(
+    dialect: str, native: dict[str, Any], model: str | None, stream: bool
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The request in the OpenAI hub dialect, or ``(None, why)`` when it cannot be translated."""
+    if dialect == "openai":
+        return native, None
+    try:
+        if dialect in ("anthropic", "anthropic_count"):
+            from .dialects import anthropic
 
+            return anthropic.to_openai_request(native, model=model), None
+        from .dialects import gemini
 
-def _reroute_targets(
-    cfg: Config,
-    request_json: dict[str, Any],
-    client_model: str | None,
-    headers: list[tuple[str, str]],
-) -> list[Target]:
-    base = _forwardable(headers, _CLIENT_SECRETS)
-    base["content-type"] = "application/json"
-    targets = []
-    for provider in cfg.chain:
-        if provider.name == cfg.routing.primary:
-            model = cfg.primary_model(client_model)
-        else:
-            model = provider.model or client_model
-        body = dict(request_json)
-        if model:
-            body["model"] = model
-        h = dict(base)
-        if provider.api_key:
-            h["authorization"] = f"Bearer {provider.api_key}"
-        targets.append(
-            Target(
-                provider=provider.name,
-                url=provider.url(CHAT_COMPLETIONS),
-                headers=h,
-                body=json.dumps(body, ensure_ascii=False).encode("utf-8"),
-                model=model,
-                model_info=cfg.model_info(model, provider.name),
-                skip_reason=None if provider.api_key else provider.missing_key_hint(),
-            )
-        )
-    return targets
-
-
-def _passthrough_target(
-    cfg: Config,
-    url: str,
-    host: str,
-    client_model: str | None,
-    headers: list[tuple[str, str]],
-    body: bytes,
-) -> Target:
-    known = cfg.provider_for_host(host)
-    return Target(
-        provider=known.name if known else host,
-        url=url,
-        headers=_forwardable(headers, frozenset()),
-        body=body,
-        model=client_model,
-        model_info=cfg.model_info(client_model, known.name if known else None),
-    )
+        return gemini.to_openai_request(native, model=model, stream=stream), None
+    except (DialectError, ValueError, TypeError, KeyError) as e:
+        return None, f"cannot translate the {dialect} request: {e}"

@@ -89,9 +89,8 @@ class SSEParser:
         pos = 0
         if self._skip_lf:
             self._skip_lf = False
-            if chunk[0] == 0x0A:  # second half of a CRLF split across chunks
-                pos = 1
-                self._event_bytes += 1
+            if chunk[0] == 0x0A:  # second half of a CRLF split across chunks: it belongs to
+                pos = 1  # the line already counted (and maybe dispatched), so it is not pending
         for m in _LINE_END.finditer(chunk, pos):
             start, end = m.span()
             piece = chunk[pos:start]

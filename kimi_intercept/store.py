@@ -33,7 +33,7 @@ DEFAULT_BUSY_TIMEOUT_MS = 5000
 
 #: ``requests`` columns in table order, with their Python types (sqlite-utils: str → TEXT,
 #: int → INTEGER, float → REAL).
-REQUEST_COLUMNS: dict[str, type] = {
+_M001_REQUEST_COLUMNS: dict[str, type] = {
     "id": str,
     "started_at": str,  # ISO 8601 UTC, "2026-11-21T23:54:42.123Z"
     "client": str,  # from User-Agent, "openai-python/1.2"
@@ -60,6 +60,11 @@ REQUEST_COLUMNS: dict[str, type] = {
     "error": str,
     "details": str,  # JSON object of provider extras
 }
+# Columns added by later migrations, in order; REQUEST_COLUMNS is the table as it is now.
+_M002_REQUEST_COLUMNS: dict[str, type] = {
+    "dialect": str,  # the client's wire dialect: openai | anthropic | gemini
+}
+REQUEST_COLUMNS: dict[str, type] = {**_M001_REQUEST_COLUMNS, **_M002_REQUEST_COLUMNS}
 
 #: ``attempts`` columns in table order.
 ATTEMPT_COLUMNS: dict[str, type] = {
@@ -80,13 +85,19 @@ migrations = sqlite_utils.Migrations("kimi_intercept")
 @migrations()
 def m001_initial(db: sqlite_utils.Database) -> None:
     requests = db.table("requests")
-    requests.create(REQUEST_COLUMNS, pk="id")
+    requests.create(_M001_REQUEST_COLUMNS, pk="id")
     requests.create_index(["started_at"])
     requests.create_index(["provider", "started_at"])
     requests.create_index(["model", "started_at"])
     attempts = db.table("attempts")
     attempts.create(ATTEMPT_COLUMNS, pk="id", foreign_keys=[("request_id", "requests", "id")])
     attempts.create_index(["request_id"])
+
+
+@migrations()
+def m002_requests_dialect(db: sqlite_utils.Database) -> None:
+    for name, kind in _M002_REQUEST_COLUMNS.items():
+        db.table("requests").add_column(name, kind)
 
 
 class DatabaseNotFound(FileNotFoundError):

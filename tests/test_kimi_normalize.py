@@ -6,7 +6,17 @@ import copy
 
 import pytest
 
-from kimi_intercept.kimi import KimiRequestError, Normalized, is_kimi_model, normalize_for_kimi
+from kimi_intercept.kimi import KimiRequestError, Normalized, is_kimi_model
+from kimi_intercept.kimi import normalize_for_kimi as _normalize_for_kimi
+
+
+def normalize_for_kimi(body: dict, **kwargs) -> Normalized:
+    """The function under test, plus the promise every test checks: the input is unchanged."""
+    before = copy.deepcopy(body)
+    try:
+        return _normalize_for_kimi(body, **kwargs)
+    finally:
+        assert body == before
 
 
 def _tool(name: str, described_as: str | None = None) -> dict:
@@ -82,6 +92,7 @@ def test_the_input_is_never_mutated() -> None:
             },
             {"role": "assistant", "content": "ok", "tool_calls": [_call("c1", "read.file")]},
             {"role": "tool", "tool_call_id": "c1", "name": "read.file"},
+            {"role": "assistant", "content": "plain"},
         ],
         "tools": [_tool(f"tool{i}") for i in range(130)] + [_tool("read.file")],
         "tool_choice": {"type": "function", "function": {"name": "read.file"}},
@@ -96,6 +107,11 @@ def test_the_input_is_never_mutated() -> None:
     result = normalize_for_kimi(body, model="kimi-k2.7-code")
     assert body == before
     assert len(result.changes) == 9
+    assert result.body["messages"][4] == {
+        "role": "assistant",
+        "content": "plain",
+        "reasoning_content": "",
+    }
     assert result.body != before
 
 

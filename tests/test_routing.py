@@ -150,3 +150,19 @@ def test_first_byte_timeout_adapts_to_the_task_size():
         first_byte_timeout(None, stream=False, prompt_tokens=0, max_tokens=None) == 60 + 4096 / 50
     )
     assert first_byte_timeout(None, stream=False, prompt_tokens=10**6, max_tokens=32000) == 600
+
+
+def test_dialect_detection():
+    from kimi_intercept.routing import detect_dialect
+
+    assert detect_dialect("POST", "/v1/chat/completions") == ("openai", None, None)
+    assert detect_dialect("POST", "/v1/messages?beta=true") == ("anthropic", None, None)
+    assert detect_dialect("POST", "/v1/messages/count_tokens") == ("anthropic_count", None, None)
+    sse = "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+    assert detect_dialect("POST", sse) == ("gemini", "gemini-2.5-flash", True)
+    assert detect_dialect("POST", "/v1beta/models/gemini-2.5-pro:generateContent") == (
+        "gemini", "gemini-2.5-pro", False,
+    )  # fmt: skip
+    assert detect_dialect("POST", "/v1beta/models/g:streamGenerateContent") is None
+    assert detect_dialect("POST", "/v1/responses") is None
+    assert detect_dialect("GET", "/v1/messages") is None

@@ -7,9 +7,10 @@ import threading
 import time
 
 import pytest
+import sqlite_utils
 
 from kimi_intercept import store
-from kimi_intercept.store import StoreWriter, open_db, open_readonly
+from kimi_intercept.store import REQUEST_COLUMNS, StoreWriter, open_db, open_readonly
 
 
 @pytest.fixture(autouse=True)
@@ -78,6 +79,7 @@ def test_migrate_columns(db_path):
         "host": str,
         "error": str,
         "details": str,
+        "dialect": str,
     }
     assert db.table("attempts").columns_dict == {
         "id": int,
@@ -120,9 +122,23 @@ def test_migrations_idempotent_on_reopen(db_path):
     db.table("requests").insert(request(1))
     db.close()
     db = open_db(db_path)
-    assert [m.name for m in store.migrations.applied(db)] == ["m001_initial"]
+    assert [m.name for m in store.migrations.applied(db)] == [
+        "m001_initial",
+        "m002_requests_dialect",
+    ]
     assert store.migrations.pending(db) == []
     assert db.table("requests").count == 1
+
+
+def test_a_database_made_by_the_first_release_is_upgraded_in_place(db_path):
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite_utils.Database(db_path)
+    store.migrations.apply(db, stop_before="m002_requests_dialect")  # the schema of 0.1
+    db.table("requests").insert(request(1))
+    db.close()
+    db = open_db(db_path)
+    assert list(db.table("requests").columns_dict) == list(REQUEST_COLUMNS)
+    assert db.table("requests").get("req-0001")["dialect"] is None
 
 
 def test_open_readonly(db_path):

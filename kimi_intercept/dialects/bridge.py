@@ -1,0 +1,100 @@
+"""The bridge between one provider's answer and the client: meter it, and translate it when the
+provider speaks the OpenAI hub dialect and the client does not.
+
+The relay asks the bridge, per committed answer, for the usage meter (over the *provider's*
+bytes, so usage is read where it was written), for the client-dialect bytes of each whole SSE
+event, for the closing bytes, and for errors in the client's dialect.
+"""
+
+from __future__ import annotations
+
+import json
+from types import ModuleType
+from typing import Any
+
+from ..accounting import JsonBuffer
+from ..failures import error_message
+from ..usage import ChatStreamMeter, meter_chat_json
+
+
+def module(dialect: str) -> ModuleType | None:
+    """The dialect module (``None`` for the OpenAI hub)."""
+    if dialect == "anthropic":
+        from . import anthropic
+
+        return anthropic
+    if dialect == "gemini":
+        from . import gemini
+
+        return gemini
+    return None
+
+
+def openai_error_body(message: str, code: str) -> dict[str, Any]:
+    """OpenAI's error shape (https://platform.openai.com/docs/guides/error-codes)."""
+    return {
+        "error": {"message": message, "type": "kimi_intercept_error", "param": None, "code": code}
+    }
+
+
+def error_json(dialect: str, status: int, message: str, code: str) -> dict[str, Any]:
+    """A JSON error body in ``dialect``."""
+    mod = module(dialect)
+    return mod.error_body(status, message, code) if mod else openai_error_body(message, code)
+
+
+class Bridge:
+    """One committed answer: ``provider`` dialect in, ``client`` dialect out."""
+
+    def __init__(self, client: str, provider: str, model: str | None):
+        self.client, self.provider = client, provider
+        self.translate = client != provider
+        self._client_mod = module(client)
+        self._provider_mod = module(provider)
+        self._translator = (
+            self._client_mod.StreamTranslator(model)
+            if self.translate and self._client_mod is not None
+            else None
+        )
+
+    def meter(self, sse: bool) -> Any:
+        """Usage meter over the provider's bytes."""
+        mod = self._provider_mod
+        if sse:
+            return mod.StreamMeter() if mod else ChatStreamMeter()
+        return JsonBuffer(mod.meter_json if mod else meter_chat_json)
+
+    def content_type(self, upstream: str, sse: bool) -> str:
+        if not self.translate:
+            return upstream
+        return "text/event-stream; charset=utf-8" if sse else "application/json"
+
+    def piece(self, raw_event: bytes) -> bytes:
+        """Client bytes for one whole upstream SSE event (itself when not translating)."""
+        return self._translator.feed(raw_event) if self._translator else raw_event
+
+    def finish(self) -> bytes:
+        """Client bytes that close a translated stream the upstream ended."""
+        return self._translator.finish() if self._translator else b""
+
+    def body(self, status: int, raw: bytes) -> bytes:
+        """A whole non-streamed answer in the client's dialect."""
+        if not self.translate or self._client_mod is None:
+            return raw
+        if status >= 400:
+            return json.dumps(
+                self._client_mod.error_body(status, error_message(raw), "upstream_error")
+            ).encode()
+        try:
+            answer = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            message = "kimi-intercept: the provider's answer was not JSON"
+            return json.dumps(self._client_mod.error_body(502, message, "bad_upstream")).encode()
+        return json.dumps(self._client_mod.from_openai_response(answer)).encode()
+
+    def error_event(self, message: str, code: str) -> bytes:
+        """An in-band error event in the client's dialect (the stream is cut after it)."""
+        if self._client_mod is None:
+            return b"data: " + json.dumps(openai_error_body(message, code)).encode() + b"\n\n"
+        translator = self._translator or self._client_mod.StreamTranslator(None)
+        return translator.error_event(message, code)
