@@ -305,3 +305,66 @@ def restore_tool_names(raw: bytes, renamed: dict[str, str]) -> bytes:
     if not is_sse:
         return text
     return b"data: " + text + raw[len(raw.rstrip(b"\r\n")) :]
+
+
+# Block types Kimi's Anthropic endpoint rejects (Kimi-K2.5#27 ``document``, Kimi-K2#118
+# ``tool_reference``, peers.md §3 H).
+ANTHROPIC_REJECTED_BLOCKS = frozenset({"document", "tool_reference"})
+
+
+def normalize_anthropic_for_kimi(body: dict, *, max_tools: int = 128) -> Normalized:
+    """Make an Anthropic Messages body acceptable to Kimi's Anthropic endpoint
+    (``https://api.moonshot.ai/anthropic``): at most ``max_tools`` tools (the one pinned by
+    ``tool_choice`` kept), and ``document`` / ``tool_reference`` blocks — also inside
+    ``tool_result`` content — turned into text blocks when they carry text, else dropped.
+    Pure; the input is not mutated."""
+    out = dict(body)
+    changes: list[str] = []
+    tools = out.get("tools")
+    if isinstance(tools, list) and len(tools) > max_tools:
+        pinned = (out.get("tool_choice") or {}).get("name")
+        keep = tools[:max_tools]
+        if pinned and all(t.get("name") != pinned for t in keep if isinstance(t, dict)):
+            keep = keep[: max_tools - 1] + [t for t in tools if t.get("name") == pinned][:1]
+        dropped = [t.get("name") for t in tools if t not in keep and isinstance(t, dict)]
+        out["tools"] = keep
+        changes.append(
+            f"dropped {len(dropped)} tools beyond Kimi's {max_tools}-tool limit: "
+            + ", ".join(str(n) for n in dropped)
+        )
+    messages = out.get("messages")
+    if isinstance(messages, list):
+        fixed = [_anthropic_message(m, changes) for m in messages]
+        if fixed != messages:
+            out["messages"] = fixed
+    return Normalized(out if changes else body, tuple(changes))
+
+
+def _anthropic_blocks(blocks: list, changes: list[str]) -> list:
+    kept = []
+    for block in blocks:
+        if not isinstance(block, dict):
+            kept.append(block)
+            continue
+        if block.get("type") in ANTHROPIC_REJECTED_BLOCKS:
+            source = block.get("source") if isinstance(block.get("source"), dict) else {}
+            text = source.get("data") if source.get("type") == "text" else block.get("text")
+            if isinstance(text, str) and text:
+                kept.append({"type": "text", "text": text})
+                changes.append(f"converted a {block['type']} block to text")
+            else:
+                changes.append(f"dropped a {block['type']} block")
+            continue
+        if block.get("type") == "tool_result" and isinstance(block.get("content"), list):
+            inner = _anthropic_blocks(block["content"], changes)
+            if inner != block["content"]:
+                block = {**block, "content": inner or ""}
+        kept.append(block)
+    return kept
+
+
+def _anthropic_message(message: Any, changes: list[str]) -> Any:
+    if not isinstance(message, dict) or not isinstance(message.get("content"), list):
+        return message
+    blocks = _anthropic_blocks(message["content"], changes)
+    return message if blocks == message["content"] else {**message, "content": blocks}

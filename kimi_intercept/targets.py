@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config, ModelInfo, Provider
-from .kimi import KimiRequestError, normalize_for_kimi
+from .kimi import KimiRequestError, normalize_anthropic_for_kimi, normalize_for_kimi
 
 KIMI_HOSTS = frozenset({"api.moonshot.ai", "api.moonshot.cn", "api.kimi.com"})
 ANTHROPIC_VERSION = "2023-06-01"
@@ -112,6 +112,9 @@ def reroute_targets(
                 body, notes, renamed = fixed.body, fixed.changes, dict(fixed.renamed)
             except KimiRequestError as e:
                 skip = skip or str(e)
+        elif is_kimi(provider) and provider.dialect == "anthropic" and body:
+            fixed = normalize_anthropic_for_kimi(body)
+            body, notes = fixed.body, fixed.changes
         targets.append(
             Target(
                 provider=provider.name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 
@@ -410,3 +411,47 @@ def test_single_stop_string_over_32_bytes_removed_and_short_one_kept() -> None:
     assert result == Normalized(body={}, changes=("stop: dropped 1 over 32 bytes; kept []",))
     ok = {"stop": "y" * 32, "n": 5}
     assert normalize_for_kimi(ok, model="moonshot-v1-8k") == Normalized(body=ok, changes=())
+
+
+def test_anthropic_body_for_kimis_anthropic_endpoint():
+    from kimi_intercept.kimi import normalize_anthropic_for_kimi
+
+    tools = [{"name": f"t{i}", "input_schema": {"type": "object"}} for i in range(130)]
+    body = {
+        "model": "kimi-k2.6",
+        "tools": tools,
+        "tool_choice": {"type": "tool", "name": "t129"},
+        "messages": [
+            {"role": "user", "content": [
+                {"type": "document", "source": {"type": "text", "data": "spec text"}},
+                {"type": "document", "source": {"type": "base64", "data": "JVBERi0="}},
+                {"type": "text", "text": "read it"},
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "x", "content": [
+                    {"type": "tool_reference", "tool_name": "Bash"},
+                    {"type": "text", "text": "ok"},
+                ]},
+            ]},
+        ],
+    }  # fmt: skip
+    before = json.loads(json.dumps(body))
+    fixed = normalize_anthropic_for_kimi(body)
+    assert body == before  # not mutated
+    assert [t["name"] for t in fixed.body["tools"]] == [f"t{i}" for i in range(127)] + ["t129"]
+    assert fixed.body["messages"] == [
+        {"role": "user", "content": [
+            {"type": "text", "text": "spec text"}, {"type": "text", "text": "read it"},
+        ]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "x",
+             "content": [{"type": "text", "text": "ok"}]},
+        ]},
+    ]  # fmt: skip
+    assert fixed.changes == (
+        "dropped 2 tools beyond Kimi's 128-tool limit: t127, t128",
+        "converted a document block to text",
+        "dropped a document block",
+        "dropped a tool_reference block",
+    )
+    assert normalize_anthropic_for_kimi({"messages": []}).changes == ()
