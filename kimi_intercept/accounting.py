@@ -135,7 +135,8 @@ async def build_row(
 def _estimate(request_json: dict[str, Any], completion_text: str) -> Usage:
     try:
         return Usage(
-            prompt_tokens=tokens.estimate_prompt_tokens(request_json),
+            # no hub form of the request (e.g. the Responses API): no prompt estimate
+            prompt_tokens=tokens.estimate_prompt_tokens(request_json) if request_json else None,
             completion_tokens=tokens.estimate_completion_tokens(completion_text),
         )
     except Exception:

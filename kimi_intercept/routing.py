@@ -161,7 +161,8 @@ def detect_dialect(method: str, path: str) -> tuple[str, str | None, bool | None
 
     ``openai``: ``POST …/chat/completions``; ``anthropic``: ``POST …/v1/messages``
     (``anthropic_count``: ``…/v1/messages/count_tokens``,
-    https://docs.claude.com/en/api/messages-count-tokens); ``gemini``: ``POST
+    https://docs.claude.com/en/api/messages-count-tokens); ``responses``: ``POST …/v1/responses``
+    (OpenAI's Responses API: passed through and counted, never rerouted); ``gemini``: ``POST
     …/models/{model}:generateContent`` or ``:streamGenerateContent``
     (https://ai.google.dev/api/generate-content), whose model and streaming live in the path
     (streaming only as SSE, ``?alt=sse``; the JSON-array stream is left untouched).
@@ -172,6 +173,8 @@ def detect_dialect(method: str, path: str) -> tuple[str, str | None, bool | None
     p = path.split("?", 1)[0].rstrip("/")
     if p.endswith(CHAT_COMPLETIONS):
         return "openai", None, None
+    if p.endswith("/v1/responses"):
+        return "responses", None, None
     if p.endswith("/v1/messages/count_tokens"):
         return "anthropic_count", None, None
     if p.endswith("/v1/messages"):
@@ -224,7 +227,7 @@ def plan_route(
     conversation = conversation_key(headers, hub or {})
     if roll is None:
         roll = share_roll(conversation)
-    reroute = roll < cfg.routing.share or dialect == "anthropic_count"
+    reroute = (roll < cfg.routing.share or dialect == "anthropic_count") and dialect != "responses"
     if dialect == "anthropic_count":
         targets: list[Target] = []  # answered by the relay itself, with a local count
     elif reroute:
@@ -265,6 +268,8 @@ def to_hub(
     """The request in the OpenAI hub dialect, or ``(None, why)`` when it cannot be translated."""
     if dialect == "openai":
         return native, None
+    if dialect == "responses":
+        return None, "the Responses API is only passed through"
     try:
         if dialect in ("anthropic", "anthropic_count"):
             from .dialects import anthropic

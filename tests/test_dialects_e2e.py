@@ -205,3 +205,32 @@ def test_gemini_stream_through_httpx_is_translated_with_crlf_events(proxied):
         "gemini", "gemini-2.5-flash", 90, 64,
     )  # fmt: skip
     assert rows(db, "attempts")[0]["provider"] == "kimi"
+
+
+def test_openai_responses_api_passes_through_and_is_counted(
+    tmp_path, fake_upstream, start_proxy, openai_client
+):
+    """/v1/responses is never rerouted: the original host answers (here a local fake standing
+    in for it) with the client's key, and the usage in `response.completed` is recorded."""
+    original, kimi, deepseek = fake_upstream(), fake_upstream(), fake_upstream()
+    original.enqueue(Reply.sse_file((WIRE / "captured_openai_responses_stream.sse").read_bytes()))
+    db = tmp_path / "kimi.db"
+    proxy = start_proxy(
+        config(db, kimi.url, deepseek.url).replace(
+            'hosts = ["api.anthropic.com"', 'hosts = ["localhost", "api.anthropic.com"'
+        )
+    )
+    port = original.url.rsplit(":", 1)[1]
+    client = openai_client(proxy, base_url=f"http://localhost:{port}/v1")
+    stream = client.responses.create(model="gpt-4o", input="Say hi in Portuguese", stream=True)
+    done = [e for e in stream if e.type == "response.completed"]
+    assert done and done[0].response.output_text == "Olá!"
+    assert kimi.received == [] and len(original.received) == 1
+    assert original.received[0].headers["authorization"].startswith("Bearer sk-client")
+    [row] = wait_rows(db, 1)
+    assert {k: row[k] for k in ("route", "dialect", "prompt_tokens", "completion_tokens",
+                                "cached_tokens", "usage_source", "model")} == {
+        "route": "passthrough", "dialect": "responses", "prompt_tokens": 20,
+        "completion_tokens": 3, "cached_tokens": 0, "usage_source": "provider",
+        "model": "gpt-4o-2024-08-06",
+    }  # fmt: skip

@@ -27,6 +27,10 @@ def module(dialect: str) -> ModuleType | None:
         from . import gemini
 
         return gemini
+    if dialect == "responses":
+        from . import responses
+
+        return responses
     return None
 
 
@@ -40,7 +44,9 @@ def openai_error_body(message: str, code: str) -> dict[str, Any]:
 def error_json(dialect: str, status: int, message: str, code: str) -> dict[str, Any]:
     """A JSON error body in ``dialect``."""
     mod = module(dialect)
-    return mod.error_body(status, message, code) if mod else openai_error_body(message, code)
+    if mod is None or not hasattr(mod, "error_body"):  # OpenAI's shape (Responses API too)
+        return openai_error_body(message, code)
+    return mod.error_body(status, message, code)
 
 
 class Bridge:
@@ -53,7 +59,7 @@ class Bridge:
         self._provider_mod = module(provider)
         self._translator = (
             self._client_mod.StreamTranslator(model)
-            if self.translate and self._client_mod is not None
+            if self.translate and hasattr(self._client_mod, "StreamTranslator")
             else None
         )
 
@@ -94,7 +100,7 @@ class Bridge:
 
     def error_event(self, message: str, code: str) -> bytes:
         """An in-band error event in the client's dialect (the stream is cut after it)."""
-        if self._client_mod is None:
+        if not hasattr(self._client_mod, "StreamTranslator"):  # OpenAI chat / Responses API
             return b"data: " + json.dumps(openai_error_body(message, code)).encode() + b"\n\n"
         translator = self._translator or self._client_mod.StreamTranslator(None)
         return translator.error_event(message, code)
