@@ -164,5 +164,6 @@ def test_dialect_detection():
         "gemini", "gemini-2.5-pro", False,
     )  # fmt: skip
     assert detect_dialect("POST", "/v1beta/models/g:streamGenerateContent") is None
-    assert detect_dialect("POST", "/v1/responses") is None
+    assert detect_dialect("POST", "/v1/responses") == ("responses", None, None)
+    assert detect_dialect("POST", "/v1/models") is None
     assert detect_dialect("GET", "/v1/messages") is None
