@@ -96,7 +96,7 @@ def reroute_targets(
         if provider.dialect == client_dialect:
             body = dict(native)
         elif provider.dialect == "openai" and hub is not None:
-            body = dict(hub)
+            body = dict(hub) if is_kimi(provider) else _without_kimi_fields(hub)
         else:
             body = {}
             skip = skip or (
@@ -153,6 +153,20 @@ def passthrough_target(
         model_info=cfg.model_info(client_model, known.name if known else None),
         dialect=client_dialect,
     )
+
+
+def _without_kimi_fields(hub: dict[str, Any]) -> dict[str, Any]:
+    """A translated request for a non-Kimi OpenAI-dialect provider: no Kimi ``thinking`` field
+    and no ``reasoning_content`` on earlier turns (DeepSeek rejects reasoning sent back,
+    api-docs.deepseek.com/guides/reasoning_model; OpenAI rejects unknown message fields)."""
+    body = {k: v for k, v in hub.items() if k != "thinking"}
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        body["messages"] = [
+            {k: v for k, v in m.items() if k != "reasoning_content"} if isinstance(m, dict) else m
+            for m in messages
+        ]
+    return body
 
 
 def forwardable(headers: list[tuple[str, str]], drop: frozenset[str]) -> dict[str, str]:

@@ -167,3 +167,28 @@ def test_dialect_detection():
     assert detect_dialect("POST", "/v1/responses") == ("responses", None, None)
     assert detect_dialect("POST", "/v1/models") is None
     assert detect_dialect("GET", "/v1/messages") is None
+
+
+def test_translated_requests_carry_kimi_fields_only_to_kimi():
+    body = {
+        "model": "claude-sonnet-4-5", "max_tokens": 100,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "hmm", "signature": "s"},
+                {"type": "text", "text": "hello"},
+            ]},
+            {"role": "user", "content": "again"},
+        ],
+    }  # fmt: skip
+    p = plan_route(
+        load_config(None, env=ENV), method="POST", url="https://api.anthropic.com/v1/messages",
+        host="api.anthropic.com", path="/v1/messages", headers=HEADERS,
+        body=json.dumps(body).encode(), roll=0.0,
+    )  # fmt: skip
+    kimi, deepseek = (json.loads(t.body) for t in p.targets)
+    assert kimi["thinking"] == {"type": "enabled"}
+    assert kimi["messages"][1]["reasoning_content"] == "hmm"
+    assert "thinking" not in deepseek
+    assert deepseek["messages"][1] == {"role": "assistant", "content": "hello"}
