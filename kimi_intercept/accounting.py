@@ -45,6 +45,7 @@ class Outcome:
     bridge: Any = None  # dialects.bridge.Bridge of the committed answer
     upstream_request_id: str | None = None
     skipped: list[str] = field(default_factory=list)
+    upstream_done: bool = False  # the upstream's answer ended and was forwarded
     continued_after: str | None = None  # why the first provider's stream broke (continue_on_break)
 
 
@@ -97,7 +98,6 @@ async def build_row(
         "events": getattr(meter, "events", None),
         "malformed_events": getattr(meter, "malformed_events", None) or None,
         "overhead_ms": r.overhead_ms,
-        "conversation": plan.conversation or None,
         "skipped": r.skipped or None,
         "continued_after_break": r.continued_after,
         "request_changes": list(target.notes) if target and target.notes else None,
@@ -124,6 +124,8 @@ async def build_row(
         "cost_usd": pricing.cost_usd(info, usage) if usage is not None else None,
         "route": plan.kind,
         "dialect": plan.dialect,
+        "conversation_id": plan.conversation or None,
+        "conversation_title": plan.title,
         "stream": int(plan.stream),
         "response_id": getattr(meter, "response_id", None),
         "host": plan.host,

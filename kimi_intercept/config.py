@@ -108,6 +108,9 @@ class Config:
     providers: Mapping[str, Provider]
     models: Mapping[str, str]
     source: Path | None = None
+    # The merged TOML with ${VAR} expanded, for sections other modules own ([prices], [sanitizer],
+    # [context], [import]); they validate their own keys with ConfigError.
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def chain(self) -> tuple[Provider, ...]:
@@ -198,7 +201,10 @@ def _expand(value: Any, env: Mapping[str, str]) -> Any:
 
 
 def _build(raw: dict[str, Any], source: Path | None) -> Config:
-    known = {"intercept", "routing", "storage", "models", "providers"}
+    known = {
+        "intercept", "routing", "storage", "models", "providers",
+        "prices", "sanitizer", "context", "import",
+    }  # fmt: skip
     for key in raw:
         if key not in known:
             raise ConfigError(f"unknown table [{key}]; the tables are {sorted(known)}")
@@ -233,7 +239,7 @@ def _build(raw: dict[str, Any], source: Path | None) -> Config:
             raise ConfigError(f"models.{k!r} must be a model name string, got {v!r}")
     hosts = tuple(_str_list(_table(raw, "intercept"), "intercept.hosts"))
     database = Path(_str(_table(raw, "storage"), "storage.database")).expanduser()
-    return Config(hosts, routing, database, providers, dict(models), source)
+    return Config(hosts, routing, database, providers, dict(models), source, raw)
 
 
 def _provider(name: str, t: Any) -> Provider:

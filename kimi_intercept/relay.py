@@ -175,7 +175,7 @@ class Relay:
         try:
             return await self._serve(request, plan, attempts, result)
         except asyncio.CancelledError:
-            result.outcome, result.error = "client_abort", "client disconnected"
+            _client_left(result)
             raise
         finally:
             self._spawn(self._finish(plan, attempts, result))
@@ -421,6 +421,7 @@ class Relay:
             rest = events.flush() if events is not None else b""
             if rest:
                 await self._forward(out, rest, meter, sse, plan, r, target, bridge, whole)
+            r.upstream_done = True  # all of the answer is in; only the closing bytes are left
             if whole:
                 raw = restore_tool_names(meter.body_bytes(), target.renamed)
                 await self._send(out, bridge.body(upstream.status, raw), plan, r)
@@ -432,7 +433,7 @@ class Relay:
                 r.error = f"HTTP {upstream.status}: {_body_message(meter)}"
             return out
         except _ClientGone:
-            r.outcome, r.error = "client_abort", "client disconnected"
+            _client_left(r)
             return out
         except _StreamBroken as e:
             broken = str(e)
@@ -445,7 +446,7 @@ class Relay:
                 except _StreamBroken as again:
                     broken = str(again)
                 except _ClientGone:
-                    r.outcome, r.error = "client_abort", "client disconnected"
+                    _client_left(r)
                     return out
             r.outcome = "incomplete"
             r.error = (
@@ -665,6 +666,16 @@ async def _write_or_gone(awaitable: Any) -> None:
         await awaitable
     except (ConnectionError, aiohttp.ClientConnectionResetError) as e:
         raise _ClientGone() from e
+
+
+def _client_left(r: Outcome) -> None:
+    """The client closed its connection. If the whole answer had already reached it (the
+    upstream ended, or the stream's own end marker passed) that is a normal end: clients close
+    right after ``[DONE]``, sometimes before the relay's closing chunk arrives."""
+    if r.upstream_done or getattr(r.meter, "saw_done", False):
+        r.outcome, r.error = ("ok", None) if (r.status or 0) < 400 else ("error", r.error)
+    else:
+        r.outcome, r.error = "client_abort", "client disconnected"
 
 
 def _tokens_guess(plan: RoutePlan) -> int:

@@ -51,6 +51,7 @@ class RoutePlan:
     client_host: str | None
     started_at: str
     conversation: str = ""
+    title: str | None = None  # start of the first user message
     dialect: str = "openai"  # the client's: openai | anthropic | gemini
     received: float = field(default_factory=time.time)
     prompt_tokens_estimate: int | None = None  # tiktoken count, filled in only when needed
@@ -106,6 +107,25 @@ def conversation_key(headers: list[tuple[str, str]], request_json: dict[str, Any
     ua = (lower.get("user-agent") or "").split("/")[0]
     blob = json.dumps([ua, prefix], ensure_ascii=False, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def conversation_title(request_json: dict[str, Any], limit: int = 80) -> str | None:
+    """The start of the first user message's text (whitespace folded), for reports. Raw text:
+    the report escapes it."""
+    messages = request_json.get("messages")
+    for m in messages if isinstance(messages, list) else []:
+        if isinstance(m, dict) and m.get("role") == "user":
+            content = m.get("content")
+            if isinstance(content, list):
+                content = " ".join(
+                    p.get("text", "")
+                    for p in content
+                    if isinstance(p, dict) and p.get("type") == "text"
+                )
+            if isinstance(content, str) and content.strip():
+                text = " ".join(content.split())
+                return text if len(text) <= limit else text[: limit - 1] + "…"
+    return None
 
 
 def share_roll(key: str) -> float:
@@ -258,6 +278,7 @@ def plan_route(
         client_host=client_host,
         started_at=iso_utc(started),
         conversation=conversation,
+        title=conversation_title(hub or {}),
         dialect="anthropic" if dialect == "anthropic_count" else dialect,
     )
 
