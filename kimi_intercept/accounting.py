@@ -46,6 +46,8 @@ class Outcome:
     upstream_request_id: str | None = None
     skipped: list[str] = field(default_factory=list)
     upstream_done: bool = False  # the upstream's answer ended and was forwarded
+    repetition: Any = None  # validate.RepetitionDetector while a checked stream passes
+    answer_seen: int = 0  # answer pieces already given to the detector
     continued_after: str | None = None  # why the first provider's stream broke (continue_on_break)
 
 
@@ -99,6 +101,7 @@ async def build_row(
         "malformed_events": getattr(meter, "malformed_events", None) or None,
         "overhead_ms": r.overhead_ms,
         "skipped": r.skipped or None,
+        "rule": plan.rule.name if plan.rule else None,
         "continued_after_break": r.continued_after,
         "request_changes": list(target.notes) if target and target.notes else None,
     }

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .rules import ChainEntry, Rule, RuleError, parse_rules
+
 DEFAULT_CONFIG_NAME = "default_config.toml"
 DIALECTS = ("openai", "anthropic", "gemini")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -111,6 +113,12 @@ class Config:
     # The merged TOML with ${VAR} expanded, for sections other modules own ([prices], [sanitizer],
     # [context], [import]); they validate their own keys with ConfigError.
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    rules: tuple[Rule, ...] = ()  # [[routing.rules]], first match wins
+
+    @property
+    def default_chain(self) -> tuple[ChainEntry, ...]:
+        """Primary then fallbacks (each once): the chain when no rule matches."""
+        return tuple(ChainEntry(p.name) for p in self.chain)
 
     @property
     def chain(self) -> tuple[Provider, ...]:
@@ -237,9 +245,13 @@ def _build(raw: dict[str, Any], source: Path | None) -> Config:
     for k, v in models.items():
         if not isinstance(v, str):
             raise ConfigError(f"models.{k!r} must be a model name string, got {v!r}")
+    try:
+        rules = parse_rules(r.get("rules"), providers)
+    except RuleError as e:
+        raise ConfigError(str(e)) from e
     hosts = tuple(_str_list(_table(raw, "intercept"), "intercept.hosts"))
     database = Path(_str(_table(raw, "storage"), "storage.database")).expanduser()
-    return Config(hosts, routing, database, providers, dict(models), source, raw)
+    return Config(hosts, routing, database, providers, dict(models), source, raw, rules)
 
 
 def _provider(name: str, t: Any) -> Provider:

@@ -40,6 +40,7 @@ import os
 import secrets
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ import certifi
 from aiohttp import web
 
 from . import tokens
-from .accounting import Outcome, build_row
+from .accounting import JsonBuffer, Outcome, build_row
 from .config import Config
 from .dialects.bridge import Bridge, error_json, openai_error_body
 from .failures import (
@@ -62,14 +63,18 @@ from .failures import (
 )
 from .health import ProviderHealth, RateLimiter, backoff_delay
 from .kimi import restore_tool_names
-from .routing import RoutePlan, first_byte_timeout, iso_utc, requested_max_tokens
+from .routing import RoutePlan, first_byte_timeout, iso_utc, requested_max_tokens, share_roll
+from .rules import Validation
 from .sse import EventSplitter
 from .targets import Target
+from .usage import ChatStreamMeter
+from .validate import RepetitionDetector, answer_has_content, json_answer_problem, wants_json
 
 log = logging.getLogger(__name__)
 
 ROUTE_HEADER = "x-kimi-intercept-route"
 ROUTE_TTL_S = 300.0
+STICKY_CONVERSATIONS = 10_000  # weighted choices remembered (least recently used dropped)
 SKIPPED = "skipped: "  # the error text of an attempts row for a provider that was not tried
 # UTF-8 text has at least ~2.5 bytes per token in every tokenizer we price: below this bound a
 # prompt surely fits, and the exact (tiktoken) count is skipped.
@@ -118,6 +123,8 @@ class Relay:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._published: Any = None
+        self._latency: dict[str, float] = {}  # provider -> EWMA ms to first byte
+        self._sticky: OrderedDict[str, str] = OrderedDict()  # conversation -> first provider
 
     async def start(self) -> int:
         """Listen on ``127.0.0.1`` (an ephemeral port) and return the port."""
@@ -210,6 +217,7 @@ class Relay:
         waited = 0.0  # seconds spent on upstreams and backoff: not the proxy's own overhead
         last: Failure | None = None
         window_floor = 0  # after a context-length failure, only larger windows are tried
+        plan.targets = self._order(plan)
         for target in plan.targets:
             why = await self._cannot_try(target, plan, max_tokens, window_floor)
             verdict = None if why else self.health.check(target.provider)
@@ -229,7 +237,7 @@ class Relay:
             for retry in range(rc.max_retries + 1):
                 started = time.time()
                 try:
-                    upstream, first = await self._open(target, budget)
+                    upstream, first = await self._open(target, budget, plan)
                 except AttemptFailed as e:
                     f = last = e.failure
                     waited += time.time() - started
@@ -273,12 +281,67 @@ class Relay:
                     )
                 )
                 self.health.record_success(target.provider)
+                self._observe_latency(target.provider, _ms_since(started))
                 r.overhead_ms = round(max(_ms_since(plan.received) - waited * 1000, 0.0), 2)
                 return await self._pipe(request, plan, target, upstream, first, attempts, r, budget)
             if last is not None and last.action is Action.CONTEXT:
                 info = target.model_info
                 window_floor = max(window_floor, info.context_window or 0) if info else 0
         return self._all_failed(plan, last, r)
+
+    def _order(self, plan: RoutePlan) -> list[Target]:
+        """The targets in the order to try. A rule with ``strategy = "weighted"`` scores each
+        provider — context capacity, price, observed latency, weighted by the rule — and puts
+        first a provider drawn with probability ∝ score by a number fixed by the conversation;
+        later turns of the conversation keep that provider (remembered here), so its prompt
+        cache keeps hitting. The others follow by score."""
+        rule, targets = plan.rule, plan.targets
+        if rule is None or rule.strategy != "weighted" or len(targets) < 2:
+            return targets
+        scores = {t.provider: self._score(t, plan, rule.weights) for t in targets}
+        by_score = sorted(targets, key=lambda t: -scores[t.provider])
+        first = self._sticky.get(plan.conversation)
+        if first not in scores:
+            total = sum(scores.values()) or 1.0
+            point, acc = share_roll(plan.conversation or "x") / 100.0 * total, 0.0
+            first = by_score[-1].provider
+            for t in by_score:
+                acc += scores[t.provider]
+                if point < acc:
+                    first = t.provider
+                    break
+            self._sticky[plan.conversation] = first
+            while len(self._sticky) > STICKY_CONVERSATIONS:
+                self._sticky.popitem(last=False)
+        else:
+            self._sticky.move_to_end(plan.conversation)
+        return [t for t in by_score if t.provider == first] + [
+            t for t in by_score if t.provider != first
+        ]
+
+    def _score(self, target: Target, plan: RoutePlan, weights: dict[str, float]) -> float:
+        """0..Σweights: each part is 1 for the best provider of the chain, less for others."""
+        info = target.model_info
+        need = len(target.body) / 4 + (requested_max_tokens(plan.request_json) or 0)
+        window = info.context_window if info else None
+        context = 0.5 if window is None else min(1.0, window / max(need, 1.0))
+        prices = [t.model_info.input_per_mtok for t in plan.targets if t.model_info]
+        known_prices = [p for p in prices if p]
+        price = info.input_per_mtok if info else None
+        cheapness = 0.5 if not price or not known_prices else min(known_prices) / price
+        latencies = [self._latency[t.provider] for t in plan.targets if t.provider in self._latency]
+        mine = self._latency.get(target.provider)
+        speed = 1.0 if mine is None or not latencies else min(latencies) / max(mine, 0.001)
+        return (
+            weights.get("context", 1.0) * context
+            + weights.get("price", 1.0) * cheapness
+            + weights.get("latency", 1.0) * speed
+        )
+
+    def _observe_latency(self, provider: str, ms: float) -> None:
+        """Exponentially weighted time to first byte per provider (weight 0.2 for the new)."""
+        old = self._latency.get(provider)
+        self._latency[provider] = ms if old is None else 0.8 * old + 0.2 * ms
 
     async def _cannot_try(
         self, target: Target, plan: RoutePlan, max_tokens: int | None, window_floor: int
@@ -325,9 +388,16 @@ class Relay:
             return f.retry_after_s if f.retry_after_s <= rc.retry_max_wait_s else None
         return None
 
-    async def _open(self, target: Target, budget: float) -> tuple[aiohttp.ClientResponse, bytes]:
+    async def _open(
+        self, target: Target, budget: float, plan: RoutePlan | None = None
+    ) -> tuple[aiohttp.ClientResponse, bytes]:
         """Send the request; return the response and its first body bytes (the whole body for
-        a client error), or raise :class:`AttemptFailed`."""
+        a client error), or raise :class:`AttemptFailed`.
+
+        With ``plan`` and the rule's ``validate.empty`` (on by default) an OpenAI-dialect answer
+        is held until its first content, reasoning or tool-call token (or, non-streamed, read
+        whole): an answer without any, a provider error event before it, or — in JSON mode —
+        content that does not parse, is a failure the relay can still fall back from."""
         assert self._session is not None
         deadline = time.monotonic() + budget
         try:
@@ -360,7 +430,13 @@ class Relay:
                 upstream.release()
                 raise AttemptFailed(failure)
             first = await asyncio.wait_for(upstream.content.readany(), timeout=remaining)
+            checks = plan.rule.validate if plan and plan.rule else Validation()
+            if plan is not None and target.dialect == "openai" and checks.empty:
+                first = await self._hold_until_content(upstream, first, deadline, plan, checks)
             return upstream, first
+        except AttemptFailed:
+            upstream.close()
+            raise
         except asyncio.TimeoutError as e:
             upstream.close()
             raise AttemptFailed(
@@ -372,6 +448,46 @@ class Relay:
         except asyncio.CancelledError:
             upstream.close()
             raise
+
+    async def _hold_until_content(
+        self,
+        upstream: aiohttp.ClientResponse,
+        first: bytes,
+        deadline: float,
+        plan: RoutePlan,
+        checks: Validation,
+    ) -> bytes:
+        """Read (and keep) the answer until it shows content; see :meth:`_open`."""
+        sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
+        held, meter = [first], (ChatStreamMeter() if sse else JsonBuffer())
+        chunk = first
+        while chunk:
+            meter.feed(chunk)
+            if sse and meter.error is not None:
+                message = json.dumps(meter.error)[:300]
+                raise AttemptFailed(
+                    Failure("stream_error", Action.FALLBACK, upstream.status, message)
+                )
+            if sse and answer_has_content(meter):
+                return b"".join(held)
+            wait = min(max(deadline - time.monotonic(), 0.001), self.cfg.routing.stall_timeout_s)
+            chunk = await asyncio.wait_for(upstream.content.readany(), timeout=wait)
+            held.append(chunk)
+        body = b"".join(held)
+        meter.finish()
+        if not answer_has_content(meter):
+            raise AttemptFailed(
+                Failure("empty_answer", Action.FALLBACK, upstream.status,
+                        "the answer ended without content, reasoning or a tool call")
+            )  # fmt: skip
+        if not sse and checks.json and wants_json(plan.request_json):
+            problem = json_answer_problem(body)
+            if problem:
+                raise AttemptFailed(
+                    Failure("invalid_json", Action.FALLBACK, upstream.status, problem)
+                )
+        # the whole answer is read: hand it over as one piece, the stream is at its end
+        return body
 
     async def _pipe(
         self,
@@ -393,6 +509,9 @@ class Relay:
         sse = content_type.startswith("text/event-stream")
         bridge = r.bridge = Bridge(plan.dialect, target.dialect, target.model)
         meter = r.meter = bridge.meter(sse)
+        checks = plan.rule.validate if plan.rule else Validation()
+        if sse and checks.repetition and target.dialect == "openai":
+            r.repetition = RepetitionDetector()
         out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         for k, v in upstream.headers.items():
             if k.lower() not in _DROP_RESPONSE_HEADERS:
@@ -437,6 +556,8 @@ class Relay:
             return out
         except _StreamBroken as e:
             broken = str(e)
+            if attempts:  # the committed attempt: say why it did not end well
+                attempts[-1]["error"] = redact(f"broke off mid-answer: {broken}")
             self.health.record_failure(target.provider, classify_transport("reset", broken))
             upstream.close()
             if self._may_continue(plan, target, meter, sse):
@@ -589,6 +710,12 @@ class Relay:
         meter.feed(piece)
         if sse and meter.malformed_events:
             raise _StreamBroken("malformed SSE event (not JSON)")  # never forwarded
+        if r.repetition is not None and len(meter.answer_parts) > r.answer_seen:
+            new, r.answer_seen = meter.answer_parts[r.answer_seen :], len(meter.answer_parts)
+            for text in new:
+                loop = r.repetition.feed(text)
+                if loop:
+                    raise _StreamBroken(loop)  # this piece is not forwarded
         if not whole:
             if sse and target.renamed:
                 piece = restore_tool_names(piece, target.renamed)

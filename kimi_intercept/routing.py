@@ -27,6 +27,7 @@ from typing import Any
 
 from .config import Config
 from .dialects import DialectError
+from .rules import RequestFacts, Rule, first_match
 from .targets import Target, passthrough_target, reroute_targets
 
 CHAT_COMPLETIONS = "/chat/completions"
@@ -52,6 +53,7 @@ class RoutePlan:
     started_at: str
     conversation: str = ""
     title: str | None = None  # start of the first user message
+    rule: Rule | None = None  # the [[routing.rules]] entry that chose the chain (None: default)
     dialect: str = "openai"  # the client's: openai | anthropic | gemini
     received: float = field(default_factory=time.time)
     prompt_tokens_estimate: int | None = None  # tiktoken count, filled in only when needed
@@ -228,6 +230,7 @@ def plan_route(
     the choice is sticky per conversation. Never raises on bad input: a body that is not a JSON
     object gives ``None``.
     """
+    rule: Rule | None = None
     found = detect_dialect(method, path) if host in cfg.hosts else None
     if found is None:
         return None
@@ -251,9 +254,11 @@ def plan_route(
     if dialect == "anthropic_count":
         targets: list[Target] = []  # answered by the relay itself, with a local count
     elif reroute:
+        rule = first_match(cfg.rules, _facts(dialect, native, hub, client_model, ua, body, lower))
         targets = reroute_targets(
             cfg, client_dialect=dialect, native=native, hub=hub, hub_error=hub_error,
             client_model=client_model, stream=bool(stream), headers=lower,
+            chain=rule.chain if rule else cfg.default_chain, rule=rule,
         )  # fmt: skip
     else:
         targets = [
@@ -279,7 +284,32 @@ def plan_route(
         started_at=iso_utc(started),
         conversation=conversation,
         title=conversation_title(hub or {}),
+        rule=rule,
         dialect="anthropic" if dialect == "anthropic_count" else dialect,
+    )
+
+
+def _facts(
+    dialect: str,
+    native: dict[str, Any],
+    hub: dict[str, Any] | None,
+    client_model: str | None,
+    ua: str | None,
+    body: bytes,
+    headers: list[tuple[str, str]],
+) -> RequestFacts:
+    """What a rule can match on. Prompt tokens are a cheap estimate (body bytes ÷ 4) so that
+    matching costs microseconds, not a tokenizer run."""
+    h = hub or {}
+    thinking = h.get("thinking") if isinstance(h.get("thinking"), dict) else {}
+    return RequestFacts(
+        model=client_model,
+        client=client_name(ua),
+        dialect=dialect,
+        prompt_tokens=len(body) // 4,
+        has_tools=bool(h.get("tools") or native.get("tools")),
+        thinking=thinking.get("type") == "enabled" or "reasoning_effort" in h,
+        headers=dict(headers),
     )
 
 

@@ -15,11 +15,13 @@ Auth per dialect — OpenAI: ``Authorization: Bearer``; Anthropic: ``x-api-key``
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config, ModelInfo, Provider
 from .kimi import KimiRequestError, normalize_anthropic_for_kimi, normalize_for_kimi
+from .rules import ChainEntry, Rule, apply_overrides
 
 KIMI_HOSTS = frozenset({"api.moonshot.ai", "api.moonshot.cn", "api.kimi.com"})
 ANTHROPIC_VERSION = "2023-06-01"
@@ -76,8 +78,11 @@ def reroute_targets(
     client_model: str | None,
     stream: bool,
     headers: list[tuple[str, str]],
+    chain: Sequence[ChainEntry],
+    rule: Rule | None = None,
 ) -> list[Target]:
-    """One target per provider of the chain, in order.
+    """One target per entry of ``chain`` (a rule's, or primary + fallbacks), in order, with
+    the rule's overrides applied.
 
     ``native`` is the client's body; ``hub`` the same request in the OpenAI dialect (``None``
     with ``hub_error`` when it could not be translated). ``headers`` are lower-cased.
@@ -85,8 +90,11 @@ def reroute_targets(
     base = forwardable(headers, _CLIENT_SECRETS)
     base["content-type"] = "application/json"
     targets = []
-    for provider in cfg.chain:
-        if provider.name == cfg.routing.primary:
+    for entry in chain:
+        provider = cfg.providers[entry.provider]
+        if entry.model:
+            model: str | None = entry.model
+        elif provider.name == cfg.routing.primary:
             model = cfg.primary_model(client_model)
         else:
             model = provider.model or client_model
@@ -106,6 +114,8 @@ def reroute_targets(
             )
         if model and provider.dialect != "gemini":
             body["model"] = model
+        if body:
+            body = apply_overrides(body, rule, provider.dialect)
         if is_kimi(provider) and provider.dialect == "openai" and body and model:
             try:
                 fixed = normalize_for_kimi(body, model=model)

@@ -170,6 +170,11 @@ class ChatStreamMeter:
         self._answer: list[str] = []
 
     @property
+    def answer_parts(self) -> list[str]:
+        """The ``delta.content`` pieces in arrival order (do not modify)."""
+        return self._answer
+
+    @property
     def answer_text(self) -> str:
         """Only the ``delta.content`` text (no reasoning, no tool calls): what the user reads,
         used as the assistant prefix when a broken stream is continued elsewhere."""

@@ -229,7 +229,10 @@ def stream_all(client: openai.OpenAI) -> tuple[str, BaseException | None]:
 
 def test_a_stall_mid_stream_is_cut_with_an_error_not_a_clean_end(proxy_with):
     kimi, _, client, db = proxy_with(stall_timeout_s=0.5)
-    kimi.enqueue(Reply.sse_file(MOONSHOT_STREAM, gap_s=3))
+    events = Reply.sse_file(MOONSHOT_STREAM).chunks
+    # the role chunk and the first reasoning delta at once (content: committed), then a stall
+    kimi.enqueue(Reply(headers={"Content-Type": "text/event-stream"},
+                       chunks=[events[0] + events[1], *events[2:]], gap_s=3))  # fmt: skip
     t0 = time.perf_counter()
     _, error = stream_all(client)
     assert error is not None
@@ -256,7 +259,7 @@ def test_a_provider_error_event_mid_stream_is_incomplete(proxy_with):
     err = (
         b'data: {"error":{"message":"Stream failed","type":"server_error","code":"stream_failure"}}'
     )
-    kimi.enqueue(Reply.sse_file(b"\n\n".join(events[:5] + [err] + events[5:])))
+    kimi.enqueue(Reply.sse_file(b"\n\n".join(events[:5] + [err] + events[5:]), gap_s=0.05))
     _, error = stream_all(client)
     assert isinstance(error, openai.APIError) and "Stream failed" in str(error)
     [row] = wait_rows(db, 1)
@@ -384,3 +387,76 @@ def test_without_continue_on_break_a_reset_is_incomplete(proxy_with):
     assert deepseek.received == []
     [row] = wait_rows(db, 1)
     assert row["outcome"] == "incomplete"
+
+
+# --- answers validated before they count ------------------------------------------------------
+
+
+def test_an_error_event_before_any_content_falls_back(proxy_with):
+    kimi, deepseek, client, db = proxy_with()
+    events = MOONSHOT_STREAM.split(b"\n\n")
+    err = b'data: {"error":{"message":"engine overloaded","type":"engine_overloaded_error"}}'
+    kimi.enqueue(Reply.sse_file(b"\n\n".join([events[0], err]) + b"\n\n", gap_s=0.05))
+    text, error = stream_all(client)
+    assert error is None and text == "Hello from the fake Kimi upstream."
+    wait_rows(db, 1)
+    assert attempts(db) == [("kimi", 200), ("deepseek", 200)]
+    assert rows(db, "attempts")[0]["error"].startswith("stream_error:")
+
+
+def test_an_empty_answer_falls_back(proxy_with):
+    kimi, deepseek, client, db = proxy_with()
+    events = MOONSHOT_STREAM.split(b"\n\n")
+    empty = [events[0], events[-3], events[-2], b"data: [DONE]"]  # role, finish+usage, usage
+    kimi.enqueue(Reply.sse_file(b"\n\n".join(empty) + b"\n\n"))
+    text, error = stream_all(client)
+    assert error is None and text == "Hello from the fake Kimi upstream."
+    [row] = wait_rows(db, 1)
+    assert (row["provider"], row["fallback_used"]) == ("deepseek", 1)
+    assert rows(db, "attempts")[0]["error"].startswith("empty_answer:")
+
+
+def test_json_mode_answer_that_does_not_parse_falls_back(proxy_with):
+    kimi, deepseek, client, db = proxy_with()
+    bad = {"id": "x", "object": "chat.completion", "model": "kimi-k2.6",
+           "choices": [{"index": 0, "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": "Sure! {not json"}}],
+           "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}}  # fmt: skip
+    good = {
+        **bad,
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": '{"ok": true}'},
+            }
+        ],
+    }
+    kimi.enqueue(Reply.json(bad))
+    deepseek.enqueue(Reply.json(good))
+    r = client.chat.completions.create(
+        model="gpt-4o", messages=MESSAGES, response_format={"type": "json_object"}
+    )
+    assert json.loads(r.choices[0].message.content) == {"ok": True}
+    wait_rows(db, 1)
+    assert attempts(db) == [("kimi", 200), ("deepseek", 200)]
+    assert rows(db, "attempts")[0]["error"].startswith("invalid_json: JSON mode answer")
+
+
+def test_a_repeating_stream_is_cut_with_an_error(proxy_with):
+    kimi, _, client, db = proxy_with()
+    loop = "I will now check the configuration file again to be sure. "
+    chunk = {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "model": "kimi-k2.6",
+        "choices": [{"index": 0, "delta": {"content": loop}, "finish_reason": None}],
+    }
+    events = [b"data: " + json.dumps(chunk).encode() + b"\n\n"] * 40 + [b"data: [DONE]\n\n"]
+    kimi.enqueue(Reply(headers={"Content-Type": "text/event-stream"}, chunks=events, gap_s=0.01))
+    text, error = stream_all(client)
+    assert isinstance(error, openai.APIError) and "repetition loop" in str(error)
+    assert text.count(loop) < 20  # cut long before the 40 repeats the upstream would send
+    [row] = wait_rows(db, 1)
+    assert row["outcome"] == "incomplete" and "repetition loop" in row["error"]
+    assert "repetition loop" in rows(db, "attempts")[0]["error"]
