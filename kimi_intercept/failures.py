@@ -535,3 +535,12 @@ def decision_table() -> str:
         )
         lines.append(f"| {status} | {says} | {rule.kind} | {rule.action.value} | {links} |")
     return "\n".join(lines) + "\n"
+
+
+class AttemptFailed(Exception):
+    """One upstream attempt failed before anything reached the client (the relay can still
+    retry or fall back); carries the classified :class:`Failure`."""
+
+    def __init__(self, failure: Failure):
+        super().__init__(f"{failure.kind}: {failure.message}")
+        self.failure = failure

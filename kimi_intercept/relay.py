@@ -33,14 +33,12 @@ open proxy to anything on the machine.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import os
 import secrets
 import ssl
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,55 +49,35 @@ from aiohttp import web
 
 from . import tokens
 from .accounting import JsonBuffer, Outcome, build_row
+from .answer import attempt_row, client_left, describe_exc, ms_since, pipe
+from .choice import Chooser
 from .config import Config
-from .dialects.bridge import Bridge, error_json, openai_error_body
+from .dialects.bridge import error_json, openai_error_body
 from .failures import (
     Action,
+    AttemptFailed,
     Failure,
     classify_response,
     classify_transport,
-    error_message,
     redact,
 )
 from .health import ProviderHealth, RateLimiter, backoff_delay
-from .kimi import restore_tool_names
-from .routing import RoutePlan, first_byte_timeout, iso_utc, requested_max_tokens, share_roll
+from .routing import RoutePlan, first_byte_timeout, iso_utc, requested_max_tokens
 from .rules import Validation
-from .sse import EventSplitter
 from .targets import Target
 from .usage import ChatStreamMeter
-from .validate import RepetitionDetector, answer_has_content, json_answer_problem, wants_json
+from .validate import answer_has_content, json_answer_problem, wants_json
 
 log = logging.getLogger(__name__)
 
 ROUTE_HEADER = "x-kimi-intercept-route"
 ROUTE_TTL_S = 300.0
-STICKY_CONVERSATIONS = 10_000  # weighted choices remembered (least recently used dropped)
 SKIPPED = "skipped: "  # the error text of an attempts row for a provider that was not tried
 # UTF-8 text has at least ~2.5 bytes per token in every tokenizer we price: below this bound a
 # prompt surely fits, and the exact (tiktoken) count is skipped.
 _BYTES_PER_TOKEN_LOW = 2.5
-_DROP_RESPONSE_HEADERS = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
-)
 
 Recorder = Callable[[dict[str, Any], list[dict[str, Any]]], None]
-
-
-class AttemptFailed(Exception):
-    """One upstream attempt failed before anything reached the client."""
-
-    def __init__(self, failure: Failure):
-        super().__init__(f"{failure.kind}: {failure.message}")
-        self.failure = failure
-
-
-class _ClientGone(Exception):
-    pass
-
-
-class _StreamBroken(Exception):
-    pass
 
 
 class Relay:
@@ -123,8 +101,7 @@ class Relay:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._published: Any = None
-        self._latency: dict[str, float] = {}  # provider -> EWMA ms to first byte
-        self._sticky: OrderedDict[str, str] = OrderedDict()  # conversation -> first provider
+        self.chooser = Chooser()
 
     async def start(self) -> int:
         """Listen on ``127.0.0.1`` (an ephemeral port) and return the port."""
@@ -182,7 +159,7 @@ class Relay:
         try:
             return await self._serve(request, plan, attempts, result)
         except asyncio.CancelledError:
-            _client_left(result)
+            client_left(result)
             raise
         finally:
             self._spawn(self._finish(plan, attempts, result))
@@ -217,7 +194,7 @@ class Relay:
         waited = 0.0  # seconds spent on upstreams and backoff: not the proxy's own overhead
         last: Failure | None = None
         window_floor = 0  # after a context-length failure, only larger windows are tried
-        plan.targets = self._order(plan)
+        plan.targets = self.chooser.order(plan)
         for target in plan.targets:
             why = await self._cannot_try(target, plan, max_tokens, window_floor)
             verdict = None if why else self.health.check(target.provider)
@@ -231,7 +208,7 @@ class Relay:
                 log.info("kimi-intercept: skipping %s: %s", target.provider, redact(why))
                 r.skipped.append(f"{target.provider}: {why}")
                 attempts.append(
-                    _attempt_row(len(attempts) + 1, target, time.time(), None, SKIPPED + why, 0)
+                    attempt_row(len(attempts) + 1, target, time.time(), None, SKIPPED + why, 0)
                 )
                 continue
             for retry in range(rc.max_retries + 1):
@@ -242,13 +219,13 @@ class Relay:
                     f = last = e.failure
                     waited += time.time() - started
                     attempts.append(
-                        _attempt_row(
+                        attempt_row(
                             len(attempts) + 1,
                             target,
                             started,
                             f.status,
                             f"{f.kind}: {f.message}",
-                            _ms_since(started),
+                            ms_since(started),
                         )
                     )
                     self.health.record_failure(target.provider, f)
@@ -271,77 +248,23 @@ class Relay:
                     raise
                 waited += time.time() - started
                 attempts.append(
-                    _attempt_row(
+                    attempt_row(
                         len(attempts) + 1,
                         target,
                         started,
                         upstream.status,
                         None,
-                        _ms_since(started),
+                        ms_since(started),
                     )
                 )
                 self.health.record_success(target.provider)
-                self._observe_latency(target.provider, _ms_since(started))
-                r.overhead_ms = round(max(_ms_since(plan.received) - waited * 1000, 0.0), 2)
-                return await self._pipe(request, plan, target, upstream, first, attempts, r, budget)
+                self.chooser.observe(target.provider, ms_since(started))
+                r.overhead_ms = round(max(ms_since(plan.received) - waited * 1000, 0.0), 2)
+                return await pipe(self, request, plan, target, upstream, first, attempts, r, budget)
             if last is not None and last.action is Action.CONTEXT:
                 info = target.model_info
                 window_floor = max(window_floor, info.context_window or 0) if info else 0
         return self._all_failed(plan, last, r)
-
-    def _order(self, plan: RoutePlan) -> list[Target]:
-        """The targets in the order to try. A rule with ``strategy = "weighted"`` scores each
-        provider — context capacity, price, observed latency, weighted by the rule — and puts
-        first a provider drawn with probability ∝ score by a number fixed by the conversation;
-        later turns of the conversation keep that provider (remembered here), so its prompt
-        cache keeps hitting. The others follow by score."""
-        rule, targets = plan.rule, plan.targets
-        if rule is None or rule.strategy != "weighted" or len(targets) < 2:
-            return targets
-        scores = {t.provider: self._score(t, plan, rule.weights) for t in targets}
-        by_score = sorted(targets, key=lambda t: -scores[t.provider])
-        first = self._sticky.get(plan.conversation)
-        if first not in scores:
-            total = sum(scores.values()) or 1.0
-            point, acc = share_roll(plan.conversation or "x") / 100.0 * total, 0.0
-            first = by_score[-1].provider
-            for t in by_score:
-                acc += scores[t.provider]
-                if point < acc:
-                    first = t.provider
-                    break
-            self._sticky[plan.conversation] = first
-            while len(self._sticky) > STICKY_CONVERSATIONS:
-                self._sticky.popitem(last=False)
-        else:
-            self._sticky.move_to_end(plan.conversation)
-        return [t for t in by_score if t.provider == first] + [
-            t for t in by_score if t.provider != first
-        ]
-
-    def _score(self, target: Target, plan: RoutePlan, weights: dict[str, float]) -> float:
-        """0..Σweights: each part is 1 for the best provider of the chain, less for others."""
-        info = target.model_info
-        need = len(target.body) / 4 + (requested_max_tokens(plan.request_json) or 0)
-        window = info.context_window if info else None
-        context = 0.5 if window is None else min(1.0, window / max(need, 1.0))
-        prices = [t.model_info.input_per_mtok for t in plan.targets if t.model_info]
-        known_prices = [p for p in prices if p]
-        price = info.input_per_mtok if info else None
-        cheapness = 0.5 if not price or not known_prices else min(known_prices) / price
-        latencies = [self._latency[t.provider] for t in plan.targets if t.provider in self._latency]
-        mine = self._latency.get(target.provider)
-        speed = 1.0 if mine is None or not latencies else min(latencies) / max(mine, 0.001)
-        return (
-            weights.get("context", 1.0) * context
-            + weights.get("price", 1.0) * cheapness
-            + weights.get("latency", 1.0) * speed
-        )
-
-    def _observe_latency(self, provider: str, ms: float) -> None:
-        """Exponentially weighted time to first byte per provider (weight 0.2 for the new)."""
-        old = self._latency.get(provider)
-        self._latency[provider] = ms if old is None else 0.8 * old + 0.2 * ms
 
     async def _cannot_try(
         self, target: Target, plan: RoutePlan, max_tokens: int | None, window_floor: int
@@ -417,9 +340,9 @@ class Relay:
                 classify_transport("timeout", f"no answer within {budget:g} s")
             ) from e
         except aiohttp.ClientSSLError as e:
-            raise AttemptFailed(classify_transport("tls", _describe_exc(e))) from e
+            raise AttemptFailed(classify_transport("tls", describe_exc(e))) from e
         except (aiohttp.ClientError, OSError) as e:
-            raise AttemptFailed(classify_transport("connect", _describe_exc(e))) from e
+            raise AttemptFailed(classify_transport("connect", describe_exc(e))) from e
         try:
             remaining = max(deadline - time.monotonic(), 0.001)
             if upstream.status >= 400:
@@ -444,7 +367,7 @@ class Relay:
             ) from e
         except (aiohttp.ClientError, OSError) as e:
             upstream.close()
-            raise AttemptFailed(classify_transport("reset", _describe_exc(e))) from e
+            raise AttemptFailed(classify_transport("reset", describe_exc(e))) from e
         except asyncio.CancelledError:
             upstream.close()
             raise
@@ -489,248 +412,6 @@ class Relay:
         # the whole answer is read: hand it over as one piece, the stream is at its end
         return body
 
-    async def _pipe(
-        self,
-        request: web.Request,
-        plan: RoutePlan,
-        target: Target,
-        upstream: aiohttp.ClientResponse,
-        first: bytes,
-        attempts: list[dict[str, Any]],
-        r: Outcome,
-        budget: float,
-    ) -> web.StreamResponse:
-        """Commit to ``upstream``: forward status, headers and every chunk as it arrives."""
-        r.target, r.status = target, upstream.status
-        r.upstream_request_id = upstream.headers.get("msh-request-id") or upstream.headers.get(
-            "x-request-id"
-        )
-        content_type = upstream.headers.get("content-type", "")
-        sse = content_type.startswith("text/event-stream")
-        bridge = r.bridge = Bridge(plan.dialect, target.dialect, target.model)
-        meter = r.meter = bridge.meter(sse)
-        checks = plan.rule.validate if plan.rule else Validation()
-        if sse and checks.repetition and target.dialect == "openai":
-            r.repetition = RepetitionDetector()
-        out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        for k, v in upstream.headers.items():
-            if k.lower() not in _DROP_RESPONSE_HEADERS:
-                out.headers.add(k, v)
-        if bridge.translate:
-            out.headers["content-type"] = bridge.content_type(content_type, sse)
-        out.headers["x-kimi-intercept-provider"] = target.provider
-        out.headers["x-kimi-intercept-attempts"] = str(len(attempts))
-        if r.overhead_ms is not None:
-            out.headers["x-kimi-intercept-overhead-ms"] = f"{r.overhead_ms:.1f}"
-        stall = self.cfg.routing.stall_timeout_s
-        events = EventSplitter() if sse else None
-        chunk = first
-        try:
-            await _write_or_gone(out.prepare(request))
-            whole = bridge.translate and not sse  # a translated JSON answer goes out whole
-            while chunk:
-                for piece in events.push(chunk) if events is not None else (chunk,):
-                    await self._forward(out, piece, meter, sse, plan, r, target, bridge, whole)
-                try:
-                    chunk = await asyncio.wait_for(upstream.content.readany(), timeout=stall)
-                except asyncio.TimeoutError as e:
-                    raise _StreamBroken(f"stalled: no byte for {stall:g} s") from e
-                except (aiohttp.ClientError, OSError) as e:
-                    raise _StreamBroken(_describe_exc(e)) from e
-            rest = events.flush() if events is not None else b""
-            if rest:
-                await self._forward(out, rest, meter, sse, plan, r, target, bridge, whole)
-            r.upstream_done = True  # all of the answer is in; only the closing bytes are left
-            if whole:
-                raw = restore_tool_names(meter.body_bytes(), target.renamed)
-                await self._send(out, bridge.body(upstream.status, raw), plan, r)
-            elif sse:
-                await self._send(out, bridge.finish(), plan, r)
-            await _write_or_gone(out.write_eof())
-            r.outcome = "ok" if upstream.status < 400 else "error"
-            if upstream.status >= 400:
-                r.error = f"HTTP {upstream.status}: {_body_message(meter)}"
-            return out
-        except _ClientGone:
-            _client_left(r)
-            return out
-        except _StreamBroken as e:
-            broken = str(e)
-            if attempts:  # the committed attempt: say why it did not end well
-                attempts[-1]["error"] = redact(f"broke off mid-answer: {broken}")
-            self.health.record_failure(target.provider, classify_transport("reset", broken))
-            upstream.close()
-            if self._may_continue(plan, target, meter, sse):
-                try:
-                    if await self._continue(out, plan, target, meter, attempts, r, budget, broken):
-                        return out
-                except _StreamBroken as again:
-                    broken = str(again)
-                except _ClientGone:
-                    _client_left(r)
-                    return out
-            r.outcome = "incomplete"
-            r.error = (
-                f"upstream {r.target.provider if r.target else '?'} broke off the answer: {broken}"
-            )
-            log.warning("kimi-intercept: %s", redact(r.error))
-            if sse and meter.error is None:
-                try:
-                    await out.write(bridge.error_event(r.error, "stream_interrupted"))
-                except (ConnectionError, aiohttp.ClientConnectionResetError):
-                    pass  # the client left too; the cut below is all that is left to do
-            if request.transport is not None:
-                request.transport.abort()  # no terminating chunk: the client sees a broken body
-            return out
-        finally:
-            if r.outcome == "ok":
-                upstream.release()
-            else:
-                upstream.close()
-            meter.finish()
-
-    def _may_continue(self, plan: RoutePlan, target: Target, meter: Any, sse: bool) -> bool:
-        """``continue_on_break`` applies: a rerouted text stream (no tool call in flight) with a
-        provider after this one."""
-        return (
-            self.cfg.routing.continue_on_break
-            and sse
-            and plan.kind == "reroute"
-            and meter.error is None
-            and not meter.saw_tool_calls
-            and target.dialect == "openai"
-            and target is not plan.targets[-1]
-        )
-
-    async def _continue(
-        self,
-        out: web.StreamResponse,
-        plan: RoutePlan,
-        broken_target: Target,
-        meter: Any,
-        attempts: list[dict[str, Any]],
-        r: Outcome,
-        budget: float,
-        why: str,
-    ) -> bool:
-        """Re-send the conversation plus the partial answer as an assistant prefix (Moonshot
-        partial mode, https://platform.kimi.ai/docs/guide/use-partial-mode-feature-of-kimi-api)
-        to the next providers, and stream the continuation into the same response. True when
-        it completed; False when no provider would take it. Raises :class:`_StreamBroken` if the
-        continuation breaks too, :class:`_ClientGone` if the client leaves."""
-        prefix = {"role": "assistant", "content": meter.answer_text, "partial": True}
-        for target in plan.targets[plan.targets.index(broken_target) + 1 :]:
-            if target.dialect != "openai" or target.skip_reason:
-                continue
-            if not self.health.check(target.provider).ok:
-                continue
-            body = json.loads(target.body)
-            body["messages"] = [*body.get("messages", []), prefix]
-            cont = dataclasses.replace(target, body=json.dumps(body, ensure_ascii=False).encode())
-            started = time.time()
-            try:
-                upstream, first = await self._open(cont, budget)
-            except AttemptFailed as e:
-                f = e.failure
-                self.health.record_failure(target.provider, f)
-                attempts.append(
-                    _attempt_row(
-                        len(attempts) + 1,
-                        target,
-                        started,
-                        f.status,
-                        f"continuation: {f.kind}: {f.message}",
-                        _ms_since(started),
-                    )
-                )
-                continue
-            attempts.append(
-                _attempt_row(
-                    len(attempts) + 1,
-                    target,
-                    started,
-                    upstream.status,
-                    None if upstream.status < 400 else "continuation refused",
-                    _ms_since(started),
-                )
-            )
-            if upstream.status >= 400 or not upstream.headers.get("content-type", "").startswith(
-                "text/event-stream"
-            ):
-                upstream.close()
-                continue
-            log.warning(
-                "kimi-intercept: continuing the broken answer on %s (%s)",
-                target.provider,
-                redact(why),
-            )
-            r.target, r.continued_after = target, why
-            events = EventSplitter()
-            chunk = first
-            try:
-                while chunk:
-                    for piece in events.push(chunk):
-                        await self._forward(out, piece, meter, True, plan, r, target, r.bridge)
-                    try:
-                        chunk = await asyncio.wait_for(
-                            upstream.content.readany(), timeout=self.cfg.routing.stall_timeout_s
-                        )
-                    except asyncio.TimeoutError as e:
-                        raise _StreamBroken("the continuation stalled") from e
-                    except (aiohttp.ClientError, OSError) as e:
-                        raise _StreamBroken(_describe_exc(e)) from e
-                rest = events.flush()
-                if rest:
-                    await self._forward(out, rest, meter, True, plan, r, target, r.bridge)
-                await self._send(out, r.bridge.finish(), plan, r)
-                await _write_or_gone(out.write_eof())
-            except BaseException:
-                upstream.close()
-                raise
-            upstream.release()
-            self.health.record_success(target.provider)
-            r.outcome = "ok"
-            return True
-        return False
-
-    async def _forward(
-        self,
-        out: web.StreamResponse,
-        piece: bytes,
-        meter: Any,
-        sse: bool,
-        plan: RoutePlan,
-        r: Outcome,
-        target: Target,
-        bridge: Bridge,
-        whole: bool = False,
-    ) -> None:
-        """Meter one whole SSE event (or a body chunk) of the provider's answer, then send the
-        client its form of it (translated when the dialects differ; held when ``whole``)."""
-        meter.feed(piece)
-        if sse and meter.malformed_events:
-            raise _StreamBroken("malformed SSE event (not JSON)")  # never forwarded
-        if r.repetition is not None and len(meter.answer_parts) > r.answer_seen:
-            new, r.answer_seen = meter.answer_parts[r.answer_seen :], len(meter.answer_parts)
-            for text in new:
-                loop = r.repetition.feed(text)
-                if loop:
-                    raise _StreamBroken(loop)  # this piece is not forwarded
-        if not whole:
-            if sse and target.renamed:
-                piece = restore_tool_names(piece, target.renamed)
-            await self._send(out, bridge.piece(piece) if sse else piece, plan, r)
-        if sse and meter.error is not None:  # forwarded as the provider sent it, then cut
-            raise _StreamBroken(f"provider error event: {json.dumps(meter.error)[:300]}")
-
-    @staticmethod
-    async def _send(out: web.StreamResponse, data: bytes, plan: RoutePlan, r: Outcome) -> None:
-        if not data:
-            return
-        await _write_or_gone(out.write(data))
-        if r.ttft_ms is None:
-            r.ttft_ms = _ms_since(plan.received)
-
     def _all_failed(self, plan: RoutePlan, last: Failure | None, r: Outcome) -> web.Response:
         tried = ", ".join(t.provider for t in plan.targets)
         detail = f"{last.kind}: {last.message}" if last else "no provider could be tried"
@@ -762,7 +443,7 @@ class Relay:
     async def _finish(self, plan: RoutePlan, attempts: list[dict[str, Any]], r: Outcome) -> None:
         """Build and hand over the ``requests`` row. Never raises (a bug here is only logged)."""
         try:
-            row = await build_row(plan, attempts, r, _ms_since(plan.received))
+            row = await build_row(plan, attempts, r, ms_since(plan.received))
             for a in attempts:
                 a["request_id"] = row["id"]
             self.record(row, attempts)
@@ -788,51 +469,7 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-async def _write_or_gone(awaitable: Any) -> None:
-    try:
-        await awaitable
-    except (ConnectionError, aiohttp.ClientConnectionResetError) as e:
-        raise _ClientGone() from e
-
-
-def _client_left(r: Outcome) -> None:
-    """The client closed its connection. If the whole answer had already reached it (the
-    upstream ended, or the stream's own end marker passed) that is a normal end: clients close
-    right after ``[DONE]``, sometimes before the relay's closing chunk arrives."""
-    if r.upstream_done or getattr(r.meter, "saw_done", False):
-        r.outcome, r.error = ("ok", None) if (r.status or 0) < 400 else ("error", r.error)
-    else:
-        r.outcome, r.error = "client_abort", "client disconnected"
-
-
 def _tokens_guess(plan: RoutePlan) -> int:
     """Tokens a request may use, for local tpm limits: the prompt (bytes / 4) plus max output."""
     body = len(plan.targets[0].body) if plan.targets else 0
     return int(body / 4) + (requested_max_tokens(plan.request_json) or 0)
-
-
-def _attempt_row(
-    n: int, target: Target, started: float, status: int | None, error: str | None, ms: float
-) -> dict[str, Any]:
-    return {
-        "attempt": n,
-        "provider": target.provider,
-        "model": target.model,
-        "started_at": iso_utc(started),
-        "status_code": status,
-        "error": redact(error) if error else None,
-        "duration_ms": round(ms, 2),
-    }
-
-
-def _body_message(meter: Any) -> str:
-    body = meter.body_bytes() if hasattr(meter, "body_bytes") else b""
-    return error_message(body)
-
-
-def _describe_exc(e: BaseException) -> str:
-    return redact(f"{type(e).__name__}: {e}".rstrip(": "))
-
-
-def _ms_since(t: float) -> float:
-    return (time.time() - t) * 1000.0
