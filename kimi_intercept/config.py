@@ -98,6 +98,8 @@ class Routing:
     cooldown_s: float
     auth_cooldown_s: float
     continue_on_break: bool = False
+    shadow_provider: str | None = None  # [routing.shadow] provider: mirrored in the background
+    shadow_share: float = 0.0  # percent of requests mirrored
 
 
 @dataclass(frozen=True)
@@ -234,8 +236,9 @@ def _build(raw: dict[str, Any], source: Path | None) -> Config:
         cooldown_s=_number(r, "routing.cooldown_s", 0, 86400),
         auth_cooldown_s=_number(r, "routing.auth_cooldown_s", 0, 86400),
         continue_on_break=_bool(r, "routing.continue_on_break"),
+        **_shadow(r),
     )
-    for name in (routing.primary, *routing.fallbacks):
+    for name in (routing.primary, *routing.fallbacks, *filter(None, [routing.shadow_provider])):
         if name not in providers:
             raise ConfigError(
                 f"routing names provider {name!r} but there is no [providers.{name}] table; "
@@ -321,6 +324,18 @@ def _number(t: Mapping[str, Any], key: str, lo: float, hi: float) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
         raise ConfigError(f"{key} must be a number from {lo:g} to {hi:g}, got {v!r}")
     return float(v)
+
+
+def _shadow(r: Mapping[str, Any]) -> dict[str, Any]:
+    t = r.get("shadow", {})
+    if not isinstance(t, dict) or set(t) - {"provider", "share"}:
+        raise ConfigError('[routing.shadow] takes provider and share, e.g. provider = "deepseek"')
+    if not t:
+        return {}
+    return {
+        "shadow_provider": _str(t, "routing.shadow.provider"),
+        "shadow_share": _number({"share": t.get("share", 10)}, "routing.shadow.share", 0, 100),
+    }
 
 
 def _bool(t: Mapping[str, Any], key: str) -> bool:

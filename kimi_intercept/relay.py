@@ -36,6 +36,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import secrets
 import ssl
 import time
@@ -47,7 +48,7 @@ import aiohttp
 import certifi
 from aiohttp import web
 
-from . import tokens
+from . import shadow, tokens
 from .accounting import JsonBuffer, Outcome, build_row
 from .answer import attempt_row, client_left, describe_exc, ms_since, pipe
 from .choice import Chooser
@@ -77,7 +78,8 @@ SKIPPED = "skipped: "  # the error text of an attempts row for a provider that w
 # prompt surely fits, and the exact (tiktoken) count is skipped.
 _BYTES_PER_TOKEN_LOW = 2.5
 
-Recorder = Callable[[dict[str, Any], list[dict[str, Any]]], None]
+# record(request_row, attempt_rows, extra_rows_by_table): must not block (a queue put)
+Recorder = Callable[..., None]
 
 
 class Relay:
@@ -102,6 +104,7 @@ class Relay:
         self._tasks: set[asyncio.Task[None]] = set()
         self._published: Any = None
         self.chooser = Chooser()
+        self._rng = random.Random()
 
     async def start(self) -> int:
         """Listen on ``127.0.0.1`` (an ephemeral port) and return the port."""
@@ -156,13 +159,18 @@ class Relay:
             return await self._count_tokens(plan)
         attempts: list[dict[str, Any]] = []
         result = Outcome()
+        mirrored = (
+            asyncio.ensure_future(shadow.mirror(self, plan))
+            if shadow.wanted(self, plan, self._rng)
+            else None
+        )
         try:
             return await self._serve(request, plan, attempts, result)
         except asyncio.CancelledError:
             client_left(result)
             raise
         finally:
-            self._spawn(self._finish(plan, attempts, result))
+            self._spawn(self._finish(plan, attempts, result, mirrored))
 
     async def _count_tokens(self, plan: RoutePlan) -> web.Response:
         """Anthropic ``/v1/messages/count_tokens``, answered locally with the tiktoken estimate
@@ -440,13 +448,28 @@ class Relay:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _finish(self, plan: RoutePlan, attempts: list[dict[str, Any]], r: Outcome) -> None:
+    async def _finish(
+        self,
+        plan: RoutePlan,
+        attempts: list[dict[str, Any]],
+        r: Outcome,
+        mirrored: asyncio.Future[dict[str, Any]] | None = None,
+    ) -> None:
         """Build and hand over the ``requests`` row. Never raises (a bug here is only logged)."""
         try:
             row = await build_row(plan, attempts, r, ms_since(plan.received))
             for a in attempts:
                 a["request_id"] = row["id"]
-            self.record(row, attempts)
+            extra = {}
+            if mirrored is not None:  # shadow mode: compare with what the client got
+                answer = getattr(r.meter, "answer_text", None) or getattr(
+                    r.meter, "completion_text", ""
+                )
+                extra["shadow"] = [shadow.finish_row(await mirrored, row, answer or "")]
+            if extra:
+                self.record(row, attempts, extra)
+            else:
+                self.record(row, attempts)
             await self._publish_status()
         except Exception:
             log.exception("kimi-intercept: could not record a request (the client was answered)")

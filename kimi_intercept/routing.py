@@ -45,7 +45,7 @@ class RoutePlan:
     kind: str  # "reroute" | "passthrough" | "count_tokens"
     targets: list[Target]
     stream: bool
-    request_json: dict[str, Any] = field(repr=False)
+    request_json: dict[str, Any] = field(repr=False)  # the request in the OpenAI hub dialect
     client_model: str | None
     host: str
     client: str | None
@@ -54,6 +54,7 @@ class RoutePlan:
     conversation: str = ""
     title: str | None = None  # start of the first user message
     rule: Rule | None = None  # the [[routing.rules]] entry that chose the chain (None: default)
+    native: dict[str, Any] = field(default_factory=dict, repr=False)  # the client's own body
     dialect: str = "openai"  # the client's: openai | anthropic | gemini
     received: float = field(default_factory=time.time)
     prompt_tokens_estimate: int | None = None  # tiktoken count, filled in only when needed
@@ -285,6 +286,7 @@ def plan_route(
         conversation=conversation,
         title=conversation_title(hub or {}),
         rule=rule,
+        native=native,
         dialect="anthropic" if dialect == "anthropic_count" else dialect,
     )
 
