@@ -26,6 +26,7 @@ from mitmproxy import ctx, exceptions, http
 
 from . import tokens
 from .config import Config, ConfigError, allow_hosts_patterns, load_config
+from .prepare import Preparer
 from .relay import ROUTE_HEADER, Relay
 from .routing import plan_route
 from .status import status_file_for
@@ -39,6 +40,7 @@ _METADATA_KEY = "kimi_intercept_route"
 class KimiIntercept:
     def __init__(self) -> None:
         self.cfg: Config | None = None
+        self.preparer: Preparer | None = None
         self.relay: Relay | None = None
         self.writer: StoreWriter | None = None
 
@@ -54,11 +56,12 @@ class KimiIntercept:
         if "kimi_config" in updated:
             try:
                 cfg = load_config(ctx.options.kimi_config)
+                preparer = Preparer(cfg)  # validates [sanitizer] and [context]
             except ConfigError as e:
                 raise exceptions.OptionsError(f"kimi_config: {e}") from e
-            self.cfg = cfg
+            self.cfg, self.preparer = cfg, preparer
             if self.relay is not None:
-                self.relay.cfg = cfg
+                self.relay.cfg, self.relay.preparer = cfg, preparer
             changes: dict[str, Any] = {
                 "allow_hosts": allow_hosts_patterns(cfg.hosts),
                 "connection_strategy": "lazy",
@@ -74,7 +77,10 @@ class KimiIntercept:
         assert self.cfg is not None
         self.writer = StoreWriter(self.cfg.database)
         self.relay = Relay(
-            self.cfg, self.writer.put, status_path=status_file_for(self.cfg.database)
+            self.cfg,
+            self.writer.put,
+            status_path=status_file_for(self.cfg.database),
+            preparer=self.preparer,
         )
         port = await self.relay.start()
         threading.Thread(target=_warm_tokenizer, name="kimi-tokenizer", daemon=True).start()

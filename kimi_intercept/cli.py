@@ -7,13 +7,21 @@ file means built-in defaults) and ``--db`` (default: the database the config nam
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from kimi_intercept import __version__
+
+if TYPE_CHECKING:
+    import sqlite_utils
+
+    from kimi_intercept.config import Config
 
 DEFAULT_CONFIG = "config.toml"
 DEMO_DB = "kimi_intercept_demo.db"
@@ -26,12 +34,45 @@ def resolve_db_path(config_path: Path, db: Path | None) -> Path:
     (a missing config file means the built-in defaults)."""
     if db is not None:
         return db
+    return load(config_path).database
+
+
+def load(config_path: Path) -> Config:
+    """The config at ``config_path`` (built-in defaults if the file does not exist)."""
     from kimi_intercept.config import ConfigError, load_config
 
     try:
-        return load_config(config_path).database
+        return load_config(config_path)
     except ConfigError as e:  # the message names the key and the fix
         raise click.ClickException(f"{config_path}: {e}") from e
+
+
+@contextmanager
+def reading(db_path: Path) -> Iterator[sqlite_utils.Database]:
+    """A read-only connection to ``db_path`` (an older schema is migrated first), with the
+    CLI's messages for a missing or unreadable database."""
+    from kimi_intercept.store import open_db, open_readonly
+
+    if not db_path.is_file():
+        raise click.ClickException(_no_database(db_path))
+    try:
+        open_db(db_path).close()
+        db = open_readonly(db_path)
+    except sqlite3.DatabaseError as e:
+        raise click.ClickException(f"Cannot read {db_path.resolve()}: {e}") from e
+    try:
+        yield db
+    except sqlite3.DatabaseError as e:
+        raise click.ClickException(f"Cannot read {db_path.resolve()}: {e}") from e
+    finally:
+        db.close()
+
+
+def _no_database(db_path: Path) -> str:
+    return (
+        f"No database at {db_path.resolve()} - run the proxy or `kimi-intercept demo` first, "
+        "or pass --db"
+    )
 
 
 def common_options(f: F) -> F:
@@ -70,15 +111,23 @@ def main() -> None:
     """Reroute IDE LLM calls to Kimi, count every token, report on it."""
 
 
+def _day(value: Any) -> str | None:
+    return value.date().isoformat() if value else None
+
+
+since_option = click.option(
+    "--since", type=click.DateTime(["%Y-%m-%d"]), help="First day to include (UTC, YYYY-MM-DD)"
+)
+until_option = click.option(
+    "--until", type=click.DateTime(["%Y-%m-%d"]), help="Last day to include (UTC, YYYY-MM-DD)"
+)
+
+
 @main.command()
 @common_options
 @out_option
-@click.option(
-    "--since", type=click.DateTime(["%Y-%m-%d"]), help="First day to include (UTC, YYYY-MM-DD)"
-)
-@click.option(
-    "--until", type=click.DateTime(["%Y-%m-%d"]), help="Last day to include (UTC, YYYY-MM-DD)"
-)
+@since_option
+@until_option
 def report(
     config_path: Path,
     db: Path | None,
@@ -86,29 +135,207 @@ def report(
     since: Any,
     until: Any,
 ) -> None:
-    """Write a static HTML report of recorded requests."""
-    from kimi_intercept.report import read_totals, write_report
-    from kimi_intercept.store import DatabaseNotFound, open_readonly
+    """Write the static HTML report (overview, providers, models, clients, conversations)."""
+    from kimi_intercept.config import ConfigError
+    from kimi_intercept.prices import price_book
+    from kimi_intercept.report import build_report
+    from kimi_intercept.store import DatabaseNotFound
 
-    db_path = resolve_db_path(config_path, db)
-    since_s = since.date().isoformat() if since else None
-    until_s = until.date().isoformat() if until else None
+    cfg = load(config_path)
+    db_path = db if db is not None else cfg.database
     try:
-        path = write_report(db_path, out_dir, since=since_s, until=until_s)
-        ro = open_readonly(db_path)
-        try:
-            totals = read_totals(ro, since_s, until_s)
-        finally:
-            ro.close()
+        price_book(cfg)
+        result = build_report(db_path, out_dir, since=_day(since), until=_day(until), cfg=cfg)
+    except ConfigError as e:
+        raise click.ClickException(f"{config_path}: {e}") from e
     except DatabaseNotFound:
-        raise click.ClickException(
-            f"No database at {db_path.resolve()} - run the proxy or `kimi-intercept demo` "
-            "first, or pass --db"
-        ) from None
+        raise click.ClickException(_no_database(db_path)) from None
     except sqlite3.DatabaseError as e:  # not a database, or not readable
         raise click.ClickException(f"Cannot read {db_path.resolve()}: {e}") from e
-    click.echo(f"Report written to {path.resolve()}")
-    click.echo(totals.summary())
+    click.echo(f"Report written to {result.path.resolve()}")
+    click.echo(result.totals.summary())
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Plain-text columns: the first left-aligned, the others right-aligned."""
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    lines = []
+    for r in [headers, *rows]:
+        cells = [
+            str(c).ljust(w) if i == 0 else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def _cost(value: float | None, unpriced: int) -> str:
+    from kimi_intercept.report import fmt_usd
+
+    text = "unpriced" if value is None else fmt_usd(value)
+    return text + (f" (+{unpriced:,} unpriced)" if unpriced and value is not None else "")
+
+
+@main.command()
+@common_options
+@click.option(
+    "--days", type=click.IntRange(1, 36500), default=30, show_default=True,
+    help="How many days, up to today (UTC)",
+)  # fmt: skip
+@click.option(
+    "--by",
+    type=click.Choice(["provider", "model", "client", "day"]),
+    help="One row per provider, model, client or day instead of the overview",
+)
+def stats(config_path: Path, db: Path | None, days: int, by: str | None) -> None:
+    """Token, cost and cache totals as a table: today, the last 7 and the last N days
+    (--days), or per provider/model/client/day over the last N days (--by)."""
+    from kimi_intercept.report import WINDOWS, fmt_num, fmt_ratio, read_facts, windows
+
+    cfg = load(config_path)
+    db_path = db if db is not None else cfg.database
+    today = datetime.now(timezone.utc).date()
+    since = (today - timedelta(days=days - 1)).isoformat()
+    with reading(db_path) as ro:
+        facts = read_facts(ro, since, None, cfg)
+    if by is None:
+        rows = []
+        last = ("today", 1) if days == 1 else (f"{days} days", days)
+        spans = tuple((label, n) for label, n in WINDOWS if n < days) + (last,)
+        for (label, _), w in zip(spans, windows(facts, today, spans), strict=True):
+            rows.append(
+                [label.capitalize(), fmt_num(w["requests"]), fmt_num(w["prompt_tokens"]),
+                 fmt_num(w["completion_tokens"]), fmt_num(w["cached_tokens"]),
+                 _cost(w["cost_usd"], w["unpriced"]), fmt_num(w["saved_tokens"]),
+                 fmt_ratio(w["cache_hit_rate"], 0)]
+            )  # fmt: skip
+        headers = ["Period (UTC)", "Requests", "Tokens in", "Tokens out", "Cached", "Cost",
+                   "Saved", "Cache hit"]  # fmt: skip
+    else:
+        key = {"provider": "provider", "model": "model", "client": "client", "day": "day"}[by]
+        groups = facts.group("provider", "model") if by == "model" else facts.group(key)
+        if by == "day":
+            groups.sort(key=lambda g: g["day"])
+        rows = []
+        for g in groups:
+            name = (
+                f"{g['provider'] or '–'} / {g['model'] or '–'}" if by == "model" else g[key] or "–"
+            )
+            priced = g["priced"]
+            per = _cost(g["cost_usd"] / priced, 0) if g["cost_usd"] is not None and priced else "–"
+            rows.append(
+                [name, fmt_num(g["requests"]), f"{100 * g['ok'] / g['requests']:.0f}%",
+                 fmt_num(g["fallbacks"]), fmt_num(g["prompt_tokens"]),
+                 fmt_num(g["completion_tokens"]), fmt_num(g["cached_tokens"]),
+                 _cost(g["cost_usd"], g["unpriced"]), per]
+            )  # fmt: skip
+        headers = [by.capitalize(), "Requests", "Success", "Fallbacks", "Tokens in",
+                   "Tokens out", "Cached", "Cost", "Cost/request"]  # fmt: skip
+    click.echo(f"Last {days} days ({since} to {today.isoformat()}, UTC), {db_path}")
+    if not rows and by is not None:
+        click.echo("No requests in this period.")
+        return
+    for line in _table(headers, rows):
+        click.echo(line)
+    if facts.totals().estimated:
+        t = facts.totals()
+        click.echo(
+            f"{t.estimated:,} requests have estimated usage ({t.calibrated:,} calibrated); "
+            f"{t.duplicates:,} duplicate responses not counted."
+        )
+
+
+@main.command()
+@common_options
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv",
+              show_default=True)  # fmt: skip
+@click.option(
+    "--table",
+    type=click.Choice(["requests", "conversations"]),
+    default="requests",
+    show_default=True,
+)
+@since_option
+@until_option
+@click.option(
+    "--out", "out_file", type=click.Path(dir_okay=False, path_type=Path),
+    help="File to write [default: standard output]",
+)  # fmt: skip
+def export(
+    config_path: Path,
+    db: Path | None,
+    fmt: str,
+    table: str,
+    since: Any,
+    until: Any,
+    out_file: Path | None,
+) -> None:
+    """Stream requests (or conversations) as CSV or JSON, row by row."""
+    from kimi_intercept import export as exporter
+
+    db_path = resolve_db_path(config_path, db)
+    with reading(db_path) as ro:
+        if out_file is None:
+            n = exporter.write(sys.stdout, ro, fmt, table, _day(since), _day(until))
+        else:
+            with open(out_file, "w", encoding="utf-8", newline="") as f:
+                n = exporter.write(f, ro, fmt, table, _day(since), _day(until))
+    if out_file is not None:
+        click.echo(f"Exported {n:,} {table} rows to {out_file}", err=True)
+
+
+@main.command()
+@common_options
+@click.option(
+    "--days", type=click.IntRange(1, 36500), default=None,
+    help="Days of raw rows to keep [default: [storage] retention_days, 90]",
+)  # fmt: skip
+def prune(config_path: Path, db: Path | None, days: int | None) -> None:
+    """Delete raw rows older than the retention (their totals stay in the daily table),
+    then VACUUM the file."""
+    from kimi_intercept.config import ConfigError
+    from kimi_intercept.store import prune as prune_db
+    from kimi_intercept.store import retention_days
+
+    cfg = load(config_path)
+    db_path = db if db is not None else cfg.database
+    if days is None:
+        try:
+            days = retention_days(cfg)
+        except ConfigError as e:
+            raise click.ClickException(f"{config_path}: {e}") from e
+        if days is None:
+            click.echo("Retention is off ([storage] retention_days = 0); nothing pruned.")
+            return
+    if not db_path.is_file():
+        raise click.ClickException(_no_database(db_path))
+    try:
+        result = prune_db(db_path, days)
+    except sqlite3.DatabaseError as e:
+        raise click.ClickException(f"Cannot prune {db_path.resolve()}: {e}") from e
+    click.echo(result.summary())
+
+
+@main.command(name="import")
+@common_options
+@click.argument("source", type=click.Choice(["cline", "continue"]))
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+def import_(config_path: Path, db: Path | None, source: str, path: Path | None) -> None:
+    """Import another tool's local usage ledger (numbers only, read-only): Cline's
+    taskHistory.json or Continue's tokensGenerated.jsonl. PATH defaults to [import] SOURCE
+    in the config, then the tool's usual location. Importing again updates, never duplicates."""
+    from kimi_intercept.config import ConfigError
+    from kimi_intercept.importers import LedgerError, import_ledger
+
+    cfg = load(config_path)
+    db_path = db if db is not None else cfg.database
+    try:
+        result = import_ledger(source, db_path, cfg, path)
+    except (LedgerError, ConfigError) as e:
+        raise click.ClickException(str(e)) from e
+    except sqlite3.DatabaseError as e:
+        raise click.ClickException(f"Cannot write {db_path.resolve()}: {e}") from e
+    click.echo(result.summary())
 
 
 @main.command()
@@ -140,3 +367,39 @@ def demo(config_path: Path, db: Path | None, out_dir: Path) -> None:
         run_demo(db or Path(DEMO_DB), out_dir, echo=click.echo)
     except ProxyStartError as e:
         raise click.ClickException(str(e)) from e
+
+
+@main.group()
+def masked() -> None:
+    """Tool outputs the sanitizer shortened (the masked table)."""
+
+
+@masked.command()
+@common_options
+@click.argument("item_id")
+def show(config_path: Path, db: Path | None, item_id: str) -> None:
+    """Print the original of masked item ITEM_ID (the id in the marker
+    "[kimi-intercept: … — id ITEM_ID]", or a unique start of it) exactly as it was."""
+    db_path = resolve_db_path(config_path, db)
+    with reading(db_path) as ro:
+        found = ro.execute(
+            "SELECT id FROM masked WHERE id >= ? AND id < ? ORDER BY id LIMIT 2",
+            [item_id, item_id + "\U0010ffff"],
+        ).fetchall()
+        if not found or len(item_id) < 6:
+            raise click.ClickException(
+                f"No masked item {item_id!r} in {db_path} (give at least 6 characters of the id; "
+                "originals are kept while [sanitizer] store_originals is on, for "
+                "[storage] retention_days)"
+            )
+        if len(found) > 1:
+            raise click.ClickException(f"{item_id!r} matches several items; give more of the id")
+        from kimi_intercept.store import read_masked
+
+        original = read_masked(ro, found[0][0])
+    if original is None:
+        raise click.ClickException(
+            f"Masked item {found[0][0]} was recorded without its original "
+            "([sanitizer] store_originals = false)"
+        )
+    click.echo(original, nl=False)

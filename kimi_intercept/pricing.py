@@ -11,13 +11,20 @@ reasoning tokens, so reasoning is not added again.
 
 An unknown price gives ``None`` ("unpriced"), never ``0.0``: a free-looking row would hide
 missing configuration.
+
+Prices can change over time (:mod:`.prices`, the ``[prices]`` table). The rule: a row's cost is
+computed once, when the row is written, with the price valid on the day of its ``started_at``
+(UTC) — :func:`cost_usd_at`. Reports sum the stored costs; a later price change does not rewrite
+history.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import date, datetime
 
-from kimi_intercept.config import ModelInfo
+from kimi_intercept.config import Config, ModelInfo
+from kimi_intercept.prices import price_book
 from kimi_intercept.usage import Usage
 
 logger = logging.getLogger(__name__)
@@ -49,3 +56,22 @@ def cost_usd(model: ModelInfo | None, usage: Usage) -> float | None:
         + usage.completion_tokens * model.output_per_mtok
     )
     return round(micro_usd / 1e6, 9)
+
+
+def cost_usd_at(
+    model: str | None,
+    usage: Usage,
+    when: str | date | datetime,
+    cfg: Config,
+    provider: str | None = None,
+) -> float | None:
+    """USD cost of ``usage`` of ``model`` at the price valid on the (UTC) day of ``when``:
+    the dated ``[prices]`` entry in force then, else the ``[providers.*.models.*]`` price.
+    ``None`` (unpriced) for a model no table knows.
+
+    :param when: the request's ``started_at`` (ISO 8601), or a date/datetime
+    :param provider: the provider that answered: its own model table and provider-specific
+        dated entries come first
+    :raises ConfigError: if ``[prices]`` is malformed (checked once per config)
+    """
+    return cost_usd(price_book(cfg).model_info_at(model, when, provider), usage)

@@ -63,6 +63,7 @@ from .failures import (
     redact,
 )
 from .health import ProviderHealth, RateLimiter, backoff_delay
+from .prepare import Preparer, ledger_rows, row_fields
 from .routing import RoutePlan, first_byte_timeout, iso_utc, requested_max_tokens
 from .rules import Validation
 from .targets import Target
@@ -85,8 +86,15 @@ Recorder = Callable[..., None]
 class Relay:
     """aiohttp server + client on the running loop. ``record(row, attempts)`` must not block."""
 
-    def __init__(self, cfg: Config, record: Recorder, status_path: Path | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        record: Recorder,
+        status_path: Path | None = None,
+        preparer: Preparer | None = None,
+    ):
         self.cfg = cfg
+        self.preparer = preparer or Preparer(cfg)
         self.record = record
         self.status_path = status_path
         self.port: int | None = None
@@ -159,6 +167,8 @@ class Relay:
             return await self._count_tokens(plan)
         attempts: list[dict[str, Any]] = []
         result = Outcome()
+        if plan.kind == "reroute":
+            await asyncio.to_thread(self.preparer.prepare, plan)
         mirrored = (
             asyncio.ensure_future(shadow.mirror(self, plan))
             if shadow.wanted(self, plan, self._rng)
@@ -202,8 +212,10 @@ class Relay:
         waited = 0.0  # seconds spent on upstreams and backoff: not the proxy's own overhead
         last: Failure | None = None
         window_floor = 0  # after a context-length failure, only larger windows are tried
-        plan.targets = self.chooser.order(plan)
-        for target in plan.targets:
+        ordered = self.chooser.order(plan)
+        positions = [next(i for i, t in enumerate(plan.targets) if t is o) for o in ordered]
+        for position in positions:
+            target = plan.targets[position]  # looked up again: a compression rebuilds them
             why = await self._cannot_try(target, plan, max_tokens, window_floor)
             verdict = None if why else self.health.check(target.provider)
             if verdict is not None and not verdict.ok:
@@ -219,7 +231,8 @@ class Relay:
                     attempt_row(len(attempts) + 1, target, time.time(), None, SKIPPED + why, 0)
                 )
                 continue
-            for retry in range(rc.max_retries + 1):
+            retry = 0
+            while retry <= rc.max_retries:
                 started = time.time()
                 try:
                     upstream, first = await self._open(target, budget, plan)
@@ -237,6 +250,10 @@ class Relay:
                         )
                     )
                     self.health.record_failure(target.provider, f)
+                    if f.action is Action.CONTEXT and await self._compressed(plan, target):
+                        target = plan.targets[position]  # the same provider, a smaller request
+                        log.warning("kimi-intercept: retrying %s compressed", target.provider)
+                        continue
                     delay = self._retry_delay(f, retry)
                     log.warning(
                         "kimi-intercept: %s failed (%s: %s); %s",
@@ -249,6 +266,7 @@ class Relay:
                         break
                     await asyncio.sleep(delay)
                     waited += delay
+                    retry += 1
                     continue
                 except asyncio.CancelledError:
                     if verdict is not None and verdict.probe:
@@ -273,6 +291,14 @@ class Relay:
                 info = target.model_info
                 window_floor = max(window_floor, info.context_window or 0) if info else 0
         return self._all_failed(plan, last, r)
+
+    async def _compressed(self, plan: RoutePlan, target: Target) -> bool:
+        """On "context length exceeded": compress the request to fit ``target``'s window, once
+        per request (then the same provider is retried). True if the request changed."""
+        if plan.kind != "reroute":
+            return False
+        window = target.model_info.context_window if target.model_info else None
+        return await asyncio.to_thread(self.preparer.compress_for_retry, plan, window)
 
     async def _cannot_try(
         self, target: Target, plan: RoutePlan, max_tokens: int | None, window_floor: int
@@ -460,7 +486,8 @@ class Relay:
             row = await build_row(plan, attempts, r, ms_since(plan.received))
             for a in attempts:
                 a["request_id"] = row["id"]
-            extra = {}
+            row.update(row_fields(plan))
+            extra = ledger_rows(plan, self.preparer.store_originals)
             if mirrored is not None:  # shadow mode: compare with what the client got
                 answer = getattr(r.meter, "answer_text", None) or getattr(
                     r.meter, "completion_text", ""

@@ -17,10 +17,12 @@ Everything else (other paths, a body that is not a JSON object) is left to mitmp
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -55,6 +57,9 @@ class RoutePlan:
     title: str | None = None  # start of the first user message
     rule: Rule | None = None  # the [[routing.rules]] entry that chose the chain (None: default)
     native: dict[str, Any] = field(default_factory=dict, repr=False)  # the client's own body
+    # (native, hub, hub_error) -> targets: the upstream requests again, after sanitizing
+    rebuild: Callable[..., list[Target]] | None = field(default=None, repr=False)
+    prepared: Any = None  # prepare.Prepared, once the relay prepared the request
     dialect: str = "openai"  # the client's: openai | anthropic | gemini
     received: float = field(default_factory=time.time)
     prompt_tokens_estimate: int | None = None  # tiktoken count, filled in only when needed
@@ -232,6 +237,7 @@ def plan_route(
     object gives ``None``.
     """
     rule: Rule | None = None
+    rebuild = None
     found = detect_dialect(method, path) if host in cfg.hosts else None
     if found is None:
         return None
@@ -256,11 +262,11 @@ def plan_route(
         targets: list[Target] = []  # answered by the relay itself, with a local count
     elif reroute:
         rule = first_match(cfg.rules, _facts(dialect, native, hub, client_model, ua, body, lower))
-        targets = reroute_targets(
-            cfg, client_dialect=dialect, native=native, hub=hub, hub_error=hub_error,
-            client_model=client_model, stream=bool(stream), headers=lower,
-            chain=rule.chain if rule else cfg.default_chain, rule=rule,
+        rebuild = functools.partial(
+            _targets, cfg, dialect, client_model, bool(stream), lower,
+            rule.chain if rule else cfg.default_chain, rule,
         )  # fmt: skip
+        targets = rebuild(native, hub, hub_error)
     else:
         targets = [
             passthrough_target(
@@ -287,8 +293,27 @@ def plan_route(
         title=conversation_title(hub or {}),
         rule=rule,
         native=native,
+        rebuild=rebuild,
         dialect="anthropic" if dialect == "anthropic_count" else dialect,
     )
+
+
+def _targets(
+    cfg: Config,
+    dialect: str,
+    client_model: str | None,
+    stream: bool,
+    headers: list[tuple[str, str]],
+    chain: Any,
+    rule: Rule | None,
+    native: dict[str, Any],
+    hub: dict[str, Any] | None,
+    hub_error: str | None,
+) -> list[Target]:
+    return reroute_targets(
+        cfg, client_dialect=dialect, native=native, hub=hub, hub_error=hub_error,
+        client_model=client_model, stream=stream, headers=headers, chain=chain, rule=rule,
+    )  # fmt: skip
 
 
 def _facts(

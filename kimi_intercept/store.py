@@ -1,4 +1,5 @@
-"""The SQLite store: one row per client request, one row per upstream attempt.
+"""The SQLite store: one row per client request, one row per upstream attempt, the sanitizer's
+masked originals and savings, and daily rollups that outlive pruned rows.
 
 The schema is a public contract — reports and ad-hoc SQL query it — and only changes through
 ``migrations`` (one small function per change, applied by :func:`open_db`).
@@ -7,10 +8,23 @@ Writes happen off the proxy's event loop: :class:`StoreWriter` owns one thread a
 connection, fed by a queue. ``put()`` costs microseconds and never raises; the thread writes
 whatever has queued up in one transaction. Readers (the report) use :func:`open_readonly`.
 
+Counting rule: a request whose ``(provider, response_id)`` was already recorded gets
+``duplicate_of`` set to the first row's id (a trigger, so every way of inserting obeys it);
+every aggregate counts ``duplicate_of IS NULL`` rows only, so a replayed or retried response
+is counted once.
+
+Totals: triggers keep ``daily`` (per day × provider × model × client × route × usage source)
+and ``daily_savings`` (per day × tool) equal to the sums over counted rows, on every insert
+and update, so reports read a few thousand rows instead of millions.
+
+Retention (:func:`prune`): raw rows older than ``[storage] retention_days`` are deleted and the
+file compacted with ``VACUUM``; their totals stay in ``daily`` / ``daily_savings``.
+
 Errors::
 
     FileNotFoundError
      └── DatabaseNotFound      open_readonly() on a path with no database
+    ConfigError                retention_days() on a bad ``[storage] retention_days``
 """
 
 from __future__ import annotations
@@ -21,7 +35,10 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +81,23 @@ _M001_REQUEST_COLUMNS: dict[str, type] = {
 _M002_REQUEST_COLUMNS: dict[str, type] = {
     "dialect": str,  # the client's wire dialect: openai | anthropic | gemini
 }
-REQUEST_COLUMNS: dict[str, type] = {**_M001_REQUEST_COLUMNS, **_M002_REQUEST_COLUMNS}
+_M003_REQUEST_COLUMNS: dict[str, type] = {
+    "conversation_id": str,  # hex SHA-256 of the session header or the conversation's prefix
+    "conversation_title": str,  # start of the first user message (raw; reports escape it)
+    "context_window": int,  # tokens, of the model that answered
+    "tokens_before_sanitize": int,  # prompt tokens before the sanitizer (estimate)
+    "tokens_after_sanitize": int,  # ... and after it
+    "memory_tokens": int,  # prompt tokens that are memory/MCP context (estimate)
+    "prompt_tokens_estimate": int,  # our tokenizer's count, also when the provider gave usage
+    "completion_tokens_estimate": int,  # (both known: calibration learns from the row)
+    "cost_source": str,  # NULL = our price table at started_at; "ledger" = an imported file's
+    "duplicate_of": str,  # set by a trigger: id of the first row with this provider+response_id
+}
+REQUEST_COLUMNS: dict[str, type] = {
+    **_M001_REQUEST_COLUMNS,
+    **_M002_REQUEST_COLUMNS,
+    **_M003_REQUEST_COLUMNS,
+}
 
 #: ``attempts`` columns in table order.
 ATTEMPT_COLUMNS: dict[str, type] = {
@@ -78,6 +111,153 @@ ATTEMPT_COLUMNS: dict[str, type] = {
     "error": str,
     "duration_ms": float,
 }
+
+#: ``masked``: one row per distinct tool output the sanitizer replaced (primary key: its hash).
+MASKED_COLUMNS: dict[str, type] = {
+    "id": str,  # content hash of the original
+    "created_at": str,  # ISO 8601 UTC
+    "tool": str,  # Bash, Grep, Read…
+    "kind": str,  # what was done: truncate, collapse…
+    "dialect": str,
+    "lines": int,  # of the original
+    "bytes": int,  # of the original
+    "tokens_before": int,
+    "tokens_after": int,
+    "original": bytes,  # zlib-compressed by the writer; read it with read_masked()
+    "request_id": str,  # the first request that carried it
+}
+
+#: ``savings``: what the sanitizer removed from one request, per tool.
+SAVINGS_COLUMNS: dict[str, type] = {
+    "request_id": str,
+    "tool": str,
+    "items": int,
+    "tokens_before": int,
+    "tokens_after": int,
+}
+
+#: Tables :meth:`StoreWriter.put` accepts in ``extra``, with their columns and primary key.
+EXTRA_TABLES: dict[str, tuple[dict[str, type], tuple[str, ...]]] = {
+    "masked": (MASKED_COLUMNS, ("id",)),
+    "savings": (SAVINGS_COLUMNS, ("request_id", "tool")),
+}
+
+# m003 builds its tables, triggers and backfill from the definitions below. They are part of
+# that migration: a later schema change adds a migration that alters the table and recreates
+# the triggers, after copying what m003 needs under _M003_* names, so m003 stays as released.
+
+#: Keys of a ``daily`` row; NULL is stored as "" so the key stays unique.
+DAILY_KEYS = ("day", "provider", "model", "client", "route", "usage_source")
+#: Sums kept per ``daily`` row, over counted requests (``duplicate_of IS NULL``).
+DAILY_SUMS: dict[str, type] = {
+    "requests": int,
+    "ok": int,
+    "errors": int,
+    "incomplete": int,
+    "client_abort": int,
+    "fallbacks": int,
+    "prompt_tokens": int,
+    "completion_tokens": int,
+    "cached_tokens": int,
+    "reasoning_tokens": int,
+    "cost_usd": float,  # of priced requests; NULL until one is priced
+    "priced": int,  # requests with a cost
+    "unpriced": int,  # requests with tokens but no price
+    "estimated": int,  # requests with usage_source = 'estimate'
+    # calibration inputs: rows with both the provider's usage and our estimate
+    "calib_samples": int,
+    "calib_prompt_tokens": int,
+    "calib_prompt_estimate": int,
+    "calib_completion_tokens": int,
+    "calib_completion_estimate": int,
+}
+DAILY_SAVINGS_COLUMNS: dict[str, type] = {
+    "day": str,
+    "tool": str,
+    "items": int,
+    "tokens_before": int,
+    "tokens_after": int,
+}
+
+
+def _keys_sql(x: str = "") -> list[str]:
+    """``daily`` key expressions over a requests row (``x``: ``new``, ``old``, an alias)."""
+    p = f"{x}." if x else ""
+    return [f"coalesce(substr({p}started_at, 1, 10), '')"] + [
+        f"coalesce({p}{k}, '')" for k in DAILY_KEYS[1:]
+    ]
+
+
+def _contributions_sql(x: str = "") -> dict[str, str]:
+    """What one requests row adds to each ``daily`` sum (``x`` as in :func:`_keys_sql`)."""
+    p = f"{x}." if x else ""
+    pair = {
+        side: f"({p}usage_source = 'provider' AND {p}{side}_tokens IS NOT NULL "
+        f"AND {p}{side}_tokens_estimate > 0)"
+        for side in ("prompt", "completion")
+    }
+    return {
+        "requests": "1",
+        "ok": f"coalesce({p}outcome = 'ok', 0)",
+        "errors": f"coalesce({p}outcome = 'error', 0)",
+        "incomplete": f"coalesce({p}outcome = 'incomplete', 0)",
+        "client_abort": f"coalesce({p}outcome = 'client_abort', 0)",
+        "fallbacks": f"coalesce({p}fallback_used, 0)",
+        "prompt_tokens": f"coalesce({p}prompt_tokens, 0)",
+        "completion_tokens": f"coalesce({p}completion_tokens, 0)",
+        "cached_tokens": f"coalesce({p}cached_tokens, 0)",
+        "reasoning_tokens": f"coalesce({p}reasoning_tokens, 0)",
+        "cost_usd": f"{p}cost_usd",
+        "priced": f"({p}cost_usd IS NOT NULL)",
+        "unpriced": f"({p}cost_usd IS NULL AND (coalesce({p}prompt_tokens, 0) > 0 "
+        f"OR coalesce({p}completion_tokens, 0) > 0))",
+        "estimated": f"coalesce({p}usage_source = 'estimate', 0)",
+        "calib_samples": f"coalesce({pair['prompt']} OR {pair['completion']}, 0)",
+        "calib_prompt_tokens": f"CASE WHEN {pair['prompt']} THEN {p}prompt_tokens ELSE 0 END",
+        "calib_prompt_estimate": f"CASE WHEN {pair['prompt']} "
+        f"THEN {p}prompt_tokens_estimate ELSE 0 END",
+        "calib_completion_tokens": f"CASE WHEN {pair['completion']} "
+        f"THEN {p}completion_tokens ELSE 0 END",
+        "calib_completion_estimate": f"CASE WHEN {pair['completion']} "
+        f"THEN {p}completion_tokens_estimate ELSE 0 END",
+    }
+
+
+#: Rows that teach calibration: the provider's usage and our estimate are both there.
+CALIB = (
+    "usage_source = 'provider' AND (prompt_tokens_estimate > 0 OR completion_tokens_estimate > 0)"
+)
+
+#: Sums over counted ``requests`` rows, named like ``DAILY_SUMS``: ``daily`` as it would be
+#: computed from the raw rows (the triggers keep it equal to this).
+COUNTED_SUMS_SQL = ",\n".join(
+    f"sum({e}) AS {n}" if n == "cost_usd" else f"coalesce(sum({e}), 0) AS {n}"
+    for n, e in _contributions_sql().items()
+)
+#: ``daily`` keys over ``requests``.
+DAILY_KEYS_SQL = ", ".join(f"{e} AS {k}" for k, e in zip(DAILY_KEYS, _keys_sql(), strict=True))
+
+
+def _daily_upsert_sql(select: str) -> str:
+    """``INSERT INTO daily … {select} ON CONFLICT … DO UPDATE`` adding the new sums."""
+    add = ", ".join(
+        f"{s} = CASE WHEN excluded.{s} IS NULL THEN {s} WHEN {s} IS NULL THEN excluded.{s} "
+        f"ELSE {s} + excluded.{s} END"
+        if s == "cost_usd"
+        else f"{s} = {s} + excluded.{s}"
+        for s in DAILY_SUMS
+    )
+    keys = ", ".join(DAILY_KEYS)
+    return (
+        f"INSERT INTO daily ({keys}, {', '.join(DAILY_SUMS)}) {select} "
+        f"ON CONFLICT ({keys}) DO UPDATE SET {add}"
+    )
+
+
+def _row_select(x: str, sign: str = "") -> str:
+    sums = ", ".join(f"{sign}({e})" if sign else e for e in _contributions_sql(x).values())
+    return f"SELECT {', '.join(_keys_sql(x))}, {sums}"
+
 
 migrations = sqlite_utils.Migrations("kimi_intercept")
 
@@ -98,6 +278,159 @@ def m001_initial(db: sqlite_utils.Database) -> None:
 def m002_requests_dialect(db: sqlite_utils.Database) -> None:
     for name, kind in _M002_REQUEST_COLUMNS.items():
         db.table("requests").add_column(name, kind)
+
+
+# Same provider + response id as an earlier counted row: a duplicate.
+_SAME_RESPONSE = """FROM requests o WHERE o.response_id = new.response_id
+      AND o.provider IS new.provider AND o.rowid != new.rowid AND o.duplicate_of IS NULL"""
+
+# Every insert: mark a replayed response, then add a counted row to its day's totals.
+_INSERT_TRIGGER = f"""
+CREATE TRIGGER requests_insert AFTER INSERT ON requests
+BEGIN
+  UPDATE requests SET duplicate_of = (
+    SELECT o.id {_SAME_RESPONSE} ORDER BY o.started_at, o.id LIMIT 1)
+  WHERE rowid = new.rowid AND new.response_id IS NOT NULL AND new.duplicate_of IS NULL
+    AND EXISTS (SELECT 1 {_SAME_RESPONSE});
+  {
+    _daily_upsert_sql(
+        _row_select("r") + " FROM requests r WHERE r.rowid = new.rowid AND r.duplicate_of IS NULL"
+    )
+};
+END
+"""
+
+# A changed row (an importer updating a grown task): take the old numbers out, put the new in.
+_UPDATE_TRIGGER = f"""
+CREATE TRIGGER requests_update AFTER UPDATE OF started_at, provider, model, client, route,
+  usage_source, outcome, fallback_used, prompt_tokens, completion_tokens, cached_tokens,
+  reasoning_tokens, cost_usd, prompt_tokens_estimate, completion_tokens_estimate ON requests
+BEGIN
+  {_daily_upsert_sql(_row_select("old", "-") + " WHERE old.duplicate_of IS NULL")};
+  {_daily_upsert_sql(_row_select("new") + " WHERE new.duplicate_of IS NULL")};
+END
+"""
+
+_SAVINGS_UPSERT = """
+INSERT INTO daily_savings (day, tool, items, tokens_before, tokens_after)
+SELECT coalesce(substr(r.started_at, 1, 10), ''), coalesce({x}tool, ''),
+  coalesce(sum({x}items), 0), coalesce(sum({x}tokens_before), 0), coalesce(sum({x}tokens_after), 0)
+FROM {source}
+WHERE {where}
+GROUP BY 1, 2
+ON CONFLICT (day, tool) DO UPDATE SET items = items + excluded.items,
+  tokens_before = tokens_before + excluded.tokens_before,
+  tokens_after = tokens_after + excluded.tokens_after
+"""
+
+_SAVINGS_TRIGGER = f"""
+CREATE TRIGGER savings_insert AFTER INSERT ON savings
+BEGIN
+  {
+    _SAVINGS_UPSERT.format(
+        x="new.", source="requests r", where="r.id = new.request_id AND r.duplicate_of IS NULL"
+    )
+};
+END
+"""
+
+# One row per conversation, over counted requests. ``title``/``client`` are those of its first
+# turn; ``last_prompt_tokens``/``context_window`` those of its last.
+_CONVERSATIONS_VIEW = """
+CREATE VIEW conversations AS
+SELECT
+  conversation_id AS id,
+  (SELECT r.conversation_title FROM requests r WHERE r.conversation_id = c.conversation_id
+     AND r.duplicate_of IS NULL ORDER BY r.started_at, r.id LIMIT 1) AS title,
+  (SELECT r.client FROM requests r WHERE r.conversation_id = c.conversation_id
+     AND r.duplicate_of IS NULL ORDER BY r.started_at, r.id LIMIT 1) AS client,
+  min(started_at) AS first_at,
+  max(started_at) AS last_at,
+  count(*) AS turns,
+  coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
+  coalesce(sum(completion_tokens), 0) AS completion_tokens,
+  coalesce(sum(cached_tokens), 0) AS cached_tokens,
+  sum(cost_usd) AS cost_usd,
+  coalesce(sum(cost_usd IS NULL AND (prompt_tokens > 0 OR completion_tokens > 0)), 0) AS unpriced,
+  coalesce(sum(fallback_used), 0) AS fallbacks,
+  coalesce(sum(outcome != 'ok'), 0) AS not_ok,
+  (SELECT r.prompt_tokens FROM requests r WHERE r.conversation_id = c.conversation_id
+     AND r.duplicate_of IS NULL ORDER BY r.started_at DESC, r.id DESC LIMIT 1)
+     AS last_prompt_tokens,
+  (SELECT r.context_window FROM requests r WHERE r.conversation_id = c.conversation_id
+     AND r.duplicate_of IS NULL ORDER BY r.started_at DESC, r.id DESC LIMIT 1) AS context_window
+FROM requests c
+WHERE conversation_id IS NOT NULL AND duplicate_of IS NULL
+GROUP BY conversation_id
+"""
+
+
+@migrations()
+def m003_accounting(db: sqlite_utils.Database) -> None:
+    requests = db.table("requests")
+    for name, kind in _M003_REQUEST_COLUMNS.items():
+        requests.add_column(name, kind)
+    requests.create_index(["conversation_id", "started_at"])
+    # Totals come from `daily` now: per-provider/model scans of the raw rows are gone, and
+    # these two indexes were ~85 bytes of every row.
+    db.execute("DROP INDEX IF EXISTS idx_requests_provider_started_at")
+    db.execute("DROP INDEX IF EXISTS idx_requests_model_started_at")
+    db.execute(
+        "CREATE INDEX idx_requests_response_id ON requests (response_id) "
+        "WHERE response_id IS NOT NULL"
+    )
+    # Small partial indexes: the report's error tables, duplicate count and calibration error
+    # read only these rows.
+    db.execute("CREATE INDEX idx_requests_not_ok ON requests (started_at) WHERE outcome != 'ok'")
+    db.execute(
+        "CREATE INDEX idx_requests_duplicates ON requests (started_at) "
+        "WHERE duplicate_of IS NOT NULL"
+    )
+    db.execute(f"CREATE INDEX idx_requests_calibration ON requests (started_at) WHERE {CALIB}")
+    db.table("attempts").create_index(["started_at"])
+    db.execute("CREATE INDEX idx_attempts_failed ON attempts (request_id) WHERE error IS NOT NULL")
+    db.table("masked").create(MASKED_COLUMNS, pk="id")
+    db.table("masked").create_index(["request_id"])
+    db.table("masked").create_index(["created_at"])
+    db.table("savings").create(SAVINGS_COLUMNS, pk=("request_id", "tool"))
+    db.table("daily").create(
+        {**{k: str for k in DAILY_KEYS}, **DAILY_SUMS}, pk=DAILY_KEYS, not_null=DAILY_KEYS
+    )
+    db.table("daily_savings").create(
+        DAILY_SAVINGS_COLUMNS, pk=("day", "tool"), not_null=("day", "tool")
+    )
+    # Rows recorded before this migration: mark the later copies of a response, total the rest.
+    db.execute(
+        """
+        UPDATE requests SET duplicate_of = (
+          SELECT o.id FROM requests o
+          WHERE o.response_id = requests.response_id AND o.provider IS requests.provider
+          ORDER BY o.started_at, o.id LIMIT 1)
+        WHERE response_id IS NOT NULL
+        """
+    )
+    db.execute("UPDATE requests SET duplicate_of = NULL WHERE duplicate_of = id")
+    db.execute(
+        _daily_upsert_sql(
+            f"SELECT {DAILY_KEYS_SQL}, {COUNTED_SUMS_SQL} FROM requests "
+            f"WHERE duplicate_of IS NULL GROUP BY {', '.join(DAILY_KEYS)}"
+        )
+    )
+    db.execute(_INSERT_TRIGGER)
+    db.execute(_UPDATE_TRIGGER)
+    db.execute(_SAVINGS_TRIGGER)
+    db.execute(_CONVERSATIONS_VIEW)
+
+
+def daily_from_requests(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    """``daily`` recomputed from the raw rows (what the triggers must have kept it equal to,
+    for days nothing was pruned from), ordered by its key."""
+    keys = ", ".join(DAILY_KEYS)
+    sql = (
+        f"SELECT {DAILY_KEYS_SQL}, {COUNTED_SUMS_SQL} FROM requests "
+        f"WHERE duplicate_of IS NULL GROUP BY {keys} ORDER BY {keys}"
+    )
+    return list(db.query(sql))
 
 
 class DatabaseNotFound(FileNotFoundError):
@@ -143,16 +476,20 @@ class _Flush:
 
 
 _STOP = object()
-_Item = tuple[dict[str, Any], list[dict[str, Any]]]
+# (request, attempts, {table: rows}) as queued by put()
+_Item = tuple[dict[str, Any], list[dict[str, Any]], dict[str, list[dict[str, Any]]]]
 
 
 class StoreWriter:
-    """Writes request and attempt rows from one background thread.
+    """Writes request and attempt rows (and the sanitizer's rows) from one background thread.
 
     Only keys that are table columns are written; any other key (an API key included) is
     dropped, logged once per key name at debug level. A non-number in a numeric column is
     written as NULL with a warning. ``details`` may be a dict: it is stored as JSON. An
     attempt without ``request_id``/``attempt`` gets the request's id and its 1-based position.
+    ``extra`` rows (``masked``, ``savings``) without ``request_id`` get the request's id; a row
+    whose primary key already exists is ignored (a masked original is stored once per hash);
+    ``masked.original`` is given raw (``str`` or ``bytes``) and stored zlib-compressed.
 
     Failed writes are logged with the request ids and retried with backoff (lock and I/O
     errors); a batch that fails on bad data is written row by row, so one bad row costs only
@@ -193,13 +530,21 @@ class StoreWriter:
 
     # -- called from the proxy's event loop -------------------------------------------------
 
-    def put(self, request: dict[str, Any], attempts: Sequence[dict[str, Any]] = ()) -> None:
-        """Queue one request and its attempts. Never blocks, never raises."""
+    def put(
+        self,
+        request: dict[str, Any],
+        attempts: Sequence[dict[str, Any]] = (),
+        extra: Mapping[str, Sequence[dict[str, Any]]] | None = None,
+    ) -> None:
+        """Queue one request, its attempts and rows for other tables (``extra``:
+        ``{"masked": [...], "savings": [...]}``), all written in one transaction.
+        Never blocks, never raises."""
         try:
             if self._closed:
                 logger.warning("store closed; request %s was not recorded", request.get("id"))
                 return
-            self._queue.put((dict(request), [dict(a) for a in attempts]))
+            more = {table: [dict(r) for r in rows] for table, rows in (extra or {}).items()}
+            self._queue.put((dict(request), [dict(a) for a in attempts], more))
         except Exception:
             logger.exception("store: could not queue request %r", request)
 
@@ -279,12 +624,24 @@ class StoreWriter:
     def _write(self, db: sqlite_utils.Database, batch: list[_Item]) -> None:
         requests: list[dict[str, Any]] = []
         attempts: list[dict[str, Any]] = []
-        for request, request_attempts in batch:
+        extra: dict[str, list[dict[str, Any]]] = {}
+        for request, request_attempts, request_extra in batch:
             row = self._request_row(request)
             requests.append(row)
             for n, attempt in enumerate(request_attempts, start=1):
                 attempts.append(self._attempt_row(attempt, row["id"], n))
-        error = self._insert_with_retries(db, requests, attempts)
+            for table, rows in request_extra.items():
+                try:
+                    extra.setdefault(table, []).extend(self._extra_rows(table, rows, row["id"]))
+                except Exception as e:  # a bad extra row costs only itself, never the request
+                    logger.warning(
+                        "store: request %s: %s rows not recorded: %s: %s",
+                        row["id"],
+                        table,
+                        type(e).__name__,
+                        e,
+                    )
+        error = self._insert_with_retries(db, requests, attempts, extra)
         if error is None:
             return
         if len(batch) == 1:
@@ -318,6 +675,7 @@ class StoreWriter:
         db: sqlite_utils.Database,
         requests: list[dict[str, Any]],
         attempts: list[dict[str, Any]],
+        extra: dict[str, list[dict[str, Any]]],
     ) -> Exception | None:
         """Insert in one transaction; return the error if it still fails after retries.
 
@@ -331,6 +689,9 @@ class StoreWriter:
                     db.table("requests").insert_all(requests)
                     if attempts:
                         db.table("attempts").insert_all(attempts)
+                    for table, rows in extra.items():
+                        if rows:
+                            db.table(table).insert_all(rows, ignore=True)
                     db.conn.execute("COMMIT")
                 except BaseException:
                     db.rollback()
@@ -371,6 +732,35 @@ class StoreWriter:
             row["attempt"] = n
         return row
 
+    def _extra_rows(
+        self, table: str, rows: list[dict[str, Any]], request_id: Any
+    ) -> list[dict[str, Any]]:
+        if table not in EXTRA_TABLES:
+            if ("extra", table) not in self._unknown_keys_seen:
+                self._unknown_keys_seen.add(("extra", table))
+                logger.warning("store: no table %r; its rows are not written", table)
+            return []
+        columns, pk = EXTRA_TABLES[table]
+        out: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for record in rows:
+            self._note_unknown_keys(record, columns, table)
+            row = self._clean(record, columns, request_id)
+            if row.get("request_id") is None:
+                row["request_id"] = request_id
+            if "original" in row:
+                row["original"] = _compress(row["original"])
+            key = tuple(row[k] for k in pk)
+            if any(k is None for k in key):
+                logger.warning("store: request %s: a %s row without %s", request_id, table, pk)
+                continue
+            if table == "savings" and key in out:  # one row per tool: add them up
+                for name in ("items", "tokens_before", "tokens_after"):
+                    if row[name] is not None:
+                        out[key][name] = (out[key][name] or 0) + row[name]
+                continue
+            out.setdefault(key, row)
+        return list(out.values())
+
     def _clean(
         self, record: dict[str, Any], columns: dict[str, type], request_id: Any
     ) -> dict[str, Any]:
@@ -396,7 +786,168 @@ class StoreWriter:
                 logger.debug("store: %s has no column %r; that key is not written", table, key)
 
 
+def _compress(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.encode("utf-8", "surrogatepass")  # lone surrogates kept as they were
+    return zlib.compress(bytes(value), 6)
+
+
+def read_masked(db: sqlite_utils.Database, masked_id: str) -> bytes | None:
+    """The original bytes of a masked item (``None`` if there is no such row or no original).
+    Text was stored as UTF-8 with lone surrogates passed through:
+    ``.decode("utf-8", "surrogatepass")`` gives the exact ``str`` back."""
+    row = db.execute("SELECT original FROM masked WHERE id = ?", [masked_id]).fetchone()
+    return zlib.decompress(row[0]) if row and row[0] is not None else None
+
+
 def _ids(rows: Iterable[Any], limit: int = 5) -> str:
     ids = [str((row[0] if isinstance(row, tuple) else row).get("id")) for row in rows]
     shown = ", ".join(ids[:limit])
     return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+# -- retention ------------------------------------------------------------------------------
+
+DEFAULT_RETENTION_DAYS = 90
+
+
+def retention_days(cfg: Any) -> int | None:
+    """``[storage] retention_days`` of a :class:`~kimi_intercept.config.Config` (default 90);
+    ``None`` when it is 0 (keep every row).
+
+    :raises ConfigError: if it is not a whole number of days from 0 to 36500
+    """
+    from kimi_intercept.config import ConfigError
+
+    storage = cfg.raw.get("storage", {}) if isinstance(cfg.raw, Mapping) else {}
+    value = storage.get("retention_days", DEFAULT_RETENTION_DAYS)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 36500:
+        raise ConfigError(
+            f"storage.retention_days must be a whole number of days from 1 to 36500, or 0 to "
+            f"keep every row; got {value!r}"
+        )
+    return value or None
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What :func:`prune` did. ``cutoff``: rows that started before this day were pruned."""
+
+    cutoff: str
+    requests: int = 0  # raw rows deleted (their totals stay in daily)
+    attempts: int = 0
+    savings: int = 0
+    masked: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    vacuumed: bool = False
+
+    def summary(self) -> str:
+        if not (self.requests or self.masked):
+            return f"Nothing older than {self.cutoff} to prune."
+        return (
+            f"Pruned rows older than {self.cutoff}: {self.requests:,} requests (their totals "
+            f"stay in daily), {self.attempts:,} attempts, {self.savings:,} savings rows, "
+            f"{self.masked:,} masked originals. Database {_mb(self.bytes_before)} → "
+            f"{_mb(self.bytes_after)}."
+        )
+
+
+def prune(
+    path: str | Path,
+    days: int,
+    *,
+    now: datetime | None = None,
+    busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+) -> PruneResult:
+    """Keep ``days`` days of raw rows: delete older requests with their attempts, savings and
+    masked originals, then ``VACUUM``. Their totals stay in ``daily`` / ``daily_savings``
+    (kept up to date on every write), so reports over old days still add up. Days are UTC;
+    today counts as one of the ``days``.
+
+    Safe to run while the proxy writes (one ``BEGIN IMMEDIATE`` transaction; ``VACUUM`` waits
+    for ``busy_timeout``). Running it twice deletes nothing more.
+
+    :raises ValueError: if ``days`` < 1
+    :raises sqlite3.Error: if the database cannot be written
+    """
+    if days < 1:
+        raise ValueError(f"retention must be at least 1 day, got {days}")
+    today = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).date()
+    cutoff = (today - timedelta(days=days - 1)).isoformat()
+    path = Path(path)
+    db = open_db(path, busy_timeout_ms=busy_timeout_ms)
+    try:
+        before = _db_bytes(path)
+        old = db.execute(
+            "SELECT EXISTS (SELECT 1 FROM requests WHERE started_at < :c) "
+            "OR EXISTS (SELECT 1 FROM masked WHERE created_at < :c)",
+            {"c": cutoff},
+        ).fetchone()[0]
+        if not old:
+            return PruneResult(cutoff, bytes_before=before, bytes_after=before)
+        counts = _delete_before(db, cutoff)
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.execute("VACUUM")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        db.close()
+    return PruneResult(
+        cutoff, **counts, bytes_before=before, bytes_after=_db_bytes(path), vacuumed=True
+    )
+
+
+def _delete_before(db: sqlite_utils.Database, cutoff: str) -> dict[str, int]:
+    old_requests = "SELECT id FROM requests WHERE started_at < :c"
+    params = {"c": cutoff}
+    conn = db.conn
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        counts = {
+            "savings": conn.execute(
+                f"DELETE FROM savings WHERE request_id IN ({old_requests})", params
+            ).rowcount,
+            "attempts": conn.execute(
+                f"DELETE FROM attempts WHERE request_id IN ({old_requests})", params
+            ).rowcount,
+            "masked": conn.execute("DELETE FROM masked WHERE created_at < :c", params).rowcount,
+            "requests": conn.execute("DELETE FROM requests WHERE started_at < :c", params).rowcount,
+        }
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return counts
+
+
+def prune_on_start(cfg: Any) -> PruneResult | None:
+    """The proxy's start hook: prune ``cfg.database`` to ``[storage] retention_days``.
+
+    Never raises (a failure is logged; the proxy starts anyway). ``None`` when retention is
+    off (0) or there is no database yet. Cheap when nothing is old enough (one indexed
+    lookup); otherwise it takes about as long as a ``VACUUM`` of the file. Call it before
+    starting the :class:`StoreWriter`, off the event loop (``asyncio.to_thread``).
+    """
+    try:
+        days = retention_days(cfg)
+        if days is None or not Path(cfg.database).is_file():
+            return None
+        result = prune(cfg.database, days)
+    except Exception as e:
+        logger.warning("kimi-intercept: pruning %s failed: %s", getattr(cfg, "database", "?"), e)
+        return None
+    if result.requests or result.masked:
+        logger.info("kimi-intercept: %s", result.summary())
+    return result
+
+
+def _db_bytes(path: Path) -> int:
+    return sum(
+        p.stat().st_size for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()
+    )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"

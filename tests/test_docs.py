@@ -15,7 +15,11 @@ README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 def config_keys() -> set[str]:
     raw = tomllib.loads(default_config_text())
-    keys = {f"{table}.{k}" for table in ("intercept", "routing", "storage") for k in raw[table]}
+    keys = {
+        f"{table}.{k}"
+        for table in ("intercept", "routing", "storage", "sanitizer", "context")
+        for k in raw[table]
+    }
     for provider in raw["providers"].values():
         keys |= {f"providers.<name>.{k}" for k in provider if k != "models"}
         for info in provider.get("models", {}).values():

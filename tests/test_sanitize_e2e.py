@@ -1,0 +1,96 @@
+"""The sanitizer end to end: a real mitmdump + addon, the openai SDK, a Kimi fake that records
+what it received, and the SQLite file with the originals and the savings ledger."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from proxyproc import render_config, wait_rows
+
+from kimi_intercept.mask import MARKER_RE
+from kimi_intercept.store import open_readonly, read_masked
+
+
+def pytest_log(lines: int) -> str:
+    body = "\n".join(f"tests/test_mod_{i % 40}.py::test_case_{i} PASSED [{i * 100 // lines}%]"
+                     for i in range(lines))  # fmt: skip
+    return (
+        "============ test session starts ============\n" + body + "\n"
+        "FAILED tests/test_api.py::test_login - AssertionError: expected 200, got 500\n"
+        "============ 1 failed, 2999 passed in 41.2s ============"
+    )
+
+
+def conversation(log: str) -> list[dict]:
+    return [
+        {"role": "system", "content": "You are a coding agent."},
+        {"role": "user", "content": "Run the tests and fix what fails."},
+        {"role": "assistant", "content": None, "tool_calls": [{
+            "id": "call_1", "type": "function",
+            "function": {"name": "run_command", "arguments": '{"cmd": "pytest"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": log},
+    ]  # fmt: skip
+
+
+def test_a_long_log_is_masked_upstream_and_its_original_kept(
+    tmp_path, fake_upstream, start_proxy, openai_client
+):
+    kimi, deepseek = fake_upstream(), fake_upstream()
+    db = tmp_path / "kimi.db"
+    client = openai_client(start_proxy(render_config(db, kimi.url, deepseek.url)))
+    log = pytest_log(3000)
+    first = conversation(log)
+    r = client.chat.completions.create(model="gpt-4o", messages=first)
+    assert r.choices[0].message.content == "Hello from the fake Kimi upstream."
+
+    sent = kimi.received[0].json["messages"]
+    assert sent[:3] == first[:3]  # system, user, assistant untouched
+    masked = sent[3]["content"]
+    assert sent[3]["tool_call_id"] == "call_1"
+    assert len(masked) < len(log) / 10
+    assert "============ test session starts" in masked[:300]  # the head is kept
+    assert "FAILED tests/test_api.py::test_login - AssertionError" in masked  # the end is kept
+    marker = MARKER_RE.search(masked)
+    assert marker is not None
+
+    [row] = wait_rows(db, 1)
+    assert row["tokens_before_sanitize"] > row["tokens_after_sanitize"] * 5
+    ro = open_readonly(db)
+    assert read_masked(ro, marker.group("id")) == log.encode()  # byte for byte
+    savings = [dict(zip(("tool", "items", "before", "after"), s, strict=True)) for s in ro.execute(
+        "select tool, items, tokens_before, tokens_after from savings").fetchall()]  # fmt: skip
+    ro.close()
+    assert [(s["tool"], s["items"]) for s in savings] == [("run_command", 1)]
+    assert savings[0]["before"] > savings[0]["after"] * 10
+
+    # Next turn: the same history plus one more exchange. The masked message is byte-identical,
+    # so the provider's prefix cache keeps hitting.
+    second = first + [{"role": "assistant", "content": "Looking."},
+                      {"role": "user", "content": "Go on."}]  # fmt: skip
+    client.chat.completions.create(model="gpt-4o", messages=second)
+    again = kimi.received[1].json["messages"]
+    assert json.dumps(again[:4]) == json.dumps(sent)
+    wait_rows(db, 2)
+    con = sqlite3.connect(db)
+    assert con.execute("select count(*) from masked").fetchone() == (1,)  # stored once
+    con.close()
+
+
+def test_short_tool_output_and_file_reads_are_sent_exactly(
+    tmp_path, fake_upstream, start_proxy, openai_client
+):
+    kimi, deepseek = fake_upstream(), fake_upstream()
+    db = tmp_path / "kimi.db"
+    client = openai_client(start_proxy(render_config(db, kimi.url, deepseek.url)))
+    big_file = "\n".join(f"def f{i}(x):\n    return x * {i}\n" for i in range(3000))
+    messages = [
+        {"role": "user", "content": "Read it."},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "a", "type": "function", "function": {"name": "read_file", "arguments": "{}"}},
+            {"id": "b", "type": "function", "function": {"name": "ls", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "a", "content": big_file},
+        {"role": "tool", "tool_call_id": "b", "content": "src\ntests\nREADME.md"},
+    ]  # fmt: skip
+    client.chat.completions.create(model="gpt-4o", messages=messages)
+    assert kimi.received[0].json["messages"] == messages
