@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import pricing, tokens
+from .config import Config
 from .failures import redact
 from .routing import RoutePlan
 from .targets import Target
@@ -81,18 +82,40 @@ class JsonBuffer:
 
 
 async def build_row(
-    plan: RoutePlan, attempts: list[dict[str, Any]], r: Outcome, duration_ms: float
+    plan: RoutePlan,
+    attempts: list[dict[str, Any]],
+    r: Outcome,
+    duration_ms: float,
+    cfg: Config | None = None,
 ) -> dict[str, Any]:
-    """The ``requests`` row (columns: see README "The database")."""
+    """The ``requests`` row (columns: see README "The database").
+
+    Our own estimate is recorded next to the provider's usage whenever an answer came
+    (``prompt_tokens_estimate`` / ``completion_tokens_estimate``): the report calibrates
+    estimate-only rows from the pairs. Cost: the price valid on the request's day
+    (:func:`.pricing.cost_usd_at`; unpriced → NULL)."""
     meter = r.meter
     usage: Usage | None = meter.usage if meter is not None else None
     source = "provider" if usage is not None else None
-    if usage is None and r.status is not None and r.status < 400 and meter is not None:
-        usage = await asyncio.to_thread(_estimate, plan.request_json, meter.completion_text or "")
-        source = "estimate"
+    estimate: Usage | None = None
+    if r.status is not None and r.status < 400 and meter is not None:
+        estimate = await asyncio.to_thread(
+            _estimate, plan.request_json, meter.completion_text or "", plan.prompt_tokens_estimate
+        )
+        if usage is None:
+            usage, source = estimate, "estimate"
     target = r.target
     model = (meter.model if meter is not None else None) or (target.model if target else None)
     info = target.model_info if target else None
+    priced_model = (target.model if target else None) or model
+    if usage is None:
+        cost = None
+    elif cfg is not None:
+        cost = pricing.cost_usd_at(
+            priced_model, usage, plan.started_at, cfg, r.target and r.target.provider
+        )
+    else:
+        cost = pricing.cost_usd(info, usage)
     served = next((i for i, t in enumerate(plan.targets) if t is target), 0)
     details = {
         "upstream_request_id": r.upstream_request_id,
@@ -124,7 +147,10 @@ async def build_row(
         "cached_tokens": usage.cached_tokens if usage else None,
         "reasoning_tokens": usage.reasoning_tokens if usage else None,
         "usage_source": source,
-        "cost_usd": pricing.cost_usd(info, usage) if usage is not None else None,
+        "cost_usd": cost,
+        "prompt_tokens_estimate": estimate.prompt_tokens if estimate else None,
+        "completion_tokens_estimate": estimate.completion_tokens if estimate else None,
+        "context_window": info.context_window if info else None,
         "route": plan.kind,
         "dialect": plan.dialect,
         "conversation_id": plan.conversation or None,
@@ -137,11 +163,16 @@ async def build_row(
     }
 
 
-def _estimate(request_json: dict[str, Any], completion_text: str) -> Usage:
+def _estimate(
+    request_json: dict[str, Any], completion_text: str, prompt_tokens: int | None = None
+) -> Usage:
+    """Our count (``prompt_tokens`` when the preparer already counted the prompt)."""
     try:
+        if prompt_tokens is None and request_json:
+            prompt_tokens = tokens.estimate_prompt_tokens(request_json)
         return Usage(
             # no hub form of the request (e.g. the Responses API): no prompt estimate
-            prompt_tokens=tokens.estimate_prompt_tokens(request_json) if request_json else None,
+            prompt_tokens=prompt_tokens,
             completion_tokens=tokens.estimate_completion_tokens(completion_text),
         )
     except Exception:

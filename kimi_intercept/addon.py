@@ -18,6 +18,7 @@ notes ``mitmproxy.md`` appendix):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from typing import Any
@@ -26,11 +27,13 @@ from mitmproxy import ctx, exceptions, http
 
 from . import tokens
 from .config import Config, ConfigError, allow_hosts_patterns, load_config
+from .importers import import_config
 from .prepare import Preparer
+from .prices import price_book
 from .relay import ROUTE_HEADER, Relay
 from .routing import plan_route
 from .status import status_file_for
-from .store import StoreWriter
+from .store import StoreWriter, prune_on_start, retention_days
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,9 @@ class KimiIntercept:
             try:
                 cfg = load_config(ctx.options.kimi_config)
                 preparer = Preparer(cfg)  # validates [sanitizer] and [context]
+                price_book(cfg)  # [prices]
+                retention_days(cfg)  # [storage] retention_days
+                import_config(cfg)  # [import]
             except ConfigError as e:
                 raise exceptions.OptionsError(f"kimi_config: {e}") from e
             self.cfg, self.preparer = cfg, preparer
@@ -75,6 +81,7 @@ class KimiIntercept:
 
     async def running(self) -> None:
         assert self.cfg is not None
+        await asyncio.to_thread(prune_on_start, self.cfg)  # retention; never raises
         self.writer = StoreWriter(self.cfg.database)
         self.relay = Relay(
             self.cfg,

@@ -340,6 +340,29 @@ def import_(config_path: Path, db: Path | None, source: str, path: Path | None) 
 
 @main.command()
 @common_options
+@click.option(
+    "--since",
+    "since",
+    default="7d",
+    show_default=True,
+    help="Window: 7d, 24h or a day YYYY-MM-DD (UTC)",
+)
+def compare(config_path: Path, db: Path | None, since: str) -> None:
+    """Shadow mode: per provider pair, success, latency, cost per request and how often the
+    answers agree."""
+    from kimi_intercept.compare import pairs, since_iso, table
+
+    try:
+        bound = since_iso(since)
+    except ValueError as e:
+        raise click.BadParameter(f"use 7d, 24h or YYYY-MM-DD ({e})", param_hint="--since") from e
+    with reading(resolve_db_path(config_path, db)) as ro:
+        for line in table(pairs(ro, bound)):
+            click.echo(line)
+
+
+@main.command()
+@common_options
 def status(config_path: Path, db: Path | None) -> None:
     """Each provider's state (available, circuit open, cooling down, rate-limited) from the
     running proxy, and the last hour of upstream attempts from the database."""

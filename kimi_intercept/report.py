@@ -43,6 +43,8 @@ from kimi_intercept.store import (
     open_readonly,
 )
 
+from . import compare
+
 MAX_CHART_DAYS = 92
 LATEST_LIMIT = 50
 CONVERSATION_LIST_LIMIT = 500
@@ -765,6 +767,7 @@ def report_context(
     )
     conversations, count = conversation_rows(db, since, until, cfg)
     context.update(conversations=conversations, conversation_count=count)
+    context.update(pairs=compare.pairs(db, since), agree_at=compare.AGREE_AT)
     return context
 
 
@@ -774,6 +777,7 @@ PAGES = {
     "models.html": "Models",
     "clients.html": "Clients",
     "conversations.html": "Conversations",
+    "compare.html": "Shadow",
 }
 
 

@@ -136,10 +136,37 @@ SAVINGS_COLUMNS: dict[str, type] = {
     "tokens_after": int,
 }
 
+#: ``shadow``: one request mirrored to a second provider in shadow mode (m004), side by side
+#: with what the client got.
+SHADOW_COLUMNS: dict[str, type] = {
+    "id": str,
+    "request_id": str,
+    "started_at": str,
+    "primary_provider": str,
+    "primary_model": str,
+    "primary_outcome": str,
+    "primary_ttft_ms": float,
+    "primary_duration_ms": float,
+    "primary_cost_usd": float,
+    "shadow_provider": str,
+    "shadow_model": str,
+    "status_code": int,
+    "outcome": str,  # ok | error
+    "error": str,
+    "ttft_ms": float,
+    "duration_ms": float,
+    "prompt_tokens": int,
+    "completion_tokens": int,
+    "cached_tokens": int,
+    "cost_usd": float,
+    "similarity": float,  # word-set Jaccard of the two answers, 0..1
+}
+
 #: Tables :meth:`StoreWriter.put` accepts in ``extra``, with their columns and primary key.
 EXTRA_TABLES: dict[str, tuple[dict[str, type], tuple[str, ...]]] = {
     "masked": (MASKED_COLUMNS, ("id",)),
     "savings": (SAVINGS_COLUMNS, ("request_id", "tool")),
+    "shadow": (SHADOW_COLUMNS, ("id",)),
 }
 
 # m003 builds its tables, triggers and backfill from the definitions below. They are part of
@@ -420,6 +447,12 @@ def m003_accounting(db: sqlite_utils.Database) -> None:
     db.execute(_UPDATE_TRIGGER)
     db.execute(_SAVINGS_TRIGGER)
     db.execute(_CONVERSATIONS_VIEW)
+
+
+@migrations()
+def m004_shadow(db: sqlite_utils.Database) -> None:
+    db.table("shadow").create(SHADOW_COLUMNS, pk="id")
+    db.table("shadow").create_index(["started_at"])
 
 
 def daily_from_requests(db: sqlite_utils.Database) -> list[dict[str, Any]]:

@@ -195,7 +195,7 @@ def test_pages_render_offline_without_errors(browser, tmp_path):
     out = tmp_path / "site"
     result = report.build_report(tmp_path / "suite.db", out)
     pages = [p for p in result.pages]
-    assert len(pages) == 7
+    assert len(pages) == 8  # 6 pages (compare.html included) + 2 conversations
     visits = browser.visit([p.resolve().as_uri() for p in pages])
     shots = tmp_path / "shots"
     shots.mkdir()

@@ -245,7 +245,7 @@ def test_conversations_list_and_pages(site):
 
 def test_every_page_escapes_user_content(site):
     out, result = site
-    assert len(result.pages) == 7
+    assert len(result.pages) == 8  # 6 pages (compare.html included) + 2 conversations
     for path in result.pages:
         html = path.read_text("utf-8")
         assert "<script" not in html.lower(), path.name

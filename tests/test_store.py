@@ -223,6 +223,7 @@ def test_migrations_idempotent_on_reopen(db_path):
         "m001_initial",
         "m002_requests_dialect",
         "m003_accounting",
+        "m004_shadow",
     ]
     assert store.migrations.pending(db) == []
     assert db.table("requests").count == 1
