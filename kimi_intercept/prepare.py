@@ -95,17 +95,18 @@ class Preparer:
         return done
 
     def compress_for_retry(self, plan: RoutePlan, window: int | None) -> bool:
-        """After "context length exceeded": compress below the provider's window (or to 70 % of
-        the current estimate when the window is unknown). True if the request changed."""
+        """After "context length exceeded": our estimate was evidently too low for that
+        provider's tokenizer, so compress to the lower of ``compress_at - 0.10`` of its window
+        and 70 % of the current estimate. True if the request changed."""
         done: Prepared = plan.prepared or Prepared()
         if done.retried_compressed:
             return False
         done.retried_compressed = True
         tokens = plan.prompt_tokens_estimate or count_prompt_tokens(plan.request_json, self.cache)
         try:
-            if window:
-                return self._compress(plan, tokens, window, None)
-            return self._compress(plan, tokens, tokens, 0.7)
+            window = window or tokens
+            share = min(self.context.compress_at - 0.10, 0.7 * tokens / max(window, 1))
+            return self._compress(plan, tokens, window, share)
         except Exception:
             log.exception("kimi-intercept: could not compress the request for a retry")
             return False

@@ -768,7 +768,36 @@ def report_context(
     conversations, count = conversation_rows(db, since, until, cfg)
     context.update(conversations=conversations, conversation_count=count)
     context.update(pairs=compare.pairs(db, since), agree_at=compare.AGREE_AT)
+    context.update(sanitizer_value(db, since, until, cfg))
     return context
+
+
+def sanitizer_value(
+    db: sqlite_utils.Database, since: str | None, until: str | None, cfg: Config | None
+) -> dict[str, Any]:
+    """What the sanitizer saved in dollars (saved prompt tokens × the input price of each
+    request's model on its day; raw rows only, so within the retention period) and how many
+    prompt tokens MCP memory content took (``memory_tokens``)."""
+    where, params = range_where(
+        since, until, "duplicate_of IS NULL", "tokens_before_sanitize IS NOT NULL"
+    )
+    found = db.execute(
+        "SELECT model, provider, substr(started_at, 1, 10) AS day,"
+        " sum(tokens_before_sanitize - tokens_after_sanitize), sum(coalesce(memory_tokens, 0))"
+        f" FROM requests {where} GROUP BY model, provider, day",
+        params,
+    ).fetchall()
+    saved_usd, unpriced, memory = 0.0, 0, 0
+    book = price_book(cfg) if cfg is not None else None
+    for model, provider, day, saved, mem in found:
+        memory += mem or 0
+        info = book.model_info_at(model, day, provider) if book else None
+        if info and info.input_per_mtok is not None:
+            saved_usd += (saved or 0) * info.input_per_mtok / 1e6
+        elif saved:
+            unpriced += saved
+    return {"saved_usd": round(saved_usd, 6), "saved_unpriced_tokens": unpriced,
+            "memory_tokens": memory}  # fmt: skip
 
 
 PAGES = {

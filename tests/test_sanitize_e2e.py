@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import sqlite3
 
+from click.testing import CliRunner
 from proxyproc import render_config, wait_rows
 
+from kimi_intercept.cli import main as cli_main
 from kimi_intercept.mask import MARKER_RE
+from kimi_intercept.simulator import Reply
 from kimi_intercept.store import open_readonly, read_masked
 
 
@@ -74,7 +77,18 @@ def test_a_long_log_is_masked_upstream_and_its_original_kept(
     wait_rows(db, 2)
     con = sqlite3.connect(db)
     assert con.execute("select count(*) from masked").fetchone() == (1,)  # stored once
+    saved = con.execute(
+        "select sum(tokens_before_sanitize - tokens_after_sanitize) from requests"
+    ).fetchone()[0]
     con.close()
+    out = tmp_path / "report"
+    done = CliRunner().invoke(cli_main, ["report", "--db", str(db), "--out", str(out),
+                                         "--config", str(tmp_path / "config.toml")])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    page = (out / "index.html").read_text()
+    assert f'id="saved-tokens" data-value="{saved}"' in page
+    # kimi-k2.6 input: $0.95 per million prompt tokens
+    assert f'data-value="{round(saved * 0.95 / 1e6, 6)}"' in page
 
 
 def test_short_tool_output_and_file_reads_are_sent_exactly(
@@ -94,3 +108,33 @@ def test_short_tool_output_and_file_reads_are_sent_exactly(
     ]  # fmt: skip
     client.chat.completions.create(model="gpt-4o", messages=messages)
     assert kimi.received[0].json["messages"] == messages
+
+
+def test_context_length_exceeded_compresses_and_retries_the_same_provider(
+    tmp_path, fake_upstream, start_proxy, openai_client
+):
+    kimi, deepseek = fake_upstream(), fake_upstream()
+    db = tmp_path / "kimi.db"
+    client = openai_client(start_proxy(render_config(db, kimi.url, deepseek.url)))
+    too_long = {"error": {"message": "Your request exceeded model token limit: 262144",
+                          "type": "invalid_request_error"}}  # fmt: skip
+    kimi.enqueue(Reply.error(400, too_long))
+    code = "\n".join(f"    value_{i} = compute({i}) + offset_{i % 7}" for i in range(1500))
+    messages = [{"role": "system", "content": "You are a coding agent."},
+                {"role": "user", "content": "Refactor it."}]  # fmt: skip
+    for n in range(8):  # older file reads (exact, never masked) fill the context
+        messages += [
+            {"role": "assistant", "content": None, "tool_calls": [{"id": f"r{n}", "type":
+             "function", "function": {"name": "read_file", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": f"r{n}", "content": code},
+            {"role": "assistant", "content": f"Read part {n}."},
+            {"role": "user", "content": "Go on."},
+        ]  # fmt: skip
+    r = client.chat.completions.create(model="gpt-4o", messages=messages)
+    assert r.choices[0].message.content == "Hello from the fake Kimi upstream."
+    first, second = (q.json["messages"] for q in kimi.received)
+    assert first == messages and len(json.dumps(second)) < len(json.dumps(first)) * 0.75
+    assert second[0] == messages[0] and second[-4:] == messages[-4:]  # system + last turns kept
+    assert deepseek.received == []  # the same provider, retried compressed
+    [row] = wait_rows(db, 1)
+    assert (row["provider"], row["outcome"], row["attempts"]) == ("kimi", "ok", 2)
