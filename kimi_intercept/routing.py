@@ -94,7 +94,9 @@ def conversation_key(headers: list[tuple[str, str]], request_json: dict[str, Any
     """A stable id for the conversation a request belongs to (hex SHA-256).
 
     An explicit session header wins (``x-kimi-session``, then Claude Code's
-    ``x-claude-code-session-id``); otherwise the conversation's stable prefix — every system
+    ``x-claude-code-session-id``), then the session suffix of Anthropic's ``metadata.user_id``
+    (``user_…_account_…_session_<uuid>``, as Claude Code sends it; translated to ``user``);
+    otherwise the conversation's stable prefix — every system
     message and the first user message — plus the client's User-Agent product name. Later turns
     only append messages, so every turn of one conversation gets the same key.
     """
@@ -102,6 +104,10 @@ def conversation_key(headers: list[tuple[str, str]], request_json: dict[str, Any
     for name in SESSION_HEADERS:
         if lower.get(name):
             return hashlib.sha256(f"{name}:{lower[name]}".encode()).hexdigest()
+    user = request_json.get("user")  # Anthropic metadata.user_id, translated
+    if isinstance(user, str) and "_session_" in user:
+        session = user.rsplit("_session_", 1)[1]
+        return hashlib.sha256(f"session:{session}".encode()).hexdigest()
     prefix: list[Any] = []
     messages = request_json.get("messages")
     for m in messages if isinstance(messages, list) else []:

@@ -128,6 +128,11 @@ def test_conversation_key_is_stable_across_turns_and_overridden_by_session_heade
     assert conversation_key(ua, first) != conversation_key(ua, other)
     session = ua + [("x-claude-code-session-id", "abc")]
     assert conversation_key(session, first) == conversation_key(session, other)
+    meta = {**first, "user": "user_ab12_account_cd34_session_5e6f-7a8b"}
+    meta_later = {**later, "user": "user_ab12_account_cd34_session_5e6f-7a8b"}
+    assert conversation_key(ua, meta) == conversation_key(ua, {**other, "user": meta["user"]})
+    assert conversation_key(ua, meta) == conversation_key(ua, meta_later)
+    assert conversation_key(ua, meta) != conversation_key(ua, first)
     explicit = session + [("X-Kimi-Session", "mine")]
     assert conversation_key(explicit, first) != conversation_key(session, first)
     rolls = [
