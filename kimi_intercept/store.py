@@ -20,6 +20,11 @@ and update, so reports read a few thousand rows instead of millions.
 Retention (:func:`prune`): raw rows older than ``[storage] retention_days`` are deleted and the
 file compacted with ``VACUUM``; their totals stay in ``daily`` / ``daily_savings``.
 
+Where it lives: the tables, ``migrations``, :func:`open_db` and :func:`open_readonly` in
+:mod:`kimi_intercept.schema`; the counting rule's triggers and the ``daily`` rollups in
+:mod:`kimi_intercept.rollup`; retention in :mod:`kimi_intercept.retention`. This module holds
+:class:`StoreWriter` and :func:`read_masked` and re-exports the rest: import from here.
+
 Errors::
 
     FileNotFoundError
@@ -37,470 +42,78 @@ import time
 import uuid
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
+from kimi_intercept.retention import (
+    DEFAULT_RETENTION_DAYS,
+    PruneResult,
+    prune,
+    prune_on_start,
+    retention_days,
+)
+from kimi_intercept.rollup import (
+    CALIB,
+    COUNTED_SUMS_SQL,
+    DAILY_KEYS,
+    DAILY_KEYS_SQL,
+    DAILY_SAVINGS_COLUMNS,
+    DAILY_SUMS,
+    daily_from_requests,
+)
+from kimi_intercept.schema import (
+    ATTEMPT_COLUMNS,
+    DEFAULT_BUSY_TIMEOUT_MS,
+    EXTRA_TABLES,
+    MASKED_COLUMNS,
+    REQUEST_COLUMNS,
+    SAVINGS_COLUMNS,
+    SHADOW_COLUMNS,
+    DatabaseNotFound,
+    m001_initial,
+    m002_requests_dialect,
+    m003_accounting,
+    m004_shadow,
+    migrations,
+    open_db,
+    open_readonly,
+)
+
+__all__ = [
+    "ATTEMPT_COLUMNS",
+    "CALIB",
+    "COUNTED_SUMS_SQL",
+    "DAILY_KEYS",
+    "DAILY_KEYS_SQL",
+    "DAILY_SAVINGS_COLUMNS",
+    "DAILY_SUMS",
+    "DEFAULT_BUSY_TIMEOUT_MS",
+    "DEFAULT_RETENTION_DAYS",
+    "EXTRA_TABLES",
+    "MASKED_COLUMNS",
+    "REQUEST_COLUMNS",
+    "SAVINGS_COLUMNS",
+    "SHADOW_COLUMNS",
+    "DatabaseNotFound",
+    "PruneResult",
+    "StoreWriter",
+    "daily_from_requests",
+    "m001_initial",
+    "m002_requests_dialect",
+    "m003_accounting",
+    "m004_shadow",
+    "migrations",
+    "open_db",
+    "open_readonly",
+    "prune",
+    "prune_on_start",
+    "read_masked",
+    "retention_days",
+]
+
 logger = logging.getLogger(__name__)
-
-DEFAULT_BUSY_TIMEOUT_MS = 5000
-
-#: ``requests`` columns in table order, with their Python types (sqlite-utils: str → TEXT,
-#: int → INTEGER, float → REAL).
-_M001_REQUEST_COLUMNS: dict[str, type] = {
-    "id": str,
-    "started_at": str,  # ISO 8601 UTC, "2026-11-21T23:54:42.123Z"
-    "client": str,  # from User-Agent, "openai-python/1.2"
-    "client_host": str,
-    "client_model": str,  # the model the client asked for
-    "provider": str,  # the provider that answered (last attempt)
-    "model": str,  # the model that answered
-    "status_code": int,
-    "outcome": str,  # ok | error | incomplete | client_abort
-    "attempts": int,
-    "fallback_used": int,  # 0/1
-    "ttft_ms": float,
-    "duration_ms": float,
-    "prompt_tokens": int,
-    "completion_tokens": int,
-    "cached_tokens": int,
-    "reasoning_tokens": int,
-    "usage_source": str,  # provider | estimate | NULL
-    "cost_usd": float,  # NULL = unpriced, never 0 for unknown
-    "route": str,  # reroute | passthrough
-    "stream": int,  # 0/1
-    "response_id": str,
-    "host": str,  # the host the client called, "api.openai.com"
-    "error": str,
-    "details": str,  # JSON object of provider extras
-}
-# Columns added by later migrations, in order; REQUEST_COLUMNS is the table as it is now.
-_M002_REQUEST_COLUMNS: dict[str, type] = {
-    "dialect": str,  # the client's wire dialect: openai | anthropic | gemini
-}
-_M003_REQUEST_COLUMNS: dict[str, type] = {
-    "conversation_id": str,  # hex SHA-256 of the session header or the conversation's prefix
-    "conversation_title": str,  # start of the first user message (raw; reports escape it)
-    "context_window": int,  # tokens, of the model that answered
-    "tokens_before_sanitize": int,  # prompt tokens before the sanitizer (estimate)
-    "tokens_after_sanitize": int,  # ... and after it
-    "memory_tokens": int,  # prompt tokens that are memory/MCP context (estimate)
-    "prompt_tokens_estimate": int,  # our tokenizer's count, also when the provider gave usage
-    "completion_tokens_estimate": int,  # (both known: calibration learns from the row)
-    "cost_source": str,  # NULL = our price table at started_at; "ledger" = an imported file's
-    "duplicate_of": str,  # set by a trigger: id of the first row with this provider+response_id
-}
-REQUEST_COLUMNS: dict[str, type] = {
-    **_M001_REQUEST_COLUMNS,
-    **_M002_REQUEST_COLUMNS,
-    **_M003_REQUEST_COLUMNS,
-}
-
-#: ``attempts`` columns in table order.
-ATTEMPT_COLUMNS: dict[str, type] = {
-    "id": int,
-    "request_id": str,
-    "attempt": int,  # 1-based
-    "provider": str,
-    "model": str,
-    "started_at": str,
-    "status_code": int,
-    "error": str,
-    "duration_ms": float,
-}
-
-#: ``masked``: one row per distinct tool output the sanitizer replaced (primary key: its hash).
-MASKED_COLUMNS: dict[str, type] = {
-    "id": str,  # content hash of the original
-    "created_at": str,  # ISO 8601 UTC
-    "tool": str,  # Bash, Grep, Read…
-    "kind": str,  # what was done: truncate, collapse…
-    "dialect": str,
-    "lines": int,  # of the original
-    "bytes": int,  # of the original
-    "tokens_before": int,
-    "tokens_after": int,
-    "original": bytes,  # zlib-compressed by the writer; read it with read_masked()
-    "request_id": str,  # the first request that carried it
-}
-
-#: ``savings``: what the sanitizer removed from one request, per tool.
-SAVINGS_COLUMNS: dict[str, type] = {
-    "request_id": str,
-    "tool": str,
-    "items": int,
-    "tokens_before": int,
-    "tokens_after": int,
-}
-
-#: ``shadow``: one request mirrored to a second provider in shadow mode (m004), side by side
-#: with what the client got.
-SHADOW_COLUMNS: dict[str, type] = {
-    "id": str,
-    "request_id": str,
-    "started_at": str,
-    "primary_provider": str,
-    "primary_model": str,
-    "primary_outcome": str,
-    "primary_ttft_ms": float,
-    "primary_duration_ms": float,
-    "primary_cost_usd": float,
-    "shadow_provider": str,
-    "shadow_model": str,
-    "status_code": int,
-    "outcome": str,  # ok | error
-    "error": str,
-    "ttft_ms": float,
-    "duration_ms": float,
-    "prompt_tokens": int,
-    "completion_tokens": int,
-    "cached_tokens": int,
-    "cost_usd": float,
-    "similarity": float,  # word-set Jaccard of the two answers, 0..1
-}
-
-#: Tables :meth:`StoreWriter.put` accepts in ``extra``, with their columns and primary key.
-EXTRA_TABLES: dict[str, tuple[dict[str, type], tuple[str, ...]]] = {
-    "masked": (MASKED_COLUMNS, ("id",)),
-    "savings": (SAVINGS_COLUMNS, ("request_id", "tool")),
-    "shadow": (SHADOW_COLUMNS, ("id",)),
-}
-
-# m003 builds its tables, triggers and backfill from the definitions below. They are part of
-# that migration: a later schema change adds a migration that alters the table and recreates
-# the triggers, after copying what m003 needs under _M003_* names, so m003 stays as released.
-
-#: Keys of a ``daily`` row; NULL is stored as "" so the key stays unique.
-DAILY_KEYS = ("day", "provider", "model", "client", "route", "usage_source")
-#: Sums kept per ``daily`` row, over counted requests (``duplicate_of IS NULL``).
-DAILY_SUMS: dict[str, type] = {
-    "requests": int,
-    "ok": int,
-    "errors": int,
-    "incomplete": int,
-    "client_abort": int,
-    "fallbacks": int,
-    "prompt_tokens": int,
-    "completion_tokens": int,
-    "cached_tokens": int,
-    "reasoning_tokens": int,
-    "cost_usd": float,  # of priced requests; NULL until one is priced
-    "priced": int,  # requests with a cost
-    "unpriced": int,  # requests with tokens but no price
-    "estimated": int,  # requests with usage_source = 'estimate'
-    # calibration inputs: rows with both the provider's usage and our estimate
-    "calib_samples": int,
-    "calib_prompt_tokens": int,
-    "calib_prompt_estimate": int,
-    "calib_completion_tokens": int,
-    "calib_completion_estimate": int,
-}
-DAILY_SAVINGS_COLUMNS: dict[str, type] = {
-    "day": str,
-    "tool": str,
-    "items": int,
-    "tokens_before": int,
-    "tokens_after": int,
-}
-
-
-def _keys_sql(x: str = "") -> list[str]:
-    """``daily`` key expressions over a requests row (``x``: ``new``, ``old``, an alias)."""
-    p = f"{x}." if x else ""
-    return [f"coalesce(substr({p}started_at, 1, 10), '')"] + [
-        f"coalesce({p}{k}, '')" for k in DAILY_KEYS[1:]
-    ]
-
-
-def _contributions_sql(x: str = "") -> dict[str, str]:
-    """What one requests row adds to each ``daily`` sum (``x`` as in :func:`_keys_sql`)."""
-    p = f"{x}." if x else ""
-    pair = {
-        side: f"({p}usage_source = 'provider' AND {p}{side}_tokens IS NOT NULL "
-        f"AND {p}{side}_tokens_estimate > 0)"
-        for side in ("prompt", "completion")
-    }
-    return {
-        "requests": "1",
-        "ok": f"coalesce({p}outcome = 'ok', 0)",
-        "errors": f"coalesce({p}outcome = 'error', 0)",
-        "incomplete": f"coalesce({p}outcome = 'incomplete', 0)",
-        "client_abort": f"coalesce({p}outcome = 'client_abort', 0)",
-        "fallbacks": f"coalesce({p}fallback_used, 0)",
-        "prompt_tokens": f"coalesce({p}prompt_tokens, 0)",
-        "completion_tokens": f"coalesce({p}completion_tokens, 0)",
-        "cached_tokens": f"coalesce({p}cached_tokens, 0)",
-        "reasoning_tokens": f"coalesce({p}reasoning_tokens, 0)",
-        "cost_usd": f"{p}cost_usd",
-        "priced": f"({p}cost_usd IS NOT NULL)",
-        "unpriced": f"({p}cost_usd IS NULL AND (coalesce({p}prompt_tokens, 0) > 0 "
-        f"OR coalesce({p}completion_tokens, 0) > 0))",
-        "estimated": f"coalesce({p}usage_source = 'estimate', 0)",
-        "calib_samples": f"coalesce({pair['prompt']} OR {pair['completion']}, 0)",
-        "calib_prompt_tokens": f"CASE WHEN {pair['prompt']} THEN {p}prompt_tokens ELSE 0 END",
-        "calib_prompt_estimate": f"CASE WHEN {pair['prompt']} "
-        f"THEN {p}prompt_tokens_estimate ELSE 0 END",
-        "calib_completion_tokens": f"CASE WHEN {pair['completion']} "
-        f"THEN {p}completion_tokens ELSE 0 END",
-        "calib_completion_estimate": f"CASE WHEN {pair['completion']} "
-        f"THEN {p}completion_tokens_estimate ELSE 0 END",
-    }
-
-
-#: Rows that teach calibration: the provider's usage and our estimate are both there.
-CALIB = (
-    "usage_source = 'provider' AND (prompt_tokens_estimate > 0 OR completion_tokens_estimate > 0)"
-)
-
-#: Sums over counted ``requests`` rows, named like ``DAILY_SUMS``: ``daily`` as it would be
-#: computed from the raw rows (the triggers keep it equal to this).
-COUNTED_SUMS_SQL = ",\n".join(
-    f"sum({e}) AS {n}" if n == "cost_usd" else f"coalesce(sum({e}), 0) AS {n}"
-    for n, e in _contributions_sql().items()
-)
-#: ``daily`` keys over ``requests``.
-DAILY_KEYS_SQL = ", ".join(f"{e} AS {k}" for k, e in zip(DAILY_KEYS, _keys_sql(), strict=True))
-
-
-def _daily_upsert_sql(select: str) -> str:
-    """``INSERT INTO daily … {select} ON CONFLICT … DO UPDATE`` adding the new sums."""
-    add = ", ".join(
-        f"{s} = CASE WHEN excluded.{s} IS NULL THEN {s} WHEN {s} IS NULL THEN excluded.{s} "
-        f"ELSE {s} + excluded.{s} END"
-        if s == "cost_usd"
-        else f"{s} = {s} + excluded.{s}"
-        for s in DAILY_SUMS
-    )
-    keys = ", ".join(DAILY_KEYS)
-    return (
-        f"INSERT INTO daily ({keys}, {', '.join(DAILY_SUMS)}) {select} "
-        f"ON CONFLICT ({keys}) DO UPDATE SET {add}"
-    )
-
-
-def _row_select(x: str, sign: str = "") -> str:
-    sums = ", ".join(f"{sign}({e})" if sign else e for e in _contributions_sql(x).values())
-    return f"SELECT {', '.join(_keys_sql(x))}, {sums}"
-
-
-migrations = sqlite_utils.Migrations("kimi_intercept")
-
-
-@migrations()
-def m001_initial(db: sqlite_utils.Database) -> None:
-    requests = db.table("requests")
-    requests.create(_M001_REQUEST_COLUMNS, pk="id")
-    requests.create_index(["started_at"])
-    requests.create_index(["provider", "started_at"])
-    requests.create_index(["model", "started_at"])
-    attempts = db.table("attempts")
-    attempts.create(ATTEMPT_COLUMNS, pk="id", foreign_keys=[("request_id", "requests", "id")])
-    attempts.create_index(["request_id"])
-
-
-@migrations()
-def m002_requests_dialect(db: sqlite_utils.Database) -> None:
-    for name, kind in _M002_REQUEST_COLUMNS.items():
-        db.table("requests").add_column(name, kind)
-
-
-# Same provider + response id as an earlier counted row: a duplicate.
-_SAME_RESPONSE = """FROM requests o WHERE o.response_id = new.response_id
-      AND o.provider IS new.provider AND o.rowid != new.rowid AND o.duplicate_of IS NULL"""
-
-# Every insert: mark a replayed response, then add a counted row to its day's totals.
-_INSERT_TRIGGER = f"""
-CREATE TRIGGER requests_insert AFTER INSERT ON requests
-BEGIN
-  UPDATE requests SET duplicate_of = (
-    SELECT o.id {_SAME_RESPONSE} ORDER BY o.started_at, o.id LIMIT 1)
-  WHERE rowid = new.rowid AND new.response_id IS NOT NULL AND new.duplicate_of IS NULL
-    AND EXISTS (SELECT 1 {_SAME_RESPONSE});
-  {
-    _daily_upsert_sql(
-        _row_select("r") + " FROM requests r WHERE r.rowid = new.rowid AND r.duplicate_of IS NULL"
-    )
-};
-END
-"""
-
-# A changed row (an importer updating a grown task): take the old numbers out, put the new in.
-_UPDATE_TRIGGER = f"""
-CREATE TRIGGER requests_update AFTER UPDATE OF started_at, provider, model, client, route,
-  usage_source, outcome, fallback_used, prompt_tokens, completion_tokens, cached_tokens,
-  reasoning_tokens, cost_usd, prompt_tokens_estimate, completion_tokens_estimate ON requests
-BEGIN
-  {_daily_upsert_sql(_row_select("old", "-") + " WHERE old.duplicate_of IS NULL")};
-  {_daily_upsert_sql(_row_select("new") + " WHERE new.duplicate_of IS NULL")};
-END
-"""
-
-_SAVINGS_UPSERT = """
-INSERT INTO daily_savings (day, tool, items, tokens_before, tokens_after)
-SELECT coalesce(substr(r.started_at, 1, 10), ''), coalesce({x}tool, ''),
-  coalesce(sum({x}items), 0), coalesce(sum({x}tokens_before), 0), coalesce(sum({x}tokens_after), 0)
-FROM {source}
-WHERE {where}
-GROUP BY 1, 2
-ON CONFLICT (day, tool) DO UPDATE SET items = items + excluded.items,
-  tokens_before = tokens_before + excluded.tokens_before,
-  tokens_after = tokens_after + excluded.tokens_after
-"""
-
-_SAVINGS_TRIGGER = f"""
-CREATE TRIGGER savings_insert AFTER INSERT ON savings
-BEGIN
-  {
-    _SAVINGS_UPSERT.format(
-        x="new.", source="requests r", where="r.id = new.request_id AND r.duplicate_of IS NULL"
-    )
-};
-END
-"""
-
-# One row per conversation, over counted requests. ``title``/``client`` are those of its first
-# turn; ``last_prompt_tokens``/``context_window`` those of its last.
-_CONVERSATIONS_VIEW = """
-CREATE VIEW conversations AS
-SELECT
-  conversation_id AS id,
-  (SELECT r.conversation_title FROM requests r WHERE r.conversation_id = c.conversation_id
-     AND r.duplicate_of IS NULL ORDER BY r.started_at, r.id LIMIT 1) AS title,
-  (SELECT r.client FROM requests r WHERE r.conversation_id = c.conversation_id
-     AND r.duplicate_of IS NULL ORDER BY r.started_at, r.id LIMIT 1) AS client,
-  min(started_at) AS first_at,
-  max(started_at) AS last_at,
-  count(*) AS turns,
-  coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
-  coalesce(sum(completion_tokens), 0) AS completion_tokens,
-  coalesce(sum(cached_tokens), 0) AS cached_tokens,
-  sum(cost_usd) AS cost_usd,
-  coalesce(sum(cost_usd IS NULL AND (prompt_tokens > 0 OR completion_tokens > 0)), 0) AS unpriced,
-  coalesce(sum(fallback_used), 0) AS fallbacks,
-  coalesce(sum(outcome != 'ok'), 0) AS not_ok,
-  (SELECT r.prompt_tokens FROM requests r WHERE r.conversation_id = c.conversation_id
-     AND r.duplicate_of IS NULL ORDER BY r.started_at DESC, r.id DESC LIMIT 1)
-     AS last_prompt_tokens,
-  (SELECT r.context_window FROM requests r WHERE r.conversation_id = c.conversation_id
-     AND r.duplicate_of IS NULL ORDER BY r.started_at DESC, r.id DESC LIMIT 1) AS context_window
-FROM requests c
-WHERE conversation_id IS NOT NULL AND duplicate_of IS NULL
-GROUP BY conversation_id
-"""
-
-
-@migrations()
-def m003_accounting(db: sqlite_utils.Database) -> None:
-    requests = db.table("requests")
-    for name, kind in _M003_REQUEST_COLUMNS.items():
-        requests.add_column(name, kind)
-    requests.create_index(["conversation_id", "started_at"])
-    # Totals come from `daily` now: per-provider/model scans of the raw rows are gone, and
-    # these two indexes were ~85 bytes of every row.
-    db.execute("DROP INDEX IF EXISTS idx_requests_provider_started_at")
-    db.execute("DROP INDEX IF EXISTS idx_requests_model_started_at")
-    db.execute(
-        "CREATE INDEX idx_requests_response_id ON requests (response_id) "
-        "WHERE response_id IS NOT NULL"
-    )
-    # Small partial indexes: the report's error tables, duplicate count and calibration error
-    # read only these rows.
-    db.execute("CREATE INDEX idx_requests_not_ok ON requests (started_at) WHERE outcome != 'ok'")
-    db.execute(
-        "CREATE INDEX idx_requests_duplicates ON requests (started_at) "
-        "WHERE duplicate_of IS NOT NULL"
-    )
-    db.execute(f"CREATE INDEX idx_requests_calibration ON requests (started_at) WHERE {CALIB}")
-    db.table("attempts").create_index(["started_at"])
-    db.execute("CREATE INDEX idx_attempts_failed ON attempts (request_id) WHERE error IS NOT NULL")
-    db.table("masked").create(MASKED_COLUMNS, pk="id")
-    db.table("masked").create_index(["request_id"])
-    db.table("masked").create_index(["created_at"])
-    db.table("savings").create(SAVINGS_COLUMNS, pk=("request_id", "tool"))
-    db.table("daily").create(
-        {**{k: str for k in DAILY_KEYS}, **DAILY_SUMS}, pk=DAILY_KEYS, not_null=DAILY_KEYS
-    )
-    db.table("daily_savings").create(
-        DAILY_SAVINGS_COLUMNS, pk=("day", "tool"), not_null=("day", "tool")
-    )
-    # Rows recorded before this migration: mark the later copies of a response, total the rest.
-    db.execute(
-        """
-        UPDATE requests SET duplicate_of = (
-          SELECT o.id FROM requests o
-          WHERE o.response_id = requests.response_id AND o.provider IS requests.provider
-          ORDER BY o.started_at, o.id LIMIT 1)
-        WHERE response_id IS NOT NULL
-        """
-    )
-    db.execute("UPDATE requests SET duplicate_of = NULL WHERE duplicate_of = id")
-    db.execute(
-        _daily_upsert_sql(
-            f"SELECT {DAILY_KEYS_SQL}, {COUNTED_SUMS_SQL} FROM requests "
-            f"WHERE duplicate_of IS NULL GROUP BY {', '.join(DAILY_KEYS)}"
-        )
-    )
-    db.execute(_INSERT_TRIGGER)
-    db.execute(_UPDATE_TRIGGER)
-    db.execute(_SAVINGS_TRIGGER)
-    db.execute(_CONVERSATIONS_VIEW)
-
-
-@migrations()
-def m004_shadow(db: sqlite_utils.Database) -> None:
-    db.table("shadow").create(SHADOW_COLUMNS, pk="id")
-    db.table("shadow").create_index(["started_at"])
-
-
-def daily_from_requests(db: sqlite_utils.Database) -> list[dict[str, Any]]:
-    """``daily`` recomputed from the raw rows (what the triggers must have kept it equal to,
-    for days nothing was pruned from), ordered by its key."""
-    keys = ", ".join(DAILY_KEYS)
-    sql = (
-        f"SELECT {DAILY_KEYS_SQL}, {COUNTED_SUMS_SQL} FROM requests "
-        f"WHERE duplicate_of IS NULL GROUP BY {keys} ORDER BY {keys}"
-    )
-    return list(db.query(sql))
-
-
-class DatabaseNotFound(FileNotFoundError):
-    """Raised by :func:`open_readonly` when no database exists at the path."""
-
-
-def open_db(
-    path: str | Path, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS
-) -> sqlite_utils.Database:
-    """Open (creating it and its parent folders if needed) the database for writing.
-
-    Sets WAL, ``synchronous=NORMAL`` and ``busy_timeout``, then applies pending migrations.
-    The connection belongs to the calling thread.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite_utils.Database(path)
-    db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-    db.enable_wal()
-    db.execute("PRAGMA synchronous=NORMAL")
-    migrations.apply(db)
-    return db
-
-
-def open_readonly(path: str | Path) -> sqlite_utils.Database:
-    """Open an existing database read-only (``mode=ro``); nothing can be written through it.
-
-    :raises DatabaseNotFound: if there is no file at ``path``
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DatabaseNotFound(
-            f"No database at {path.resolve()} - run the proxy or `kimi-intercept demo` first"
-        )
-    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
-    conn.execute(f"PRAGMA busy_timeout={DEFAULT_BUSY_TIMEOUT_MS}")
-    return sqlite_utils.Database(conn)
 
 
 class _Flush:
@@ -839,148 +452,3 @@ def _ids(rows: Iterable[Any], limit: int = 5) -> str:
     ids = [str((row[0] if isinstance(row, tuple) else row).get("id")) for row in rows]
     shown = ", ".join(ids[:limit])
     return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
-
-
-# -- retention ------------------------------------------------------------------------------
-
-DEFAULT_RETENTION_DAYS = 90
-
-
-def retention_days(cfg: Any) -> int | None:
-    """``[storage] retention_days`` of a :class:`~kimi_intercept.config.Config` (default 90);
-    ``None`` when it is 0 (keep every row).
-
-    :raises ConfigError: if it is not a whole number of days from 0 to 36500
-    """
-    from kimi_intercept.config import ConfigError
-
-    storage = cfg.raw.get("storage", {}) if isinstance(cfg.raw, Mapping) else {}
-    value = storage.get("retention_days", DEFAULT_RETENTION_DAYS)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 36500:
-        raise ConfigError(
-            f"storage.retention_days must be a whole number of days from 1 to 36500, or 0 to "
-            f"keep every row; got {value!r}"
-        )
-    return value or None
-
-
-@dataclass(frozen=True)
-class PruneResult:
-    """What :func:`prune` did. ``cutoff``: rows that started before this day were pruned."""
-
-    cutoff: str
-    requests: int = 0  # raw rows deleted (their totals stay in daily)
-    attempts: int = 0
-    savings: int = 0
-    masked: int = 0
-    bytes_before: int = 0
-    bytes_after: int = 0
-    vacuumed: bool = False
-
-    def summary(self) -> str:
-        if not (self.requests or self.masked):
-            return f"Nothing older than {self.cutoff} to prune."
-        return (
-            f"Pruned rows older than {self.cutoff}: {self.requests:,} requests (their totals "
-            f"stay in daily), {self.attempts:,} attempts, {self.savings:,} savings rows, "
-            f"{self.masked:,} masked originals. Database {_mb(self.bytes_before)} → "
-            f"{_mb(self.bytes_after)}."
-        )
-
-
-def prune(
-    path: str | Path,
-    days: int,
-    *,
-    now: datetime | None = None,
-    busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
-) -> PruneResult:
-    """Keep ``days`` days of raw rows: delete older requests with their attempts, savings and
-    masked originals, then ``VACUUM``. Their totals stay in ``daily`` / ``daily_savings``
-    (kept up to date on every write), so reports over old days still add up. Days are UTC;
-    today counts as one of the ``days``.
-
-    Safe to run while the proxy writes (one ``BEGIN IMMEDIATE`` transaction; ``VACUUM`` waits
-    for ``busy_timeout``). Running it twice deletes nothing more.
-
-    :raises ValueError: if ``days`` < 1
-    :raises sqlite3.Error: if the database cannot be written
-    """
-    if days < 1:
-        raise ValueError(f"retention must be at least 1 day, got {days}")
-    today = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).date()
-    cutoff = (today - timedelta(days=days - 1)).isoformat()
-    path = Path(path)
-    db = open_db(path, busy_timeout_ms=busy_timeout_ms)
-    try:
-        before = _db_bytes(path)
-        old = db.execute(
-            "SELECT EXISTS (SELECT 1 FROM requests WHERE started_at < :c) "
-            "OR EXISTS (SELECT 1 FROM masked WHERE created_at < :c)",
-            {"c": cutoff},
-        ).fetchone()[0]
-        if not old:
-            return PruneResult(cutoff, bytes_before=before, bytes_after=before)
-        counts = _delete_before(db, cutoff)
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        db.execute("VACUUM")
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        db.close()
-    return PruneResult(
-        cutoff, **counts, bytes_before=before, bytes_after=_db_bytes(path), vacuumed=True
-    )
-
-
-def _delete_before(db: sqlite_utils.Database, cutoff: str) -> dict[str, int]:
-    old_requests = "SELECT id FROM requests WHERE started_at < :c"
-    params = {"c": cutoff}
-    conn = db.conn
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        counts = {
-            "savings": conn.execute(
-                f"DELETE FROM savings WHERE request_id IN ({old_requests})", params
-            ).rowcount,
-            "attempts": conn.execute(
-                f"DELETE FROM attempts WHERE request_id IN ({old_requests})", params
-            ).rowcount,
-            "masked": conn.execute("DELETE FROM masked WHERE created_at < :c", params).rowcount,
-            "requests": conn.execute("DELETE FROM requests WHERE started_at < :c", params).rowcount,
-        }
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return counts
-
-
-def prune_on_start(cfg: Any) -> PruneResult | None:
-    """The proxy's start hook: prune ``cfg.database`` to ``[storage] retention_days``.
-
-    Never raises (a failure is logged; the proxy starts anyway). ``None`` when retention is
-    off (0) or there is no database yet. Cheap when nothing is old enough (one indexed
-    lookup); otherwise it takes about as long as a ``VACUUM`` of the file. Call it before
-    starting the :class:`StoreWriter`, off the event loop (``asyncio.to_thread``).
-    """
-    try:
-        days = retention_days(cfg)
-        if days is None or not Path(cfg.database).is_file():
-            return None
-        result = prune(cfg.database, days)
-    except Exception as e:
-        logger.warning("kimi-intercept: pruning %s failed: %s", getattr(cfg, "database", "?"), e)
-        return None
-    if result.requests or result.masked:
-        logger.info("kimi-intercept: %s", result.summary())
-    return result
-
-
-def _db_bytes(path: Path) -> int:
-    return sum(
-        p.stat().st_size for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()
-    )
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:,.1f} MB"
