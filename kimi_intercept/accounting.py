@@ -124,7 +124,6 @@ async def build_row(
         "malformed_events": getattr(meter, "malformed_events", None) or None,
         "overhead_ms": r.overhead_ms,
         "skipped": r.skipped or None,
-        "rule": plan.rule.name if plan.rule else None,
         "continued_after_break": r.continued_after,
         "request_changes": list(target.notes) if target and target.notes else None,
     }
@@ -155,6 +154,7 @@ async def build_row(
         "dialect": plan.dialect,
         "conversation_id": plan.conversation or None,
         "conversation_title": plan.title,
+        "rule": plan.rule.name if plan.rule else None,
         "stream": int(plan.stream),
         "response_id": getattr(meter, "response_id", None),
         "host": plan.host,

@@ -63,10 +63,14 @@ _M003_REQUEST_COLUMNS: dict[str, type] = {
     "cost_source": str,  # NULL = our price table at started_at; "ledger" = an imported file's
     "duplicate_of": str,  # set by a trigger: id of the first row with this provider+response_id
 }
+_M005_REQUEST_COLUMNS: dict[str, type] = {
+    "rule": str,  # the [[routing.rules]] name that chose the chain (NULL: the default chain)
+}
 REQUEST_COLUMNS: dict[str, type] = {
     **_M001_REQUEST_COLUMNS,
     **_M002_REQUEST_COLUMNS,
     **_M003_REQUEST_COLUMNS,
+    **_M005_REQUEST_COLUMNS,
 }
 
 #: ``attempts`` columns in table order.
@@ -227,6 +231,12 @@ def m003_accounting(db: sqlite_utils.Database) -> None:
 def m004_shadow(db: sqlite_utils.Database) -> None:
     db.table("shadow").create(SHADOW_COLUMNS, pk="id")
     db.table("shadow").create_index(["started_at"])
+
+
+@migrations()
+def m005_requests_rule(db: sqlite_utils.Database) -> None:
+    for name, kind in _M005_REQUEST_COLUMNS.items():
+        db.table("requests").add_column(name, kind)
 
 
 class DatabaseNotFound(FileNotFoundError):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from proxyproc import rows, wait_rows
 
 
@@ -55,7 +53,7 @@ unset = ["top_p"]
     [default] = kimi.received
     assert default.json["top_p"] == 0.5 and "temperature" not in default.json
     got = wait_rows(db, 2)
-    assert [(r["provider"], json.loads(r["details"]).get("rule")) for r in got] == [
+    assert [(r["provider"], r["rule"]) for r in got] == [
         ("deepseek", "cheap"), ("kimi", None),
     ]  # fmt: skip
 

@@ -91,6 +91,7 @@ def test_migrate_columns(db_path):
         "completion_tokens_estimate": int,
         "cost_source": str,
         "duplicate_of": str,
+        "rule": str,
     }
     assert db.table("attempts").columns_dict == {
         "id": int,
@@ -224,6 +225,7 @@ def test_migrations_idempotent_on_reopen(db_path):
         "m002_requests_dialect",
         "m003_accounting",
         "m004_shadow",
+        "m005_requests_rule",
     ]
     assert store.migrations.pending(db) == []
     assert db.table("requests").count == 1
