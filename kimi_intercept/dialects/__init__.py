@@ -21,6 +21,25 @@ Each non-hub dialect module (:mod:`.anthropic`, :mod:`.gemini`) offers the same 
 
 from __future__ import annotations
 
+import json
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
 
 class DialectError(ValueError):
     """A request that cannot be translated; the message says what and why."""
+
+
+def event_object(data: str) -> dict[str, Any] | None:
+    """The JSON object of one SSE event's data, or ``None`` (not JSON, or not an object: such
+    events are skipped by the translators, never fatal)."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):
+        obj = None
+    if not isinstance(obj, dict):
+        logger.debug("skipping SSE data that is not a JSON object: %.200r", data)
+        return None
+    return obj

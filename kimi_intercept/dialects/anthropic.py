@@ -42,7 +42,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from kimi_intercept.dialects import DialectError
+from kimi_intercept.dialects import DialectError, event_object
 from kimi_intercept.sse import SSEParser
 from kimi_intercept.usage import (
     MAX_COMPLETION_TEXT_CHARS,
@@ -448,12 +448,8 @@ class StreamTranslator:
             return b""
         if data.strip() == "[DONE]":
             return self._stop()
-        try:
-            obj = json.loads(data)
-        except (ValueError, RecursionError):
-            obj = None
-        if not isinstance(obj, dict):
-            logger.debug("skipping SSE data that is not a JSON object: %.200r", data)
+        obj = event_object(data)
+        if obj is None:
             return b""
         if obj.get("error") is not None:
             err = obj["error"] if isinstance(obj["error"], dict) else {"message": obj["error"]}

@@ -32,7 +32,7 @@ import re
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from kimi_intercept.dialects import DialectError
+from kimi_intercept.dialects import DialectError, event_object
 from kimi_intercept.sse import SSEParser
 from kimi_intercept.usage import (
     MAX_COMPLETION_TEXT_CHARS,
@@ -365,12 +365,8 @@ class StreamTranslator:
             return b""
         if data.strip() == "[DONE]":
             return self._final()
-        try:
-            obj = json.loads(data)
-        except (ValueError, RecursionError):
-            obj = None
-        if not isinstance(obj, dict):
-            logger.debug("skipping SSE data that is not a JSON object: %.200r", data)
+        obj = event_object(data)
+        if obj is None:
             return b""
         if obj.get("error") is not None:
             status = from_openai_response(obj)["error"]
