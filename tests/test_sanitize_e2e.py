@@ -138,3 +138,30 @@ def test_context_length_exceeded_compresses_and_retries_the_same_provider(
     assert deepseek.received == []  # the same provider, retried compressed
     [row] = wait_rows(db, 1)
     assert (row["provider"], row["outcome"], row["attempts"]) == ("kimi", "ok", 2)
+
+
+def test_mcp_memory_content_is_counted_per_request_and_shown_per_conversation(
+    tmp_path, fake_upstream, start_proxy, openai_client
+):
+    kimi, deepseek = fake_upstream(), fake_upstream()
+    db = tmp_path / "kimi.db"
+    client = openai_client(start_proxy(render_config(db, kimi.url, deepseek.url)))
+    graph = json.dumps({"entities": [{"type": "entity", "name": f"Person_{i}",
+                                      "entityType": "person",
+                                      "observations": [f"likes topic {i}"]} for i in range(40)],
+                        "relations": []}, indent=2)  # fmt: skip
+    messages = [
+        {"role": "user", "content": "What do you remember?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "m1", "type": "function",
+         "function": {"name": "mcp__memory__read_graph", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "m1", "content": graph},
+    ]  # fmt: skip
+    client.chat.completions.create(model="gpt-4o", messages=messages)
+    [row] = wait_rows(db, 1)
+    assert row["memory_tokens"] is not None and row["memory_tokens"] > 300
+    out = tmp_path / "report"
+    assert (
+        CliRunner().invoke(cli_main, ["report", "--db", str(db), "--out", str(out)]).exit_code == 0
+    )
+    page = next((out / "conversations").glob("*.html")).read_text()
+    assert f'<td class="n">{row["memory_tokens"]:,}</td>' in page
