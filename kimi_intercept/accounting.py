@@ -20,6 +20,7 @@ from . import pricing, tokens
 from .config import Config
 from .failures import redact
 from .routing import RoutePlan
+from .sanitize import count_prompt_tokens
 from .targets import Target
 from .usage import Usage, meter_chat_json
 
@@ -87,6 +88,7 @@ async def build_row(
     r: Outcome,
     duration_ms: float,
     cfg: Config | None = None,
+    cache: Any = None,
 ) -> dict[str, Any]:
     """The ``requests`` row (columns: see README "The database").
 
@@ -100,7 +102,11 @@ async def build_row(
     estimate: Usage | None = None
     if r.status is not None and r.status < 400 and meter is not None:
         estimate = await asyncio.to_thread(
-            _estimate, plan.request_json, meter.completion_text or "", plan.prompt_tokens_estimate
+            _estimate,
+            plan.request_json,
+            meter.completion_text or "",
+            plan.prompt_tokens_estimate,
+            cache,
         )
         if usage is None:
             usage, source = estimate, "estimate"
@@ -164,12 +170,20 @@ async def build_row(
 
 
 def _estimate(
-    request_json: dict[str, Any], completion_text: str, prompt_tokens: int | None = None
+    request_json: dict[str, Any],
+    completion_text: str,
+    prompt_tokens: int | None = None,
+    cache: Any = None,
 ) -> Usage:
-    """Our count (``prompt_tokens`` when the preparer already counted the prompt)."""
+    """Our count (``prompt_tokens`` when the preparer already counted the prompt; ``cache``, a
+    :class:`~.mask.MaskCache`, makes the next turn of a conversation count only what is new)."""
     try:
         if prompt_tokens is None and request_json:
-            prompt_tokens = tokens.estimate_prompt_tokens(request_json)
+            prompt_tokens = (
+                count_prompt_tokens(request_json, cache)
+                if cache is not None
+                else tokens.estimate_prompt_tokens(request_json)
+            )
         return Usage(
             # no hub form of the request (e.g. the Responses API): no prompt estimate
             prompt_tokens=prompt_tokens,

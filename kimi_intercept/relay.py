@@ -483,7 +483,9 @@ class Relay:
     ) -> None:
         """Build and hand over the ``requests`` row. Never raises (a bug here is only logged)."""
         try:
-            row = await build_row(plan, attempts, r, ms_since(plan.received), self.cfg)
+            row = await build_row(
+                plan, attempts, r, ms_since(plan.received), self.cfg, self.preparer.cache
+            )
             for a in attempts:
                 a["request_id"] = row["id"]
             row.update(row_fields(plan))
