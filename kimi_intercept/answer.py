@@ -71,7 +71,7 @@ async def pipe(
     bridge = r.bridge = Bridge(plan.dialect, target.dialect, target.model)
     meter = r.meter = bridge.meter(sse)
     checks = plan.rule.validate if plan.rule else Validation()
-    if sse and checks.repetition and target.dialect == "openai":
+    if sse and checks.repetition and target.dialect == "openai" and plan.kind == "reroute":
         r.repetition = RepetitionDetector()
     out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     for k, v in upstream.headers.items():

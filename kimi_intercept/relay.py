@@ -388,7 +388,8 @@ class Relay:
                 raise AttemptFailed(failure)
             first = await asyncio.wait_for(upstream.content.readany(), timeout=remaining)
             checks = plan.rule.validate if plan and plan.rule else Validation()
-            if plan is not None and target.dialect == "openai" and checks.empty:
+            validating = plan is not None and plan.kind == "reroute"  # passthrough: as is
+            if validating and target.dialect == "openai" and checks.empty:
                 first = await self._hold_until_content(upstream, first, deadline, plan, checks)
             return upstream, first
         except AttemptFailed:

@@ -392,3 +392,20 @@ def test_relay_refuses_requests_without_a_live_route_id(setup):
         )
     assert r.status_code == 404
     assert kimi.received == []
+
+
+def test_passthrough_answers_are_not_validated(tmp_path, fake_upstream, start_proxy, openai_client):
+    """The passed-through share goes to the original provider unchanged — its answer too, even
+    an empty one (answer validation is for rerouted requests)."""
+    original, kimi, deepseek = fake_upstream(), fake_upstream(), fake_upstream()
+    db = tmp_path / "kimi.db"
+    proxy = start_proxy(render_config(db, kimi.url, deepseek.url, hosts=["localhost"], share=0))
+    events = MOONSHOT_STREAM.split(b"\n\n")
+    empty = [events[0], events[-3], events[-2]]  # role, usage, [DONE]
+    original.enqueue(Reply.sse_file(b"\n\n".join(empty) + b"\n\n"))
+    port = original.url.rsplit(":", 1)[1]
+    client = openai_client(proxy, base_url=f"http://localhost:{port}/v1")
+    chunks = list(client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True))
+    assert len(chunks) == 2 and kimi.received == [] and deepseek.received == []  # role, usage
+    [row] = wait_rows(db, 1)
+    assert (row["route"], row["outcome"]) == ("passthrough", "ok")

@@ -407,7 +407,7 @@ def test_an_error_event_before_any_content_falls_back(proxy_with):
 def test_an_empty_answer_falls_back(proxy_with):
     kimi, deepseek, client, db = proxy_with()
     events = MOONSHOT_STREAM.split(b"\n\n")
-    empty = [events[0], events[-3], events[-2], b"data: [DONE]"]  # role, finish+usage, usage
+    empty = [events[0], events[-3], events[-2]]  # role, usage, [DONE]: no content
     kimi.enqueue(Reply.sse_file(b"\n\n".join(empty) + b"\n\n"))
     text, error = stream_all(client)
     assert error is None and text == "Hello from the fake Kimi upstream."
