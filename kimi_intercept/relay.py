@@ -5,25 +5,30 @@ rescue a refused connection at all (shared notes ``mitmproxy.md`` §3). So the a
 :class:`~kimi_intercept.routing.RoutePlan` under a one-shot random id and points the flow at
 this aiohttp server, which runs on mitmproxy's own event loop on ``127.0.0.1``:
 
-1. For each target in order it first checks whether the target may be tried: an API key, a
-   context window that fits the prompt plus the requested output, the provider's circuit
-   breaker and cooldowns, and local rpm/tpm limits (:mod:`.health`). Then it sends the request
-   and waits for the first body bytes (:func:`~.routing.first_byte_timeout`). A failure is
-   classified (:mod:`.failures`): transient ones are retried on the same provider with
-   exponential backoff and jitter, a short ``Retry-After`` is waited out, the rest move on to
-   the next provider. Nothing has reached the client yet.
-2. The first answer that is a success, or the client's own error (other 4xx), is committed: its
-   status and headers go to the client, then every chunk as it arrives (no buffering), while a
-   meter reads the usage from the bytes passing (:mod:`.accounting`).
-3. If the upstream breaks off after that (reset, stall, a malformed SSE line, a provider error
-   event), the client gets an in-band OpenAI-style ``{"error": …}`` SSE event and a cut
-   connection — never a clean end — and the row says ``incomplete``. If the client leaves, the
-   upstream request is closed at once and the row says ``client_abort``.
-4. One ``requests`` row and one ``attempts`` row per try go to the store writer, off the
-   response path.
+0. A rerouted request is prepared in a worker thread (:mod:`.prepare`: sanitized, gauged
+   against the context window, compressed near it); shadow mode may mirror it (:mod:`.shadow`).
+1. Targets are ordered (:mod:`.choice` for a weighted rule). For each it first checks whether
+   it may be tried: an API key, a context window that fits the prompt plus the requested
+   output, the provider's circuit breaker and cooldowns, and local rpm/tpm limits
+   (:mod:`.health`). Then it sends the request and waits for the first content — text,
+   reasoning or a tool call — of a rerouted OpenAI-dialect answer (the first bytes otherwise),
+   within :func:`~.routing.first_byte_timeout`. A failure, an empty answer, an error event
+   before any content or an invalid JSON-mode answer is classified (:mod:`.failures`,
+   :mod:`.validate`): transient ones are retried on the same provider with exponential backoff
+   and jitter, a short ``Retry-After`` is waited out, "context length exceeded" compresses and
+   retries once, the rest move on to the next provider. Nothing has reached the client yet.
+2. The first answer that passes, or the client's own error (other 4xx), is committed
+   (:mod:`.answer`): its status and headers go to the client, then every whole SSE event as it
+   arrives (translated for Anthropic/Gemini clients), while a meter reads the usage.
+3. If the upstream breaks off after that (reset, stall, a malformed SSE event, a provider
+   error event, a repetition loop), the client gets an in-band error event in its dialect and
+   a cut connection — never a clean end — and the row says ``incomplete``. If the client leaves,
+   the upstream request is closed at once and the row says ``client_abort``.
+4. One ``requests`` row, one ``attempts`` row per try and the sanitizer's ledger go to the
+   store writer, off the response path (:mod:`.accounting`, :mod:`.prepare`).
 
-If every target fails the client gets an OpenAI-dialect error
-(``{"error": {"message", "type", "code"}}``, https://platform.openai.com/docs/guides/error-codes)
+If every target fails the client gets an error in its dialect (OpenAI's
+``{"error": {"message", "type", "code"}}``, https://platform.openai.com/docs/guides/error-codes)
 with the last provider's status and message.
 
 The relay answers only requests that carry a live route id (404 otherwise), so it is not an
