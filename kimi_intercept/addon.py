@@ -6,9 +6,11 @@ notes ``mitmproxy.md`` appendix):
 - ``load``: registers the option ``kimi_config`` (path of ``config.toml``).
 - ``configure``: parses the config once; sets ``allow_hosts`` (only LLM hosts are decrypted),
   ``connection_strategy=lazy`` (required to reroute), and ``listen_host=127.0.0.1`` unless the
-  user chose an interface. A bad config raises ``OptionsError`` naming the fix.
-- ``running``: starts the relay and the SQLite writer on mitmproxy's loop.
-- ``request``: an intercepted chat-completions call is planned (:mod:`.routing`), parked in the
+  user chose an interface. A bad config (any table: routing rules, ``[sanitizer]``, ``[prices]``
+  …) raises ``OptionsError`` naming the fix.
+- ``running``: prunes rows past ``[storage] retention_days``, starts the SQLite writer and the
+  relay on mitmproxy's loop.
+- ``request``: an intercepted LLM call (any dialect) is planned (:mod:`.routing`), parked in the
   relay under a one-shot id, and the flow is pointed at the relay. Any bug of ours leaves the
   flow untouched, so the IDE's request still reaches its original host, and is logged.
 - ``responseheaders``: relay answers are streamed (``flow.response.stream = True``), never
