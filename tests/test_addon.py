@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -60,7 +61,7 @@ def test_a_bad_config_is_rejected_with_its_message(tmp_path):
 def test_request_points_the_flow_at_the_relay_without_body_or_key(configured):
     a, _ = configured
     f = chat_flow()
-    a.request(f)
+    asyncio.run(a.request(f))
     assert f.request.url == "http://127.0.0.1:5555/v1/chat/completions"
     assert f.request.content == b""
     assert "authorization" not in f.request.headers
@@ -74,7 +75,7 @@ def test_request_points_the_flow_at_the_relay_without_body_or_key(configured):
 def test_error_before_the_relay_drops_the_parked_plan(configured):
     a, _ = configured
     f = chat_flow()
-    a.request(f)
+    asyncio.run(a.request(f))
     a.error(f)
     assert a.relay._routes == {}
 
@@ -89,7 +90,7 @@ def test_our_bug_leaves_the_request_untouched_and_logs_it(configured, monkeypatc
     f = chat_flow()
     before = f.request.copy()
     with caplog.at_level(logging.ERROR):
-        a.request(f)
+        asyncio.run(a.request(f))
     assert f.request.url == before.url and f.request.content == before.content
     assert f.request.headers["authorization"] == "Bearer sk-client-secret"
     assert "goes to its original host untouched" in caplog.text
@@ -98,6 +99,6 @@ def test_our_bug_leaves_the_request_untouched_and_logs_it(configured, monkeypatc
 def test_non_json_body_is_left_for_mitmproxy(configured):
     a, _ = configured
     f = chat_flow(body=b"\x00\xffnot json")
-    a.request(f)
+    asyncio.run(a.request(f))
     assert f.request.host == "api.openai.com" and ROUTE_HEADER not in f.request.headers
     assert f.request.headers["authorization"] == "Bearer sk-client-secret"
