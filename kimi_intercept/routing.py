@@ -65,11 +65,6 @@ class RoutePlan:
     prompt_tokens_estimate: int | None = None  # tiktoken count, filled in only when needed
 
 
-def is_chat_completions(method: str, path: str) -> bool:
-    """``POST`` to a path ending in ``/chat/completions`` (the query string is ignored)."""
-    return method.upper() == "POST" and path.split("?", 1)[0].rstrip("/").endswith(CHAT_COMPLETIONS)
-
-
 def client_name(user_agent: str | None) -> str | None:
     """A short client name from a User-Agent: ``"OpenAI/Python 2.54.0"`` stays whole,
     ``"claude-cli/2.1.328 (external, sdk-cli)"`` becomes ``"claude-cli/2.1.328"``."""

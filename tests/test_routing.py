@@ -6,7 +6,7 @@ import json
 from dataclasses import replace
 
 from kimi_intercept.config import load_config
-from kimi_intercept.routing import client_name, is_chat_completions, plan_route
+from kimi_intercept.routing import client_name, detect_dialect, plan_route
 
 ENV = {"MOONSHOT_API_KEY": "sk-moon", "DEEPSEEK_API_KEY": "sk-deep"}
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -98,10 +98,11 @@ def test_other_paths_hosts_and_bad_bodies_are_left_alone():
 
 
 def test_chat_completions_matching():
-    assert is_chat_completions("POST", "/v1/chat/completions?beta=true")
-    assert is_chat_completions("post", "/openai/v1/chat/completions/")
-    assert not is_chat_completions("GET", "/v1/chat/completions")
-    assert not is_chat_completions("POST", "/v1/chat/completions/abc/messages")
+    openai = ("openai", None, None)
+    assert detect_dialect("POST", "/v1/chat/completions?beta=true") == openai
+    assert detect_dialect("post", "/openai/v1/chat/completions/") == openai
+    assert detect_dialect("GET", "/v1/chat/completions") is None
+    assert detect_dialect("POST", "/v1/chat/completions/abc/messages") is None
 
 
 def test_client_name_from_user_agent():
