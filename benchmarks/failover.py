@@ -3,7 +3,7 @@
 Usage: python benchmarks/failover.py [--requests N]
 
 Each scenario runs the real ``mitmdump -s addons/kimi.py`` with kimi and deepseek pointed at
-fake upstreams on loopback (``kimi_intercept.simulator``) and sends N streamed requests to
+fake upstreams on loopback (``kimi_intercept.commands.simulator``) and sends N streamed requests to
 ``https://api.openai.com/v1/chat/completions`` through it with a keep-alive httpx client. The
 primary fails the way the scenario says and the fallback answers at once; printed are the median
 and [min..max] time to first byte, and which provider served. A script that prints numbers,
@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the sh
 
 from proxyproc import clean_env, render_config  # noqa: E402
 
-from kimi_intercept.mitmdump import start_proxy_process  # noqa: E402
-from kimi_intercept.simulator import FakeUpstream, Reply, closed_port  # noqa: E402
+from kimi_intercept.commands.mitmdump import start_proxy_process  # noqa: E402
+from kimi_intercept.commands.simulator import FakeUpstream, Reply, closed_port  # noqa: E402
 
 BODY = json.dumps(
     {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "hi"}]}

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the sh
 
 from proxyproc import clean_env, render_config, start_proxy_process  # noqa: E402
 
-from kimi_intercept.simulator import FakeUpstream  # noqa: E402
+from kimi_intercept.commands.simulator import FakeUpstream  # noqa: E402
 
 PROXIED_URL = "https://api.openai.com/v1/chat/completions"
 WARMUP = 10

@@ -3,9 +3,11 @@
 Usage: python benchmarks/rules.py [--rules N] [--requests M]
 
 Builds N rules that do not match (globs on model and client, a header, a token floor) and a
-last one that does, then plans M realistic requests with :func:`kimi_intercept.routing.plan_route`
+last one that does, then plans M realistic requests with
+:func:`~kimi_intercept.routing.plan.plan_route`
 — the whole planning step the addon runs per request (parse, dialect, conversation key, rule
-matching, upstream requests) — and, separately, :func:`kimi_intercept.rules.first_match` alone.
+matching, upstream requests) — and, separately, :func:`~kimi_intercept.config.rules.first_match`
+alone.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from kimi_intercept.config import load_config
-from kimi_intercept.routing import _facts, plan_route
-from kimi_intercept.rules import first_match
+from kimi_intercept.config.rules import first_match
+from kimi_intercept.config.settings import load_config
+from kimi_intercept.routing.plan import _facts, plan_route
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ Usage: python benchmarks/sanitize.py [--tokens 200000] [--rounds 15] [--dialect 
 
 What a request costs the proxy's worker thread when an agent sends it:
 
-- first turn: a new :class:`~kimi_intercept.sanitize.MaskCache`, then
+- first turn: a new :class:`~kimi_intercept.sanitizer.sanitize.MaskCache`, then
   ``sanitize_request`` and a token count of the sanitized request (every text tokenized once);
 - next turn: the same history plus one new assistant message, one new tool output (~2k tokens)
   and one new user message, with the cache warm from the previous turn. Each round uses a
@@ -27,9 +27,9 @@ import statistics
 import time
 from typing import Any
 
-from kimi_intercept import tokens
+from kimi_intercept.accounting import tokens
 from kimi_intercept.dialects import anthropic
-from kimi_intercept.sanitize import (
+from kimi_intercept.sanitizer.sanitize import (
     MaskCache,
     SanitizeSettings,
     count_prompt_tokens,

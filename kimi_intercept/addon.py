@@ -28,15 +28,15 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
-from . import tokens
-from .config import Config, ConfigError, allow_hosts_patterns, load_config
-from .importers import import_config
-from .prepare import Preparer
-from .prices import price_book
-from .relay import ROUTE_HEADER, Relay
-from .routing import plan_route
-from .status import status_file_for
-from .store import StoreWriter, prune_on_start, retention_days
+from kimi_intercept.accounting import tokens
+from kimi_intercept.accounting.prices import price_book
+from kimi_intercept.commands.importers import import_config
+from kimi_intercept.commands.status import status_file_for
+from kimi_intercept.config.settings import Config, ConfigError, allow_hosts_patterns, load_config
+from kimi_intercept.relay.server import ROUTE_HEADER, Relay
+from kimi_intercept.routing.plan import plan_route
+from kimi_intercept.sanitizer.prepare import Preparer
+from kimi_intercept.storage.store import StoreWriter, prune_on_start, retention_days
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import openai
 import pytest
 from proxyproc import CLIENT_KEY, REPO, ProxyProcess, clean_env, start_proxy_process
 
-from kimi_intercept.simulator import FakeUpstream
+from kimi_intercept.commands.simulator import FakeUpstream
 
 # Variables that would send a test's own clients somewhere else, or change the openai SDK's target.
 _CLIENT_ENV_NOISE = (

@@ -1,5 +1,5 @@
 """Test constants and config for the real-process tests (the process starter is
-:mod:`kimi_intercept.mitmdump`, shared with the demo and the benchmark)."""
+:mod:`kimi_intercept.commands.mitmdump`, shared with the demo and the benchmark)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from kimi_intercept import mitmdump
-from kimi_intercept.mitmdump import ProxyProcess, ProxyStartError, start_proxy_process
+from kimi_intercept.commands import mitmdump
+from kimi_intercept.commands.mitmdump import ProxyProcess, ProxyStartError, start_proxy_process
 
 __all__ = [
     "ProxyProcess",

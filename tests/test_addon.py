@@ -12,7 +12,7 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from kimi_intercept import addon as addon_mod
 from kimi_intercept.addon import KimiIntercept
-from kimi_intercept.relay import ROUTE_HEADER, Relay
+from kimi_intercept.relay.server import ROUTE_HEADER, Relay
 
 
 def chat_flow(body: bytes = b'{"model": "gpt-4o", "messages": []}') -> http.HTTPFlow:

@@ -8,7 +8,7 @@ from pathlib import Path
 from mitmproxy.test import taddons
 
 from kimi_intercept.addon import KimiIntercept
-from kimi_intercept.config import default_config_text
+from kimi_intercept.config.settings import default_config_text
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -49,7 +49,7 @@ def test_readme_gives_the_install_and_test_commands_ci_runs():
 
 
 def test_readme_error_table_is_the_one_the_code_applies():
-    from kimi_intercept.failures import decision_table
+    from kimi_intercept.relay.failures import decision_table
 
     start = README.index("-->\n", README.index("<!-- decision table")) + 4
     end = README.index("<!-- end decision table -->")

@@ -18,9 +18,9 @@ import pytest
 from click.testing import CliRunner
 from proxyproc import CLIENT_KEY, PROVIDER_ENV, render_config, rows, wait_rows
 
-from kimi_intercept import tokens
-from kimi_intercept.cli import main as cli_main
-from kimi_intercept.simulator import Reply, closed_port
+from kimi_intercept.accounting import tokens
+from kimi_intercept.commands.cli import main as cli_main
+from kimi_intercept.commands.simulator import Reply, closed_port
 
 WIRE = Path(__file__).parent / "wire" / "documented"
 MOONSHOT_STREAM = (WIRE / "moonshot_stream.sse").read_bytes()

@@ -20,7 +20,7 @@ import pytest
 import trustme
 from proxyproc import CLIENT_KEY, ProxyProcess, render_config
 
-from kimi_intercept.simulator import DEFAULT_ANSWER_DELTAS, FakeUpstream
+from kimi_intercept.commands.simulator import DEFAULT_ANSWER_DELTAS, FakeUpstream
 
 BODY = b"passthrough-ok"
 

@@ -8,15 +8,15 @@ Each non-hub dialect module (:mod:`.anthropic`, :mod:`.gemini`) offers the same 
   arrives); raises :class:`DialectError` for input that cannot be translated.
 - ``StreamTranslator(model: str | None)`` — ``feed(raw_event: bytes) -> bytes`` takes one
   complete SSE event of an OpenAI chat-completions stream (as cut by
-  :class:`kimi_intercept.sse.EventSplitter`) and returns the client-dialect bytes to send now
-  (zero or more events); ``finish() -> bytes`` closes the client's stream when the upstream
+  :class:`~kimi_intercept.accounting.sse.EventSplitter`) and returns the client-dialect bytes to
+  send now (zero or more events); ``finish() -> bytes`` closes the client's stream when the upstream
   ended; ``error_event(message: str, code: str) -> bytes`` is an in-band error in the client's
   dialect.
 - ``from_openai_response(body: dict) -> dict`` — a non-streamed answer.
 - ``error_body(status: int, message: str, code: str) -> dict`` — a JSON error body.
 - ``StreamMeter`` / ``meter_json(body: bytes)`` — usage of the dialect's *native* answers (when
   the provider speaks the client's dialect), with the attributes of
-  :class:`kimi_intercept.usage.ChatStreamMeter`.
+  :class:`kimi_intercept.accounting.usage.ChatStreamMeter`.
 """
 
 from __future__ import annotations

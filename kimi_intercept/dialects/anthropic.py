@@ -42,15 +42,15 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from kimi_intercept.dialects import DialectError, event_object
-from kimi_intercept.sse import SSEParser
-from kimi_intercept.usage import (
+from kimi_intercept.accounting.sse import SSEParser
+from kimi_intercept.accounting.usage import (
     MAX_COMPLETION_TEXT_CHARS,
     ChatStreamMeter,
     JsonMeter,
     Usage,
     usage_from_openai,
 )
+from kimi_intercept.dialects import DialectError, event_object
 
 logger = logging.getLogger(__name__)
 
@@ -585,7 +585,7 @@ def _native_usage(u: dict[str, int | None]) -> Usage | None:
 
 class StreamMeter(ChatStreamMeter):
     """Meters a native Anthropic Messages SSE body, with the attributes of
-    :class:`~kimi_intercept.usage.ChatStreamMeter` (``finish_reason`` = ``stop_reason``,
+    :class:`~kimi_intercept.accounting.usage.ChatStreamMeter` (``finish_reason`` = ``stop_reason``,
     ``saw_done`` = ``message_stop`` arrived, ``error`` = the ``event: error`` payload).
 
     Input and cache counts come from ``message_start.message.usage`` and are replaced by the

@@ -12,23 +12,22 @@ import json
 from types import ModuleType
 from typing import Any
 
-from ..accounting import JsonBuffer
-from ..failures import error_message
-from ..usage import ChatStreamMeter, meter_chat_json
+from kimi_intercept.accounting.usage import ChatStreamMeter, JsonBuffer, meter_chat_json
+from kimi_intercept.dialects.errors import error_message
 
 
 def module(dialect: str) -> ModuleType | None:
     """The dialect module (``None`` for the OpenAI hub)."""
     if dialect == "anthropic":
-        from . import anthropic
+        from kimi_intercept.dialects import anthropic
 
         return anthropic
     if dialect == "gemini":
-        from . import gemini
+        from kimi_intercept.dialects import gemini
 
         return gemini
     if dialect == "responses":
-        from . import responses
+        from kimi_intercept.dialects import responses
 
         return responses
     return None

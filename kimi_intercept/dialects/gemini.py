@@ -32,15 +32,15 @@ import re
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from kimi_intercept.dialects import DialectError, event_object
-from kimi_intercept.sse import SSEParser
-from kimi_intercept.usage import (
+from kimi_intercept.accounting.sse import SSEParser
+from kimi_intercept.accounting.usage import (
     MAX_COMPLETION_TEXT_CHARS,
     ChatStreamMeter,
     JsonMeter,
     Usage,
     usage_from_openai,
 )
+from kimi_intercept.dialects import DialectError, event_object
 
 logger = logging.getLogger(__name__)
 
@@ -519,7 +519,7 @@ def usage_from_gemini(meta: dict[str, Any]) -> Usage:
 
 class StreamMeter(ChatStreamMeter):
     """Meters a native Gemini SSE answer, with the attributes of
-    :class:`~kimi_intercept.usage.ChatStreamMeter`.
+    :class:`~kimi_intercept.accounting.usage.ChatStreamMeter`.
 
     ``usageMetadata`` is on every chunk and cumulative, so the **last** one is kept
     (:func:`usage_from_gemini`); ``response_id`` = ``responseId``, ``model`` =

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..usage import ChatStreamMeter, JsonMeter, Usage
+from kimi_intercept.accounting.usage import ChatStreamMeter, JsonMeter, Usage
 
 _FINAL = ("response.completed", "response.incomplete", "response.failed")
 
@@ -38,7 +38,7 @@ def usage_from_responses(u: Any) -> Usage | None:
 
 class StreamMeter(ChatStreamMeter):
     """Usage, id, model and text of a Responses API event stream (same attributes as
-    :class:`~kimi_intercept.usage.ChatStreamMeter`)."""
+    :class:`~kimi_intercept.accounting.usage.ChatStreamMeter`)."""
 
     def _on_chunk(self, obj: dict[str, Any]) -> None:
         kind = obj.get("type")

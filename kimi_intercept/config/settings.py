@@ -1,0 +1,363 @@
+"""Configuration: ``config.toml`` parsed once into frozen dataclasses.
+
+The user's file is merged over the packaged ``default_config.toml`` (tables merge key by key,
+lists and scalars replace), so a config can be as short as the keys it changes. ``${VAR}``
+in any string is replaced by the environment variable ``VAR``; a variable that is not set
+leaves the value empty (a provider without an API key is skipped, with a log line that names
+the variable).
+
+Errors: :class:`ConfigError` (a ``ValueError``) whose message names the key and the fix.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from kimi_intercept.config.rules import ChainEntry, Rule, RuleError, parse_rules
+
+DEFAULT_CONFIG_NAME = "default_config.toml"
+DIALECTS = ("openai", "anthropic", "gemini")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says which key and how to fix it."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the config knows about one upstream model.
+
+    Prices are USD per million tokens; ``None`` means unknown (the request is then unpriced,
+    never $0). ``context_window`` is in tokens.
+    """
+
+    context_window: int | None = None
+    input_per_mtok: float | None = None
+    cached_input_per_mtok: float | None = None
+    output_per_mtok: float | None = None
+
+
+@dataclass(frozen=True)
+class Provider:
+    """One upstream provider (``[providers.NAME]``).
+
+    ``api_key`` is the expanded secret (``None`` when its variable is unset); it is kept out of
+    ``repr`` so it never reaches a log line. ``api_key_ref`` is the unexpanded ``${VAR}`` text,
+    safe to show.
+    """
+
+    name: str
+    base_url: str
+    model: str | None
+    dialect: str = "openai"
+    api_key: str | None = field(default=None, repr=False)
+    api_key_ref: str = ""
+    models: Mapping[str, ModelInfo] = field(default_factory=dict)
+    rpm: int | None = None  # local limit, requests per minute
+    tpm: int | None = None  # local limit, tokens per minute
+
+    def url(self, endpoint: str) -> str:
+        """``base_url`` joined with an endpoint path such as ``/chat/completions``."""
+        return self.base_url.rstrip("/") + endpoint
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.base_url).hostname or ""
+
+    def missing_key_hint(self) -> str:
+        names = _ENV_REF.findall(self.api_key_ref)
+        if names:
+            return f"no API key for provider {self.name!r}: set the {names[0]} environment variable"
+        return f"no API key for provider {self.name!r}: set providers.{self.name}.api_key"
+
+
+@dataclass(frozen=True)
+class Routing:
+    """``[routing]``: which provider answers and what happens when it fails (seconds, percent)."""
+
+    primary: str
+    fallbacks: tuple[str, ...]
+    share: float
+    connect_timeout_s: float
+    first_byte_timeout_s: float | None  # None = "auto" (see :func:`routing.first_byte_timeout`)
+    stall_timeout_s: float
+    max_retries: int
+    retry_max_wait_s: float
+    failures_to_open: int
+    breaker_window_s: float
+    cooldown_s: float
+    auth_cooldown_s: float
+    continue_on_break: bool = False
+    shadow_provider: str | None = None  # [routing.shadow] provider: mirrored in the background
+    shadow_share: float = 0.0  # percent of requests mirrored
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration. ``source`` is the file it came from (``None``: defaults only)."""
+
+    hosts: tuple[str, ...]
+    routing: Routing
+    database: Path
+    providers: Mapping[str, Provider]
+    models: Mapping[str, str]
+    source: Path | None = None
+    # The merged TOML with ${VAR} expanded, for sections other modules own ([prices], [sanitizer],
+    # [context], [import]); they validate their own keys with ConfigError.
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    rules: tuple[Rule, ...] = ()  # [[routing.rules]], first match wins
+
+    @property
+    def default_chain(self) -> tuple[ChainEntry, ...]:
+        """Primary then fallbacks (each once): the chain when no rule matches."""
+        return tuple(ChainEntry(p.name) for p in self.chain)
+
+    @property
+    def chain(self) -> tuple[Provider, ...]:
+        """Primary then fallbacks, each once, in order."""
+        names = dict.fromkeys((self.routing.primary, *self.routing.fallbacks))
+        return tuple(self.providers[n] for n in names)
+
+    def primary_model(self, client_model: str | None) -> str | None:
+        """Model sent to the primary provider for a client model (``[models]`` map, globs)."""
+        primary = self.providers[self.routing.primary]
+        if client_model:
+            for pattern, target in self.models.items():
+                if fnmatch.fnmatchcase(client_model, pattern):
+                    return target
+        return primary.model or client_model
+
+    def model_info(self, model: str | None, provider: str | None = None) -> ModelInfo | None:
+        """Price/context facts for ``model``: that provider's table first, then any provider's."""
+        if not model:
+            return None
+        if provider in self.providers and model in self.providers[provider].models:
+            return self.providers[provider].models[model]
+        for p in self.providers.values():
+            if model in p.models:
+                return p.models[model]
+        return None
+
+    def provider_for_host(self, host: str) -> Provider | None:
+        for p in self.providers.values():
+            if p.host == host:
+                return p
+        return None
+
+
+def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (missing file or ``None``: defaults only) and return a :class:`Config`.
+
+    Raises :class:`ConfigError` for unreadable TOML, unknown providers, bad types or ranges.
+    """
+    env = os.environ if env is None else env
+    defaults = tomllib.loads(default_config_text())
+    user: dict[str, Any] = {}
+    source: Path | None = None
+    if path is not None:
+        p = Path(path).expanduser()
+        if p.exists():
+            source = p.resolve()
+            try:
+                user = tomllib.loads(p.read_text(encoding="utf-8"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+                raise ConfigError(f"{p}: not valid TOML ({e}); fix the file or remove it") from e
+    merged = _merge(defaults, user)
+    return _build(_expand(merged, env), source)
+
+
+def default_config_text() -> str:
+    """The packaged defaults (``kimi_intercept/config/default_config.toml``), comments included."""
+    return resources.files("kimi_intercept.config").joinpath(DEFAULT_CONFIG_NAME).read_text("utf-8")
+
+
+def allow_hosts_patterns(hosts: tuple[str, ...]) -> list[str]:
+    """mitmproxy ``allow_hosts`` regexes (matched against ``host:port``) for these hosts."""
+    return [rf"^{re.escape(h)}:\d+$" for h in hosts]
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _expand(value: Any, env: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        return _ENV_REF.sub(lambda m: env.get(m.group(1), ""), value)
+    if isinstance(value, list):
+        return [_expand(v, env) for v in value]
+    if isinstance(value, dict):
+        # keep the unexpanded api_key text next to the value, for hints
+        out = {k: _expand(v, env) for k, v in value.items()}
+        if isinstance(value.get("api_key"), str):
+            out["_api_key_ref"] = value["api_key"]
+        return out
+    return value
+
+
+def _build(raw: dict[str, Any], source: Path | None) -> Config:
+    known = {
+        "intercept", "routing", "storage", "models", "providers",
+        "prices", "sanitizer", "context", "import",
+    }  # fmt: skip
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"unknown table [{key}]; the tables are {sorted(known)}")
+    providers = {name: _provider(name, table) for name, table in _table(raw, "providers").items()}
+    r = _table(raw, "routing")
+    routing = Routing(
+        primary=_str(r, "routing.primary"),
+        fallbacks=tuple(_str_list(r, "routing.fallbacks")),
+        share=_number(r, "routing.share", 0, 100),
+        connect_timeout_s=_number(r, "routing.connect_timeout_s", 0.001, 3600),
+        first_byte_timeout_s=None
+        if r.get("first_byte_timeout_s") == "auto"
+        else _number(r, "routing.first_byte_timeout_s", 0.001, 3600),
+        stall_timeout_s=_number(r, "routing.stall_timeout_s", 0.001, 3600),
+        max_retries=int(_number(r, "routing.max_retries", 0, 10)),
+        retry_max_wait_s=_number(r, "routing.retry_max_wait_s", 0, 600),
+        failures_to_open=int(_number(r, "routing.failures_to_open", 1, 1000)),
+        breaker_window_s=_number(r, "routing.breaker_window_s", 0.001, 86400),
+        cooldown_s=_number(r, "routing.cooldown_s", 0, 86400),
+        auth_cooldown_s=_number(r, "routing.auth_cooldown_s", 0, 86400),
+        continue_on_break=_bool(r, "routing.continue_on_break"),
+        **_shadow(r),
+    )
+    for name in (routing.primary, *routing.fallbacks, *filter(None, [routing.shadow_provider])):
+        if name not in providers:
+            raise ConfigError(
+                f"routing names provider {name!r} but there is no [providers.{name}] table; "
+                f"known providers: {sorted(providers)}"
+            )
+    models = _table(raw, "models")
+    for k, v in models.items():
+        if not isinstance(v, str):
+            raise ConfigError(f"models.{k!r} must be a model name string, got {v!r}")
+    try:
+        rules = parse_rules(r.get("rules"), providers)
+    except RuleError as e:
+        raise ConfigError(str(e)) from e
+    hosts = tuple(_str_list(_table(raw, "intercept"), "intercept.hosts"))
+    database = Path(_str(_table(raw, "storage"), "storage.database")).expanduser()
+    return Config(hosts, routing, database, providers, dict(models), source, raw, rules)
+
+
+def _provider(name: str, t: Any) -> Provider:
+    if not isinstance(t, dict):
+        raise ConfigError(f"providers.{name} must be a table")
+    base_url = _str(t, f"providers.{name}.base_url")
+    if urlsplit(base_url).scheme not in ("http", "https") or not urlsplit(base_url).hostname:
+        raise ConfigError(
+            f"providers.{name}.base_url must be an http:// or https:// URL, got {base_url!r}"
+        )
+    dialect = t.get("dialect", "openai")
+    if dialect not in DIALECTS:
+        raise ConfigError(
+            f"providers.{name}.dialect must be one of {', '.join(DIALECTS)}, got {dialect!r}"
+        )
+    models = {}
+    for model, info in (t.get("models") or {}).items():
+        key = f"providers.{name}.models.{model!r}"
+        if not isinstance(info, dict):
+            raise ConfigError(f"{key} must be a table")
+        models[model] = ModelInfo(
+            context_window=_opt_int(info, f"{key}.context_window"),
+            input_per_mtok=_opt_price(info, f"{key}.input_per_mtok"),
+            cached_input_per_mtok=_opt_price(info, f"{key}.cached_input_per_mtok"),
+            output_per_mtok=_opt_price(info, f"{key}.output_per_mtok"),
+        )
+    return Provider(
+        name=name,
+        base_url=base_url,
+        model=t.get("model") or None,
+        dialect=dialect,
+        api_key=t.get("api_key") or None,
+        api_key_ref=t.get("_api_key_ref", ""),
+        models=models,
+        rpm=_opt_int(t, f"providers.{name}.rpm"),
+        tpm=_opt_int(t, f"providers.{name}.tpm"),
+    )
+
+
+def _table(raw: Mapping[str, Any], key: str) -> dict[str, Any]:
+    v = raw.get(key, {})
+    if not isinstance(v, dict):
+        raise ConfigError(f"[{key}] must be a table")
+    return v
+
+
+def _leaf(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def _str(t: Mapping[str, Any], key: str) -> str:
+    v = t.get(_leaf(key))
+    if not isinstance(v, str) or not v:
+        raise ConfigError(f"{key} must be a non-empty string, got {v!r}")
+    return v
+
+
+def _str_list(t: Mapping[str, Any], key: str) -> list[str]:
+    v = t.get(_leaf(key), [])
+    if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+        raise ConfigError(f"{key} must be a list of strings, got {v!r}")
+    return v
+
+
+def _number(t: Mapping[str, Any], key: str, lo: float, hi: float) -> float:
+    v = t.get(_leaf(key))
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+        raise ConfigError(f"{key} must be a number from {lo:g} to {hi:g}, got {v!r}")
+    return float(v)
+
+
+def _shadow(r: Mapping[str, Any]) -> dict[str, Any]:
+    t = r.get("shadow", {})
+    if not isinstance(t, dict) or set(t) - {"provider", "share"}:
+        raise ConfigError('[routing.shadow] takes provider and share, e.g. provider = "deepseek"')
+    if not t:
+        return {}
+    return {
+        "shadow_provider": _str(t, "routing.shadow.provider"),
+        "shadow_share": _number({"share": t.get("share", 10)}, "routing.shadow.share", 0, 100),
+    }
+
+
+def _bool(t: Mapping[str, Any], key: str) -> bool:
+    v = t.get(_leaf(key), False)
+    if not isinstance(v, bool):
+        raise ConfigError(f"{key} must be true or false, got {v!r}")
+    return v
+
+
+def _opt_int(t: Mapping[str, Any], key: str) -> int | None:
+    v = t.get(_leaf(key))
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise ConfigError(f"{key} must be a positive whole number, got {v!r}")
+    return v
+
+
+def _opt_price(t: Mapping[str, Any], key: str) -> float | None:
+    v = t.get(_leaf(key))
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+        raise ConfigError(f"{key} must be a price in USD per million tokens (>= 0), got {v!r}")
+    return float(v)

@@ -1,0 +1,343 @@
+"""Committing to an answer: forwarding it to the client event by event, and what happens
+when it breaks.
+
+Once an upstream's answer is committed (:mod:`.server` decided), :func:`pipe` sends its status and
+headers, then each whole SSE event as it arrives (translated by :class:`~.dialects.bridge.Bridge`
+when the client speaks another dialect), while the meter reads the usage and the repetition
+check watches the text. An upstream that breaks off — reset, no byte for ``stall_timeout_s``,
+a malformed SSE event, a provider error event, a repetition loop — gets the client an in-band
+error event in its dialect and a cut connection, never a clean end; with ``continue_on_break``
+the answer is instead finished by the next provider (:func:`continue_answer`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from kimi_intercept.accounting.sse import EventSplitter
+from kimi_intercept.config.rules import Validation
+from kimi_intercept.dialects.bridge import Bridge
+from kimi_intercept.dialects.kimi import restore_tool_names
+from kimi_intercept.relay.failures import (
+    AttemptFailed,
+    classify_transport,
+    describe_exc,
+    error_message,
+    redact,
+)
+from kimi_intercept.relay.rows import Outcome
+from kimi_intercept.relay.upstream import Upstream
+from kimi_intercept.relay.validate import RepetitionDetector
+from kimi_intercept.routing.plan import RoutePlan, iso_utc
+from kimi_intercept.routing.targets import Target
+
+log = logging.getLogger(__name__)
+
+_DROP_RESPONSE_HEADERS = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
+)
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class _StreamBroken(Exception):
+    pass
+
+
+async def pipe(
+    sender: Upstream,
+    request: web.Request,
+    plan: RoutePlan,
+    target: Target,
+    upstream: aiohttp.ClientResponse,
+    first: bytes,
+    attempts: list[dict[str, Any]],
+    r: Outcome,
+    budget: float,
+) -> web.StreamResponse:
+    """Commit to ``upstream``: forward status, headers and every chunk as it arrives."""
+    r.target, r.status = target, upstream.status
+    r.upstream_request_id = upstream.headers.get("msh-request-id") or upstream.headers.get(
+        "x-request-id"
+    )
+    content_type = upstream.headers.get("content-type", "")
+    sse = content_type.startswith("text/event-stream")
+    bridge = r.bridge = Bridge(plan.dialect, target.dialect, target.model)
+    meter = r.meter = bridge.meter(sse)
+    checks = plan.rule.validate if plan.rule else Validation()
+    if sse and checks.repetition and target.dialect == "openai" and plan.kind == "reroute":
+        r.repetition = RepetitionDetector()
+    out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    for k, v in upstream.headers.items():
+        if k.lower() not in _DROP_RESPONSE_HEADERS:
+            out.headers.add(k, v)
+    if bridge.translate:
+        out.headers["content-type"] = bridge.content_type(content_type, sse)
+    out.headers["x-kimi-intercept-provider"] = target.provider
+    out.headers["x-kimi-intercept-attempts"] = str(len(attempts))
+    if r.overhead_ms is not None:
+        out.headers["x-kimi-intercept-overhead-ms"] = f"{r.overhead_ms:.1f}"
+    stall = sender.routing.stall_timeout_s
+    events = EventSplitter() if sse else None
+    chunk = first
+    try:
+        await _write_or_gone(out.prepare(request))
+        whole = bridge.translate and not sse  # a translated JSON answer goes out whole
+        while chunk:
+            for piece in events.push(chunk) if events is not None else (chunk,):
+                await forward(out, piece, meter, sse, plan, r, target, bridge, whole)
+            try:
+                chunk = await asyncio.wait_for(upstream.content.readany(), timeout=stall)
+            except asyncio.TimeoutError as e:
+                raise _StreamBroken(f"stalled: no byte for {stall:g} s") from e
+            except (aiohttp.ClientError, OSError) as e:
+                raise _StreamBroken(describe_exc(e)) from e
+        rest = events.flush() if events is not None else b""
+        if rest:
+            await forward(out, rest, meter, sse, plan, r, target, bridge, whole)
+        r.upstream_done = True  # all of the answer is in; only the closing bytes are left
+        if whole:
+            raw = restore_tool_names(meter.body_bytes(), target.renamed)
+            await send(out, bridge.body(upstream.status, raw), plan, r)
+        elif sse:
+            await send(out, bridge.finish(), plan, r)
+        await _write_or_gone(out.write_eof())
+        r.outcome = "ok" if upstream.status < 400 else "error"
+        if upstream.status >= 400:
+            r.error = f"HTTP {upstream.status}: {_body_message(meter)}"
+        return out
+    except _ClientGone:
+        client_left(r)
+        return out
+    except _StreamBroken as e:
+        broken = str(e)
+        if attempts:  # the committed attempt: say why it did not end well
+            attempts[-1]["error"] = redact(f"broke off mid-answer: {broken}")
+        sender.health.record_failure(target.provider, classify_transport("reset", broken))
+        upstream.close()
+        if may_continue(sender, plan, target, meter, sse):
+            try:
+                if await continue_answer(
+                    sender, out, plan, target, meter, attempts, r, budget, broken
+                ):
+                    return out
+            except _StreamBroken as again:
+                broken = str(again)
+            except _ClientGone:
+                client_left(r)
+                return out
+        r.outcome = "incomplete"
+        r.error = (
+            f"upstream {r.target.provider if r.target else '?'} broke off the answer: {broken}"
+        )
+        log.warning("kimi-intercept: %s", redact(r.error))
+        if sse and meter.error is None:
+            try:
+                await out.write(bridge.error_event(r.error, "stream_interrupted"))
+            except (ConnectionError, aiohttp.ClientConnectionResetError):
+                pass  # the client left too; the cut below is all that is left to do
+        if request.transport is not None:
+            request.transport.abort()  # no terminating chunk: the client sees a broken body
+        return out
+    finally:
+        if r.outcome == "ok":
+            upstream.release()
+        else:
+            upstream.close()
+        meter.finish()
+
+
+def may_continue(
+    sender: Upstream, plan: RoutePlan, target: Target, meter: Any, sse: bool
+) -> bool:
+    """``continue_on_break`` applies: a rerouted text stream (no tool call in flight) with a
+    provider after this one."""
+    return (
+        sender.routing.continue_on_break
+        and sse
+        and plan.kind == "reroute"
+        and meter.error is None
+        and not meter.saw_tool_calls
+        and target.dialect == "openai"
+        and target is not plan.targets[-1]
+    )
+
+
+async def continue_answer(
+    sender: Upstream,
+    out: web.StreamResponse,
+    plan: RoutePlan,
+    broken_target: Target,
+    meter: Any,
+    attempts: list[dict[str, Any]],
+    r: Outcome,
+    budget: float,
+    why: str,
+) -> bool:
+    """Re-send the conversation plus the partial answer as an assistant prefix (Moonshot
+    partial mode, https://platform.kimi.ai/docs/guide/use-partial-mode-feature-of-kimi-api)
+    to the next providers, and stream the continuation into the same response. True when
+    it completed; False when no provider would take it. Raises :class:`_StreamBroken` if the
+    continuation breaks too, :class:`_ClientGone` if the client leaves."""
+    prefix = {"role": "assistant", "content": meter.answer_text, "partial": True}
+    for target in plan.targets[plan.targets.index(broken_target) + 1 :]:
+        if target.dialect != "openai" or target.skip_reason:
+            continue
+        if not sender.health.check(target.provider).ok:
+            continue
+        body = json.loads(target.body)
+        body["messages"] = [*body.get("messages", []), prefix]
+        cont = dataclasses.replace(target, body=json.dumps(body, ensure_ascii=False).encode())
+        started = time.time()
+        try:
+            upstream, first = await sender.open(cont, budget)
+        except AttemptFailed as e:
+            f = e.failure
+            sender.health.record_failure(target.provider, f)
+            attempts.append(
+                attempt_row(
+                    len(attempts) + 1,
+                    target,
+                    started,
+                    f.status,
+                    f"continuation: {f.kind}: {f.message}",
+                    ms_since(started),
+                )
+            )
+            continue
+        attempts.append(
+            attempt_row(
+                len(attempts) + 1,
+                target,
+                started,
+                upstream.status,
+                None if upstream.status < 400 else "continuation refused",
+                ms_since(started),
+            )
+        )
+        if upstream.status >= 400 or not upstream.headers.get("content-type", "").startswith(
+            "text/event-stream"
+        ):
+            upstream.close()
+            continue
+        log.warning(
+            "kimi-intercept: continuing the broken answer on %s (%s)",
+            target.provider,
+            redact(why),
+        )
+        r.target, r.continued_after = target, why
+        events = EventSplitter()
+        chunk = first
+        try:
+            while chunk:
+                for piece in events.push(chunk):
+                    await forward(out, piece, meter, True, plan, r, target, r.bridge)
+                try:
+                    chunk = await asyncio.wait_for(
+                        upstream.content.readany(), timeout=sender.routing.stall_timeout_s
+                    )
+                except asyncio.TimeoutError as e:
+                    raise _StreamBroken("the continuation stalled") from e
+                except (aiohttp.ClientError, OSError) as e:
+                    raise _StreamBroken(describe_exc(e)) from e
+            rest = events.flush()
+            if rest:
+                await forward(out, rest, meter, True, plan, r, target, r.bridge)
+            await send(out, r.bridge.finish(), plan, r)
+            await _write_or_gone(out.write_eof())
+        except BaseException:
+            upstream.close()
+            raise
+        upstream.release()
+        sender.health.record_success(target.provider)
+        r.outcome = "ok"
+        return True
+    return False
+
+
+async def forward(
+    out: web.StreamResponse,
+    piece: bytes,
+    meter: Any,
+    sse: bool,
+    plan: RoutePlan,
+    r: Outcome,
+    target: Target,
+    bridge: Bridge,
+    whole: bool = False,
+) -> None:
+    """Meter one whole SSE event (or a body chunk) of the provider's answer, then send the
+    client its form of it (translated when the dialects differ; held when ``whole``)."""
+    meter.feed(piece)
+    if sse and meter.malformed_events:
+        raise _StreamBroken("malformed SSE event (not JSON)")  # never forwarded
+    if r.repetition is not None and len(meter.answer_parts) > r.answer_seen:
+        new, r.answer_seen = meter.answer_parts[r.answer_seen :], len(meter.answer_parts)
+        for text in new:
+            loop = r.repetition.feed(text)
+            if loop:
+                raise _StreamBroken(loop)  # this piece is not forwarded
+    if not whole:
+        if sse and target.renamed:
+            piece = restore_tool_names(piece, target.renamed)
+        await send(out, bridge.piece(piece) if sse else piece, plan, r)
+    if sse and meter.error is not None:  # forwarded as the provider sent it, then cut
+        raise _StreamBroken(f"provider error event: {json.dumps(meter.error)[:300]}")
+
+
+async def send(out: web.StreamResponse, data: bytes, plan: RoutePlan, r: Outcome) -> None:
+    if not data:
+        return
+    await _write_or_gone(out.write(data))
+    if r.ttft_ms is None:
+        r.ttft_ms = ms_since(plan.received)
+
+
+async def _write_or_gone(awaitable: Any) -> None:
+    try:
+        await awaitable
+    except (ConnectionError, aiohttp.ClientConnectionResetError) as e:
+        raise _ClientGone() from e
+
+
+def client_left(r: Outcome) -> None:
+    """The client closed its connection. If the whole answer had already reached it (the
+    upstream ended, or the stream's own end marker passed) that is a normal end: clients close
+    right after ``[DONE]``, sometimes before the relay's closing chunk arrives."""
+    if r.upstream_done or getattr(r.meter, "saw_done", False):
+        r.outcome, r.error = ("ok", None) if (r.status or 0) < 400 else ("error", r.error)
+    else:
+        r.outcome, r.error = "client_abort", "client disconnected"
+
+
+def attempt_row(
+    n: int, target: Target, started: float, status: int | None, error: str | None, ms: float
+) -> dict[str, Any]:
+    return {
+        "attempt": n,
+        "provider": target.provider,
+        "model": target.model,
+        "started_at": iso_utc(started),
+        "status_code": status,
+        "error": redact(error) if error else None,
+        "duration_ms": round(ms, 2),
+    }
+
+
+def _body_message(meter: Any) -> str:
+    body = meter.body_bytes() if hasattr(meter, "body_bytes") else b""
+    return error_message(body)
+
+
+def ms_since(t: float) -> float:
+    return (time.time() - t) * 1000.0

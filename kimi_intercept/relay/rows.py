@@ -1,0 +1,167 @@
+"""Accounting: turn what passed through the relay into one ``requests`` row.
+
+Provider usage is the truth (``usage_source = 'provider'``); when the answer carried none, the
+prompt and completion are counted with tiktoken (``'estimate'``), in a worker thread because it
+is CPU-bound. Cost comes from the model's prices in the config (:mod:`.pricing`); an unknown
+price leaves ``cost_usd`` NULL, never 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from kimi_intercept.accounting import pricing, tokens
+from kimi_intercept.accounting.usage import Usage
+from kimi_intercept.config.settings import Config
+from kimi_intercept.relay.failures import redact
+from kimi_intercept.routing.plan import RoutePlan
+from kimi_intercept.routing.targets import Target
+from kimi_intercept.sanitizer.sanitize import count_prompt_tokens
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass
+class Outcome:
+    """What happened to one client request, filled in by the relay as it goes.
+
+    Times in ms. ``meter`` is a :class:`~.usage.ChatStreamMeter` or :class:`~.usage.JsonBuffer`
+    once an answer was committed.
+    """
+
+    target: Target | None = None
+    status: int | None = None
+    outcome: str = "error"  # ok | error | incomplete | client_abort
+    error: str | None = None
+    ttft_ms: float | None = None
+    overhead_ms: float | None = None
+    meter: Any = None
+    bridge: Any = None  # dialects.bridge.Bridge of the committed answer
+    upstream_request_id: str | None = None
+    skipped: list[str] = field(default_factory=list)
+    upstream_done: bool = False  # the upstream's answer ended and was forwarded
+    repetition: Any = None  # validate.RepetitionDetector while a checked stream passes
+    answer_seen: int = 0  # answer pieces already given to the detector
+    continued_after: str | None = None  # why the first provider's stream broke (continue_on_break)
+
+
+async def build_row(
+    plan: RoutePlan,
+    attempts: list[dict[str, Any]],
+    r: Outcome,
+    duration_ms: float,
+    cfg: Config | None = None,
+    cache: Any = None,
+) -> dict[str, Any]:
+    """The ``requests`` row (columns: see README "The database").
+
+    Our own estimate is recorded next to the provider's usage whenever an answer came
+    (``prompt_tokens_estimate`` / ``completion_tokens_estimate``): the report calibrates
+    estimate-only rows from the pairs. Cost: the price valid on the request's day
+    (:func:`.pricing.cost_usd_at`; unpriced → NULL)."""
+    meter = r.meter
+    usage: Usage | None = meter.usage if meter is not None else None
+    source = "provider" if usage is not None else None
+    estimate: Usage | None = None
+    if r.status is not None and r.status < 400 and meter is not None:
+        estimate = await asyncio.to_thread(
+            _estimate,
+            plan.request_json,
+            meter.completion_text or "",
+            plan.prompt_tokens_estimate,
+            cache,
+        )
+        if usage is None:
+            usage, source = estimate, "estimate"
+    target = r.target
+    model = (meter.model if meter is not None else None) or (target.model if target else None)
+    info = target.model_info if target else None
+    priced_model = (target.model if target else None) or model
+    if usage is None:
+        cost = None
+    elif cfg is not None:
+        cost = pricing.cost_usd_at(
+            priced_model, usage, plan.started_at, cfg, r.target and r.target.provider
+        )
+    else:
+        cost = pricing.cost_usd(info, usage)
+    served = next((i for i, t in enumerate(plan.targets) if t is target), 0)
+    details = {
+        "upstream_request_id": r.upstream_request_id,
+        "finish_reason": getattr(meter, "finish_reason", None),
+        "events": getattr(meter, "events", None),
+        "malformed_events": getattr(meter, "malformed_events", None) or None,
+        "overhead_ms": r.overhead_ms,
+        "skipped": r.skipped or None,
+        "continued_after_break": r.continued_after,
+        "request_changes": list(target.notes) if target and target.notes else None,
+    }
+    return {
+        "id": uuid.uuid4().hex,
+        "started_at": plan.started_at,
+        "client": plan.client,
+        "client_host": plan.client_host,
+        "client_model": plan.client_model,
+        "provider": target.provider if target else None,
+        "model": model,
+        "status_code": r.status,
+        "outcome": r.outcome,
+        "attempts": len(attempts),
+        "fallback_used": int(served > 0 or (r.outcome == "error" and len(attempts) > 1)),
+        "ttft_ms": _round(r.ttft_ms),
+        "duration_ms": _round(duration_ms),
+        "prompt_tokens": usage.prompt_tokens if usage else None,
+        "completion_tokens": usage.completion_tokens if usage else None,
+        "cached_tokens": usage.cached_tokens if usage else None,
+        "reasoning_tokens": usage.reasoning_tokens if usage else None,
+        "usage_source": source,
+        "cost_usd": cost,
+        "prompt_tokens_estimate": estimate.prompt_tokens if estimate else None,
+        "completion_tokens_estimate": estimate.completion_tokens if estimate else None,
+        "context_window": info.context_window if info else None,
+        "route": plan.kind,
+        "dialect": plan.dialect,
+        "conversation_id": plan.conversation or None,
+        "conversation_title": plan.title,
+        "rule": plan.rule.name if plan.rule else None,
+        "stream": int(plan.stream),
+        "response_id": getattr(meter, "response_id", None),
+        "host": plan.host,
+        "error": redact(r.error) if r.error else None,
+        "details": json.dumps({k: v for k, v in details.items() if v is not None}),
+    }
+
+
+def _estimate(
+    request_json: dict[str, Any],
+    completion_text: str,
+    prompt_tokens: int | None = None,
+    cache: Any = None,
+) -> Usage:
+    """Our count (``prompt_tokens`` when the preparer already counted the prompt; ``cache``, a
+    :class:`~.mask.MaskCache`, makes the next turn of a conversation count only what is new)."""
+    try:
+        if prompt_tokens is None and request_json:
+            prompt_tokens = (
+                count_prompt_tokens(request_json, cache)
+                if cache is not None
+                else tokens.estimate_prompt_tokens(request_json)
+            )
+        return Usage(
+            # no hub form of the request (e.g. the Responses API): no prompt estimate
+            prompt_tokens=prompt_tokens,
+            completion_tokens=tokens.estimate_completion_tokens(completion_text),
+        )
+    except Exception:
+        log.exception("kimi-intercept: token estimate failed; the row is left without tokens")
+        return Usage()
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 2)

@@ -1,0 +1,409 @@
+"""The in-process relay: tries upstream providers in order and streams the winner back.
+
+mitmproxy cannot fall back once a request is in flight without buffering the answer, and cannot
+rescue a refused connection at all (shared notes ``mitmproxy.md`` §3). So the addon parks a
+:class:`~kimi_intercept.routing.plan.RoutePlan` under a one-shot random id and points the flow at
+this aiohttp server, which runs on mitmproxy's own event loop on ``127.0.0.1``:
+
+0. A rerouted request is prepared in a worker thread (:mod:`.prepare`: sanitized, gauged
+   against the context window, compressed near it); shadow mode may mirror it (:mod:`.shadow`).
+1. Targets are ordered (:mod:`.choice` for a weighted rule). For each it first checks whether
+   it may be tried: an API key, a context window that fits the prompt plus the requested
+   output, the provider's circuit breaker and cooldowns, and local rpm/tpm limits
+   (:mod:`.health`). Then it sends the request and waits for the first content — text,
+   reasoning or a tool call — of a rerouted OpenAI-dialect answer (the first bytes otherwise),
+   within :func:`~.routing.first_byte_timeout`. A failure, an empty answer, an error event
+   before any content or an invalid JSON-mode answer is classified (:mod:`.failures`,
+   :mod:`.validate`): transient ones are retried on the same provider with exponential backoff
+   and jitter, a short ``Retry-After`` is waited out, "context length exceeded" compresses and
+   retries once, the rest move on to the next provider. Nothing has reached the client yet.
+2. The first answer that passes, or the client's own error (other 4xx), is committed
+   (:mod:`.answer`): its status and headers go to the client, then every whole SSE event as it
+   arrives (translated for Anthropic/Gemini clients), while a meter reads the usage.
+3. If the upstream breaks off after that (reset, stall, a malformed SSE event, a provider
+   error event, a repetition loop), the client gets an in-band error event in its dialect and
+   a cut connection — never a clean end — and the row says ``incomplete``. If the client leaves,
+   the upstream request is closed at once and the row says ``client_abort``.
+4. One ``requests`` row, one ``attempts`` row per try and the sanitizer's ledger go to the
+   store writer, off the response path (:mod:`.accounting`, :mod:`.prepare`).
+
+If every target fails the client gets an error in its dialect (OpenAI's
+``{"error": {"message", "type", "code"}}``, https://platform.openai.com/docs/guides/error-codes)
+with the last provider's status and message.
+
+The relay answers only requests that carry a live route id (404 otherwise), so it is not an
+open proxy to anything on the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from kimi_intercept.accounting import tokens
+from kimi_intercept.config.settings import Config
+from kimi_intercept.dialects.bridge import error_json, openai_error_body
+from kimi_intercept.relay import shadow
+from kimi_intercept.relay.answer import attempt_row, client_left, ms_since, pipe
+from kimi_intercept.relay.failures import (
+    Action,
+    AttemptFailed,
+    Failure,
+    redact,
+)
+from kimi_intercept.relay.health import ProviderHealth, RateLimiter
+from kimi_intercept.relay.rows import Outcome, build_row
+from kimi_intercept.relay.upstream import Upstream
+from kimi_intercept.routing.choice import Chooser
+from kimi_intercept.routing.plan import (
+    RoutePlan,
+    first_byte_timeout,
+    iso_utc,
+    requested_max_tokens,
+)
+from kimi_intercept.routing.targets import Target
+from kimi_intercept.sanitizer.prepare import Preparer, ledger_rows, row_fields
+
+log = logging.getLogger(__name__)
+
+ROUTE_HEADER = "x-kimi-intercept-route"
+ROUTE_TTL_S = 300.0
+SKIPPED = "skipped: "  # the error text of an attempts row for a provider that was not tried
+# UTF-8 text has at least ~2.5 bytes per token in every tokenizer we price: below this bound a
+# prompt surely fits, and the exact (tiktoken) count is skipped.
+_BYTES_PER_TOKEN_LOW = 2.5
+
+# record(request_row, attempt_rows, extra_rows_by_table): must not block (a queue put)
+Recorder = Callable[..., None]
+
+
+class Relay:
+    """aiohttp server + client on the running loop. ``record(row, attempts)`` must not block."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        record: Recorder,
+        status_path: Path | None = None,
+        preparer: Preparer | None = None,
+    ):
+        self.cfg = cfg
+        self.preparer = preparer or Preparer(cfg)
+        self.record = record
+        self.status_path = status_path
+        self.port: int | None = None
+        rc = cfg.routing
+        self.health = ProviderHealth(
+            failures_to_open=rc.failures_to_open,
+            window_s=rc.breaker_window_s,
+            cooldown_s=rc.cooldown_s,
+            auth_cooldown_s=rc.auth_cooldown_s,
+        )
+        self.limiter = RateLimiter({p.name: (p.rpm, p.tpm) for p in cfg.providers.values()})
+        self._routes: dict[str, tuple[float, RoutePlan]] = {}
+        self._runner: web.AppRunner | None = None
+        self.upstream = Upstream(rc, self.health)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._published: Any = None
+        self.chooser = Chooser()
+        self._rng = random.Random()
+
+    async def start(self) -> int:
+        """Listen on ``127.0.0.1`` (an ephemeral port) and return the port."""
+        app = web.Application(client_max_size=1024**3)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        # handler_cancellation: a client that leaves cancels its handler, which closes upstream.
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, handler_cancellation=True
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.upstream.start()
+        return self.port
+
+    async def stop(self) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=10)
+        await self.upstream.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def park(self, plan: RoutePlan) -> str:
+        """Store a plan under a fresh one-shot id (the value of :data:`ROUTE_HEADER`)."""
+        now = time.monotonic()
+        for rid, (t, _) in list(self._routes.items()):
+            if now - t > ROUTE_TTL_S:
+                del self._routes[rid]
+        rid = secrets.token_urlsafe(24)
+        self._routes[rid] = (now, plan)
+        return rid
+
+    def discard(self, route_id: str) -> None:
+        self._routes.pop(route_id, None)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        parked = self._routes.pop(request.headers.get(ROUTE_HEADER, ""), None)
+        if parked is None:
+            body = openai_error_body("unknown or used route id", "not_found")
+            return web.json_response(body, status=404)
+        plan = parked[1]
+        await request.read()  # the body travels in the plan; drain what mitmproxy sent
+        if plan.kind == "count_tokens":
+            return await self._count_tokens(plan)
+        attempts: list[dict[str, Any]] = []
+        result = Outcome()
+        if plan.kind == "reroute":
+            await asyncio.to_thread(self.preparer.prepare, plan)
+        mirrored = (
+            asyncio.ensure_future(shadow.mirror(self.cfg, self.upstream, plan))
+            if shadow.wanted(self.cfg.routing, plan, self._rng)
+            else None
+        )
+        try:
+            return await self._serve(request, plan, attempts, result)
+        except asyncio.CancelledError:
+            client_left(result)
+            raise
+        finally:
+            self._spawn(self._finish(plan, attempts, result, mirrored))
+
+    async def _count_tokens(self, plan: RoutePlan) -> web.Response:
+        """Anthropic ``/v1/messages/count_tokens``, answered locally with the tiktoken estimate
+        of the translated request (no upstream call, no row: it is not model usage)."""
+        try:
+            n = await asyncio.to_thread(tokens.estimate_prompt_tokens, plan.request_json)
+        except Exception as e:  # a tokenizer problem: say so in the client's dialect
+            log.warning("kimi-intercept: count_tokens failed: %s", e)
+            message = f"kimi-intercept could not count tokens: {e}"
+            return web.json_response(
+                error_json("anthropic", 500, message, "count_failed"), status=500
+            )
+        from kimi_intercept.dialects.anthropic import count_tokens_response
+
+        return web.json_response(count_tokens_response(n))
+
+    async def _serve(
+        self, request: web.Request, plan: RoutePlan, attempts: list[dict[str, Any]], r: Outcome
+    ) -> web.StreamResponse:
+        rc = self.cfg.routing
+        body_bytes = len(plan.targets[0].body) if plan.targets else 0
+        max_tokens = requested_max_tokens(plan.request_json)
+        budget = first_byte_timeout(
+            rc.first_byte_timeout_s,
+            stream=plan.stream,
+            prompt_tokens=int(body_bytes / 4),
+            max_tokens=max_tokens,
+        )
+        waited = 0.0  # seconds spent on upstreams and backoff: not the proxy's own overhead
+        last: Failure | None = None
+        window_floor = 0  # after a context-length failure, only larger windows are tried
+        ordered = self.chooser.order(plan)
+        positions = [next(i for i, t in enumerate(plan.targets) if t is o) for o in ordered]
+        for position in positions:
+            target = plan.targets[position]  # looked up again: a compression rebuilds them
+            why = await self._cannot_try(target, plan, max_tokens, window_floor)
+            verdict = None if why else self.health.check(target.provider)
+            if verdict is not None and not verdict.ok:
+                why = verdict.reason or "unavailable"
+            if not why and not self.limiter.try_acquire(target.provider, _tokens_guess(plan)):
+                why = "local rpm/tpm limit reached"
+                if verdict is not None and verdict.probe:
+                    self.health.probe_abandoned(target.provider)
+            if why:
+                log.info("kimi-intercept: skipping %s: %s", target.provider, redact(why))
+                r.skipped.append(f"{target.provider}: {why}")
+                attempts.append(
+                    attempt_row(len(attempts) + 1, target, time.time(), None, SKIPPED + why, 0)
+                )
+                continue
+            retry = 0
+            while retry <= rc.max_retries:
+                started = time.time()
+                try:
+                    upstream, first = await self.upstream.open(target, budget, plan)
+                except AttemptFailed as e:
+                    f = last = e.failure
+                    waited += time.time() - started
+                    attempts.append(
+                        attempt_row(
+                            len(attempts) + 1,
+                            target,
+                            started,
+                            f.status,
+                            f"{f.kind}: {f.message}",
+                            ms_since(started),
+                        )
+                    )
+                    self.health.record_failure(target.provider, f)
+                    if f.action is Action.CONTEXT and await self._compressed(plan, target):
+                        target = plan.targets[position]  # the same provider, a smaller request
+                        log.warning("kimi-intercept: retrying %s compressed", target.provider)
+                        continue
+                    delay = self.upstream.retry_delay(f, retry)
+                    log.warning(
+                        "kimi-intercept: %s failed (%s: %s); %s",
+                        target.provider,
+                        f.kind,
+                        redact(f.message),
+                        f"retrying in {delay:.2f} s" if delay is not None else "moving on",
+                    )
+                    if delay is None:
+                        break
+                    await asyncio.sleep(delay)
+                    waited += delay
+                    retry += 1
+                    continue
+                except asyncio.CancelledError:
+                    if verdict is not None and verdict.probe:
+                        self.health.probe_abandoned(target.provider)
+                    raise
+                waited += time.time() - started
+                attempts.append(
+                    attempt_row(
+                        len(attempts) + 1,
+                        target,
+                        started,
+                        upstream.status,
+                        None,
+                        ms_since(started),
+                    )
+                )
+                self.health.record_success(target.provider)
+                self.chooser.observe(target.provider, ms_since(started))
+                r.overhead_ms = round(max(ms_since(plan.received) - waited * 1000, 0.0), 2)
+                return await pipe(
+                    self.upstream, request, plan, target, upstream, first, attempts, r, budget
+                )
+            if last is not None and last.action is Action.CONTEXT:
+                info = target.model_info
+                window_floor = max(window_floor, info.context_window or 0) if info else 0
+        return self._all_failed(plan, last, r)
+
+    async def _compressed(self, plan: RoutePlan, target: Target) -> bool:
+        """On "context length exceeded": compress the request to fit ``target``'s window, once
+        per request (then the same provider is retried). True if the request changed."""
+        if plan.kind != "reroute":
+            return False
+        window = target.model_info.context_window if target.model_info else None
+        return await asyncio.to_thread(self.preparer.compress_for_retry, plan, window)
+
+    async def _cannot_try(
+        self, target: Target, plan: RoutePlan, max_tokens: int | None, window_floor: int
+    ) -> str | None:
+        """Why ``target`` must be skipped for this request, or ``None``."""
+        if target.skip_reason:
+            return target.skip_reason
+        window = target.model_info.context_window if target.model_info else None
+        if window is None:
+            return None
+        if window_floor and window <= window_floor:
+            return f"context window {window:,} is not larger than the one that was exceeded"
+        need_out = max_tokens or 0
+        if len(target.body) / _BYTES_PER_TOKEN_LOW + need_out <= window:
+            return None  # fits for sure; no need to count
+        prompt = await self._prompt_tokens(plan)
+        if prompt + need_out > window:
+            return (
+                f"prompt ~{prompt:,} + max_tokens {need_out:,} tokens exceeds the "
+                f"context window {window:,} of {target.model}"
+            )
+        return None
+
+    async def _prompt_tokens(self, plan: RoutePlan) -> int:
+        if plan.prompt_tokens_estimate is None:
+            plan.prompt_tokens_estimate = await asyncio.to_thread(
+                tokens.estimate_prompt_tokens, plan.request_json
+            )
+        return plan.prompt_tokens_estimate
+
+    def _all_failed(self, plan: RoutePlan, last: Failure | None, r: Outcome) -> web.Response:
+        tried = ", ".join(t.provider for t in plan.targets)
+        detail = f"{last.kind}: {last.message}" if last else "no provider could be tried"
+        if r.skipped:
+            detail += " (skipped: " + "; ".join(r.skipped) + ")"
+        message = redact(f"kimi-intercept: every provider failed ({tried}); last: {detail}")
+        code = "all_providers_failed"
+        if last is not None and last.status:
+            status = last.status
+        elif last is not None and last.kind == "timeout":
+            status = 504
+        elif last is None and r.skipped and all("context window" in s for s in r.skipped):
+            status, code = 400, "context_length_exceeded"  # too long for every provider
+        else:
+            status = 502
+        r.status, r.outcome, r.error = status, "error", message
+        r.target = plan.targets[-1] if plan.targets else None
+        headers = {}
+        if last is not None and last.retry_after_s is not None:
+            headers["retry-after"] = str(max(1, round(last.retry_after_s)))
+        body = error_json(plan.dialect, status, message, code)
+        return web.json_response(body, status=status, headers=headers)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _finish(
+        self,
+        plan: RoutePlan,
+        attempts: list[dict[str, Any]],
+        r: Outcome,
+        mirrored: asyncio.Future[dict[str, Any]] | None = None,
+    ) -> None:
+        """Build and hand over the ``requests`` row. Never raises (a bug here is only logged)."""
+        try:
+            row = await build_row(
+                plan, attempts, r, ms_since(plan.received), self.cfg, self.preparer.cache
+            )
+            for a in attempts:
+                a["request_id"] = row["id"]
+            row.update(row_fields(plan))
+            extra = ledger_rows(plan, self.preparer.store_originals)
+            if mirrored is not None:  # shadow mode: compare with what the client got
+                answer = getattr(r.meter, "answer_text", None) or getattr(
+                    r.meter, "completion_text", ""
+                )
+                extra["shadow"] = [shadow.finish_row(await mirrored, row, answer or "")]
+            if extra:
+                self.record(row, attempts, extra)
+            else:
+                self.record(row, attempts)
+            await self._publish_status()
+        except Exception:
+            log.exception("kimi-intercept: could not record a request (the client was answered)")
+
+    async def _publish_status(self) -> None:
+        """Write the providers' health to ``status_path`` (for ``kimi-intercept status``)."""
+        if self.status_path is None:
+            return
+        providers = self.health.snapshot()
+        if providers == self._published:
+            return
+        self._published = providers
+        doc = {"pid": os.getpid(), "updated_at": iso_utc(time.time()), "providers": providers}
+        await asyncio.to_thread(_write_json, self.status_path, doc)
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _tokens_guess(plan: RoutePlan) -> int:
+    """Tokens a request may use, for local tpm limits: the prompt (bytes / 4) plus max output."""
+    body = len(plan.targets[0].body) if plan.targets else 0
+    return int(body / 4) + (requested_max_tokens(plan.request_json) or 0)

@@ -1,0 +1,214 @@
+"""Upstream requests: for each provider in the chain, the exact URL, headers and body to send.
+
+A provider declares its dialect (``[providers.NAME] dialect``). When it is the client's dialect
+the client's own body goes (with the provider's model and key); when the provider speaks the
+OpenAI hub dialect and the client does not, the body translated by :mod:`.dialects` goes; any
+other pair cannot be translated and the provider is skipped for that request.
+
+Auth per dialect — OpenAI: ``Authorization: Bearer``; Anthropic: ``x-api-key`` and
+``anthropic-version`` (https://docs.claude.com/en/api/versioning); Gemini: ``x-goog-api-key``
+(https://ai.google.dev/gemini-api/docs/api-key). URLs: ``{base_url}/chat/completions``,
+``{base_url}/v1/messages`` (Kimi's Anthropic endpoint is ``https://api.moonshot.ai/anthropic``),
+``{base_url}/models/{model}:streamGenerateContent?alt=sse`` / ``:generateContent``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kimi_intercept.config.rules import ChainEntry, Rule, apply_overrides
+from kimi_intercept.config.settings import Config, ModelInfo, Provider
+from kimi_intercept.dialects.kimi import (
+    KimiRequestError,
+    normalize_anthropic_for_kimi,
+    normalize_for_kimi,
+)
+
+KIMI_HOSTS = frozenset({"api.moonshot.ai", "api.moonshot.cn", "api.kimi.com"})
+ANTHROPIC_VERSION = "2023-06-01"
+
+# RFC 9110 §7.6.1 hop-by-hop headers, plus what the relay sets itself.
+_HOP_BY_HOP = frozenset(
+    {
+        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+        "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "host",
+        "content-length", "accept-encoding",
+    }
+)  # fmt: skip
+# Client credentials and account scoping that must not reach another provider.
+_CLIENT_SECRETS = frozenset(
+    {
+        "authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie",
+        "openai-organization", "openai-project",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Target:
+    """One upstream attempt: where, with which headers and body. ``headers`` may hold a key.
+
+    ``dialect`` is what the provider speaks; ``notes`` lists changes made to the body for this
+    provider (Kimi normalisation), for the row's details.
+    """
+
+    provider: str
+    url: str
+    headers: dict[str, str] = field(repr=False)
+    body: bytes = field(repr=False)
+    model: str | None
+    model_info: ModelInfo | None
+    skip_reason: str | None = None  # set when the target cannot be tried (e.g. no API key)
+    dialect: str = "openai"
+    notes: tuple[str, ...] = ()
+    renamed: dict[str, str] = field(default_factory=dict)  # tool name sent -> client's name
+
+
+def is_kimi(provider: Provider) -> bool:
+    """Moonshot's own endpoints (not Kimi models hosted by Groq or NVIDIA)."""
+    return provider.host in KIMI_HOSTS
+
+
+def reroute_targets(
+    cfg: Config,
+    *,
+    client_dialect: str,
+    native: dict[str, Any],
+    hub: dict[str, Any] | None,
+    hub_error: str | None,
+    client_model: str | None,
+    stream: bool,
+    headers: list[tuple[str, str]],
+    chain: Sequence[ChainEntry],
+    rule: Rule | None = None,
+) -> list[Target]:
+    """One target per entry of ``chain`` (a rule's, or primary + fallbacks), in order, with
+    the rule's overrides applied.
+
+    ``native`` is the client's body; ``hub`` the same request in the OpenAI dialect (``None``
+    with ``hub_error`` when it could not be translated). ``headers`` are lower-cased.
+    """
+    base = forwardable(headers, _CLIENT_SECRETS)
+    base["content-type"] = "application/json"
+    targets = []
+    for entry in chain:
+        provider = cfg.providers[entry.provider]
+        if entry.model:
+            model: str | None = entry.model
+        elif provider.name == cfg.routing.primary:
+            model = cfg.primary_model(client_model)
+        else:
+            model = provider.model or client_model
+        skip = None if provider.api_key else provider.missing_key_hint()
+        notes: tuple[str, ...] = ()
+        renamed: dict[str, str] = {}
+        if provider.dialect == client_dialect:
+            body = dict(native)
+        elif provider.dialect == "openai" and hub is not None:
+            body = dict(hub) if is_kimi(provider) else _without_kimi_fields(hub)
+        else:
+            body = {}
+            skip = skip or (
+                f"provider {provider.name!r} speaks {provider.dialect}; a {client_dialect} "
+                "request can only be translated to an openai-dialect provider"
+                + (f" ({hub_error})" if hub_error else "")
+            )
+        if model and provider.dialect != "gemini":
+            body["model"] = model
+        if body:
+            body = apply_overrides(body, rule, provider.dialect)
+        if is_kimi(provider) and provider.dialect == "openai" and body and model:
+            try:
+                fixed = normalize_for_kimi(body, model=model)
+                body, notes, renamed = fixed.body, fixed.changes, dict(fixed.renamed)
+            except KimiRequestError as e:
+                skip = skip or str(e)
+        elif is_kimi(provider) and provider.dialect == "anthropic" and body:
+            fixed = normalize_anthropic_for_kimi(body)
+            body, notes = fixed.body, fixed.changes
+        targets.append(
+            Target(
+                provider=provider.name,
+                url=_url(provider, model, stream),
+                headers={**base, **_auth(provider, headers)},
+                body=json.dumps(body, ensure_ascii=False).encode("utf-8"),
+                model=model,
+                model_info=cfg.model_info(model, provider.name),
+                skip_reason=skip,
+                dialect=provider.dialect,
+                notes=notes,
+                renamed=renamed,
+            )
+        )
+    return targets
+
+
+def passthrough_target(
+    cfg: Config,
+    *,
+    url: str,
+    host: str,
+    client_dialect: str,
+    client_model: str | None,
+    headers: list[tuple[str, str]],
+    body: bytes,
+) -> Target:
+    """The original request to the original URL, unchanged (the client's own key included)."""
+    known = cfg.provider_for_host(host)
+    return Target(
+        provider=known.name if known else host,
+        url=url,
+        headers=forwardable(headers, frozenset()),
+        body=body,
+        model=client_model,
+        model_info=cfg.model_info(client_model, known.name if known else None),
+        dialect=client_dialect,
+    )
+
+
+def _without_kimi_fields(hub: dict[str, Any]) -> dict[str, Any]:
+    """A translated request for a non-Kimi OpenAI-dialect provider: no Kimi ``thinking`` field
+    and no ``reasoning_content`` on earlier turns (DeepSeek rejects reasoning sent back,
+    api-docs.deepseek.com/guides/reasoning_model; OpenAI rejects unknown message fields)."""
+    body = {k: v for k, v in hub.items() if k != "thinking"}
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        body["messages"] = [
+            {k: v for k, v in m.items() if k != "reasoning_content"} if isinstance(m, dict) else m
+            for m in messages
+        ]
+    return body
+
+
+def forwardable(headers: list[tuple[str, str]], drop: frozenset[str]) -> dict[str, str]:
+    """Client headers that may travel upstream (lower-cased names in, merged duplicates out)."""
+    out: dict[str, str] = {}
+    for k, v in headers:
+        if k in _HOP_BY_HOP or k in drop or k.startswith("x-kimi-intercept"):
+            continue
+        out[k] = f"{out[k]}, {v}" if k in out else v
+    out["accept-encoding"] = "identity"  # keep the SSE parseable while it passes
+    return out
+
+
+def _url(provider: Provider, model: str | None, stream: bool) -> str:
+    if provider.dialect == "anthropic":
+        return provider.url("/v1/messages")
+    if provider.dialect == "gemini":
+        method = "streamGenerateContent?alt=sse" if stream else "generateContent"
+        return provider.url(f"/models/{model or 'gemini'}:{method}")
+    return provider.url("/chat/completions")
+
+
+def _auth(provider: Provider, headers: list[tuple[str, str]]) -> dict[str, str]:
+    if not provider.api_key:
+        return {}
+    if provider.dialect == "anthropic":
+        version = next((v for k, v in headers if k == "anthropic-version"), ANTHROPIC_VERSION)
+        return {"x-api-key": provider.api_key, "anthropic-version": version}
+    if provider.dialect == "gemini":
+        return {"x-goog-api-key": provider.api_key}
+    return {"authorization": f"Bearer {provider.api_key}"}

@@ -1,0 +1,193 @@
+"""Preparing a rerouted request before it is sent: sanitize, gauge the context, compress.
+
+Runs in a worker thread (everything here is CPU-bound), once per client request, before the
+first attempt; the passed-through share is never changed. Steps:
+
+1. **Sanitize** the client's own body (:func:`.sanitize.sanitize_request`: verbose tool and
+   console output masked to a head + tail preview), then translate it to the OpenAI hub and
+   rebuild the upstream requests.
+2. **Gauge** the prompt against the first provider's context window
+   (:func:`.sanitize.count_prompt_tokens`, cached by content so the next turn only counts what is
+   new); log a warning when it crosses ``[context] warn_at`` thresholds.
+3. **Compress** (:func:`.compress.compress_request`) at or above ``[context] compress_at``; and,
+   when a provider answers "context length exceeded", compress to fit and retry that provider
+   once (:meth:`Preparer.compress_for_retry`).
+
+``[sanitizer]`` keys: :data:`.mask.SANITIZER_KEYS` plus ``store_originals`` (default ``true``:
+masked originals are kept in SQLite, retrievable with ``kimi-intercept masked show``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from kimi_intercept.config.settings import Config, ConfigError
+from kimi_intercept.routing.plan import RoutePlan, iso_utc, to_hub
+from kimi_intercept.sanitizer.compress import (
+    ContextSettings,
+    compress_request,
+    context_share,
+    warning_level,
+)
+from kimi_intercept.sanitizer.sanitize import (
+    MaskCache,
+    SanitizeResult,
+    SanitizeSettings,
+    count_prompt_tokens,
+    sanitize_request,
+)
+
+log = logging.getLogger(__name__)
+
+PREPARE_KEYS = frozenset({"store_originals"})
+
+
+@dataclass
+class Prepared:
+    """What preparation did to one request (for its row and the savings ledger)."""
+
+    sanitized: SanitizeResult | None = None
+    prompt_tokens_after: int | None = None  # estimate of what is sent
+    share: float | None = None  # of the first provider's context window
+    compression: list[str] = field(default_factory=list)
+    retried_compressed: bool = False
+
+
+class Preparer:
+    """Settings and the shared mask/count cache; one per proxy."""
+
+    def __init__(self, cfg: Config):
+        table = cfg.raw.get("sanitizer", {})
+        if not isinstance(table, dict):
+            raise ConfigError("[sanitizer] must be a table")
+        self.settings = SanitizeSettings.from_table(table)
+        self.context = ContextSettings.from_table(cfg.raw.get("context", {}) or {})
+        store = table.get("store_originals", True)
+        if not isinstance(store, bool):
+            raise ConfigError("sanitizer.store_originals must be true or false")
+        self.store_originals = store
+        self.cache = MaskCache()
+
+    def prepare(self, plan: RoutePlan) -> Prepared:
+        """Sanitize and gauge (and maybe compress) ``plan`` in place; never raises for bad
+        input (a failure leaves the request as the client sent it, logged)."""
+        done = Prepared()
+        plan.prepared = done
+        if plan.kind != "reroute" or plan.dialect not in ("openai", "anthropic", "gemini"):
+            return done
+        try:
+            if self.settings.enabled:
+                result = sanitize_request(plan.dialect, plan.native, self.settings, self.cache)
+                done.sanitized = result
+                if result.items:
+                    self._rebuild(plan, result.body)
+            tokens = count_prompt_tokens(plan.request_json, self.cache) if plan.request_json else 0
+            plan.prompt_tokens_estimate = done.prompt_tokens_after = tokens
+            window = _window(plan)
+            done.share = context_share(tokens, window)
+            level = warning_level(done.share, self.context)
+            if level is not None and done.share is not None:
+                log.warning(
+                    "kimi-intercept: prompt at %.0f%% of the %s-token context window (≥ %.0f%%)",
+                    done.share * 100, f"{window:,}", level * 100,
+                )  # fmt: skip
+            if done.share is not None and window and done.share >= self.context.compress_at:
+                self._compress(plan, tokens, window, None)
+        except Exception:
+            log.exception("kimi-intercept: could not prepare the request; sending it unchanged")
+        return done
+
+    def compress_for_retry(self, plan: RoutePlan, window: int | None) -> bool:
+        """After "context length exceeded": our estimate was evidently too low for that
+        provider's tokenizer, so compress to the lower of ``compress_at - 0.10`` of its window
+        and 70 % of the current estimate. True if the request changed."""
+        done: Prepared = plan.prepared or Prepared()
+        if done.retried_compressed:
+            return False
+        done.retried_compressed = True
+        tokens = plan.prompt_tokens_estimate or count_prompt_tokens(plan.request_json, self.cache)
+        try:
+            window = window or tokens
+            share = min(self.context.compress_at - 0.10, 0.7 * tokens / max(window, 1))
+            return self._compress(plan, tokens, window, share)
+        except Exception:
+            log.exception("kimi-intercept: could not compress the request for a retry")
+            return False
+
+    def _compress(
+        self, plan: RoutePlan, tokens: int, window: int, target_share: float | None
+    ) -> bool:
+        done: Prepared = plan.prepared
+        c = compress_request(
+            plan.dialect, plan.native, prompt_tokens=tokens, context_window=window,
+            settings=self.context, target_share=target_share, cache=self.cache,
+        )  # fmt: skip
+        if not c.steps:
+            return False
+        done.compression.extend(c.steps)
+        self._rebuild(plan, c.body)
+        plan.prompt_tokens_estimate = done.prompt_tokens_after = c.tokens_after
+        log.warning(
+            "kimi-intercept: context compressed from ~%s to ~%s tokens: %s",
+            f"{c.tokens_before:,}", f"{c.tokens_after:,}", "; ".join(c.steps),
+        )  # fmt: skip
+        return True
+
+    @staticmethod
+    def _rebuild(plan: RoutePlan, native: dict[str, Any]) -> None:
+        plan.native = native
+        hub, hub_error = to_hub(plan.dialect, native, plan.client_model, plan.stream)
+        plan.request_json = hub or {}
+        if plan.rebuild is not None:
+            plan.targets = plan.rebuild(native, hub, hub_error)
+
+
+def _window(plan: RoutePlan) -> int | None:
+    for t in plan.targets:
+        if not t.skip_reason and t.model_info and t.model_info.context_window:
+            return t.model_info.context_window
+    return None
+
+
+def ledger_rows(plan: RoutePlan, store_originals: bool) -> dict[str, list[dict[str, Any]]]:
+    """Rows for the ``masked`` and ``savings`` tables (the writer adds the request id, stores
+    each original once per content hash, and sums savings per tool)."""
+    done: Prepared | None = plan.prepared
+    if done is None or done.sanitized is None or not done.sanitized.items:
+        return {}
+    now = iso_utc(plan.received)
+    masked, savings = [], []
+    for item in done.sanitized.items:
+        savings.append(
+            {"tool": item.tool or item.kind, "items": 1,
+             "tokens_before": item.tokens_before, "tokens_after": item.tokens_after}
+        )  # fmt: skip
+        row = {
+            "id": item.id, "created_at": now, "tool": item.tool, "kind": item.kind,
+            "dialect": plan.dialect, "lines": item.lines, "bytes": item.bytes,
+            "tokens_before": item.tokens_before, "tokens_after": item.tokens_after,
+        }  # fmt: skip
+        if store_originals:
+            row["original"] = item.original
+        masked.append(row)
+    return {"masked": masked, "savings": savings}
+
+
+def row_fields(plan: RoutePlan) -> dict[str, Any]:
+    """Columns of the ``requests`` row about preparation."""
+    done: Prepared | None = plan.prepared
+    if done is None:
+        return {}
+    saved = 0
+    memory = None
+    if done.sanitized is not None:
+        saved = done.sanitized.tokens_before - done.sanitized.tokens_after
+        memory = done.sanitized.memory_tokens or None
+    after = done.prompt_tokens_after
+    return {
+        "tokens_before_sanitize": after + saved if after is not None else None,
+        "tokens_after_sanitize": after,
+        "memory_tokens": memory,
+    }
