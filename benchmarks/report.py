@@ -29,7 +29,7 @@ from pathlib import Path
 from kimi_intercept.commands import export
 from kimi_intercept.config.settings import load_config
 from kimi_intercept.reports.pages import build_report, read_facts
-from kimi_intercept.storage.store import REQUEST_COLUMNS, open_db, open_readonly, prune
+from kimi_intercept.storage import REQUEST_COLUMNS, open_db, open_readonly, prune
 
 MODELS = [  # provider, model, share, input, cached, output (USD / 1M)
     ("kimi", "kimi-k2.6", 0.60, 0.95, 0.16, 4.00),

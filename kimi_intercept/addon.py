@@ -36,7 +36,7 @@ from kimi_intercept.config.settings import Config, ConfigError, allow_hosts_patt
 from kimi_intercept.relay.server import ROUTE_HEADER, Relay
 from kimi_intercept.routing.plan import plan_route
 from kimi_intercept.sanitizer.prepare import Preparer
-from kimi_intercept.storage.store import StoreWriter, prune_on_start, retention_days
+from kimi_intercept.storage import StoreWriter, prune_on_start, retention_days
 
 log = logging.getLogger(__name__)
 

@@ -8,101 +8,27 @@ from __future__ import annotations
 
 import sqlite3
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import click
 
 from kimi_intercept import __version__
-
-if TYPE_CHECKING:
-    import sqlite_utils
-
-    from kimi_intercept.config.settings import Config
-
-DEFAULT_CONFIG = "config.toml"
-DEMO_DB = "kimi_intercept_demo.db"
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def resolve_db_path(config_path: Path, db: Path | None) -> Path:
-    """The database to use: ``--db`` if given, else ``[storage] database`` of the config
-    (a missing config file means the built-in defaults)."""
-    if db is not None:
-        return db
-    return load(config_path).database
-
-
-def load(config_path: Path) -> Config:
-    """The config at ``config_path`` (built-in defaults if the file does not exist)."""
-    from kimi_intercept.config.settings import ConfigError, load_config
-
-    try:
-        return load_config(config_path)
-    except ConfigError as e:  # the message names the key and the fix
-        raise click.ClickException(f"{config_path}: {e}") from e
-
-
-@contextmanager
-def reading(db_path: Path) -> Iterator[sqlite_utils.Database]:
-    """A read-only connection to ``db_path`` (an older schema is migrated first), with the
-    CLI's messages for a missing or unreadable database."""
-    from kimi_intercept.storage.store import open_db, open_readonly
-
-    if not db_path.is_file():
-        raise click.ClickException(_no_database(db_path))
-    try:
-        open_db(db_path).close()
-        db = open_readonly(db_path)
-    except sqlite3.DatabaseError as e:
-        raise click.ClickException(f"Cannot read {db_path.resolve()}: {e}") from e
-    try:
-        yield db
-    except sqlite3.DatabaseError as e:
-        raise click.ClickException(f"Cannot read {db_path.resolve()}: {e}") from e
-    finally:
-        db.close()
-
-
-def _no_database(db_path: Path) -> str:
-    return (
-        f"No database at {db_path.resolve()} - run the proxy or `kimi-intercept demo` first, "
-        "or pass --db"
-    )
-
-
-def common_options(f: F) -> F:
-    """``--config`` and ``--db``, shared by every subcommand."""
-    f = click.option(
-        "--db",
-        "db",
-        type=click.Path(dir_okay=False, path_type=Path),
-        default=None,
-        help="SQLite database [default: the one named in the config]",
-    )(f)
-    f = click.option(
-        "--config",
-        "config_path",
-        type=click.Path(dir_okay=False, path_type=Path),
-        default=DEFAULT_CONFIG,
-        show_default=True,
-        help="Config file; built-in defaults if it does not exist",
-    )(f)
-    return f
-
-
-out_option = click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("reports"),
-    show_default=True,
-    help="Folder to write index.html into",
+from kimi_intercept.commands.options import (
+    DEMO_DB,
+    common_options,
+    day_of,
+    load,
+    no_database,
+    out_option,
+    reading,
+    resolve_db_path,
+    since_option,
+    until_option,
 )
+from kimi_intercept.commands.sanitizer_commands import compress, masked
 
 
 @click.group()
@@ -111,16 +37,8 @@ def main() -> None:
     """Reroute IDE LLM calls to Kimi, count every token, report on it."""
 
 
-def _day(value: Any) -> str | None:
-    return value.date().isoformat() if value else None
-
-
-since_option = click.option(
-    "--since", type=click.DateTime(["%Y-%m-%d"]), help="First day to include (UTC, YYYY-MM-DD)"
-)
-until_option = click.option(
-    "--until", type=click.DateTime(["%Y-%m-%d"]), help="Last day to include (UTC, YYYY-MM-DD)"
-)
+main.add_command(masked)
+main.add_command(compress)
 
 
 @main.command()
@@ -139,17 +57,17 @@ def report(
     from kimi_intercept.accounting.prices import price_book
     from kimi_intercept.config.settings import ConfigError
     from kimi_intercept.reports.pages import build_report
-    from kimi_intercept.storage.store import DatabaseNotFound
+    from kimi_intercept.storage import DatabaseNotFound
 
     cfg = load(config_path)
     db_path = db if db is not None else cfg.database
     try:
         price_book(cfg)
-        result = build_report(db_path, out_dir, since=_day(since), until=_day(until), cfg=cfg)
+        result = build_report(db_path, out_dir, since=day_of(since), until=day_of(until), cfg=cfg)
     except ConfigError as e:
         raise click.ClickException(f"{config_path}: {e}") from e
     except DatabaseNotFound:
-        raise click.ClickException(_no_database(db_path)) from None
+        raise click.ClickException(no_database(db_path)) from None
     except sqlite3.DatabaseError as e:  # not a database, or not readable
         raise click.ClickException(f"Cannot read {db_path.resolve()}: {e}") from e
     click.echo(f"Report written to {result.path.resolve()}")
@@ -276,10 +194,10 @@ def export(
     db_path = resolve_db_path(config_path, db)
     with reading(db_path) as ro:
         if out_file is None:
-            n = exporter.write(sys.stdout, ro, fmt, table, _day(since), _day(until))
+            n = exporter.write(sys.stdout, ro, fmt, table, day_of(since), day_of(until))
         else:
             with open(out_file, "w", encoding="utf-8", newline="") as f:
-                n = exporter.write(f, ro, fmt, table, _day(since), _day(until))
+                n = exporter.write(f, ro, fmt, table, day_of(since), day_of(until))
     if out_file is not None:
         click.echo(f"Exported {n:,} {table} rows to {out_file}", err=True)
 
@@ -294,8 +212,8 @@ def prune(config_path: Path, db: Path | None, days: int | None) -> None:
     """Delete raw rows older than the retention (their totals stay in the daily table),
     then VACUUM the file."""
     from kimi_intercept.config.settings import ConfigError
-    from kimi_intercept.storage.store import prune as prune_db
-    from kimi_intercept.storage.store import retention_days
+    from kimi_intercept.storage import prune as prune_db
+    from kimi_intercept.storage import retention_days
 
     cfg = load(config_path)
     db_path = db if db is not None else cfg.database
@@ -308,7 +226,7 @@ def prune(config_path: Path, db: Path | None, days: int | None) -> None:
             click.echo("Retention is off ([storage] retention_days = 0); nothing pruned.")
             return
     if not db_path.is_file():
-        raise click.ClickException(_no_database(db_path))
+        raise click.ClickException(no_database(db_path))
     try:
         result = prune_db(db_path, days)
     except sqlite3.DatabaseError as e:
@@ -390,135 +308,3 @@ def demo(config_path: Path, db: Path | None, out_dir: Path) -> None:
         run_demo(db or Path(DEMO_DB), out_dir, echo=click.echo)
     except ProxyStartError as e:
         raise click.ClickException(str(e)) from e
-
-
-@main.group()
-def masked() -> None:
-    """Tool outputs the sanitizer shortened (the masked table)."""
-
-
-@masked.command()
-@common_options
-@click.argument("item_id")
-def show(config_path: Path, db: Path | None, item_id: str) -> None:
-    """Print the original of masked item ITEM_ID (the id in the marker
-    "[kimi-intercept: … — id ITEM_ID]", or a unique start of it) exactly as it was."""
-    db_path = resolve_db_path(config_path, db)
-    with reading(db_path) as ro:
-        found = ro.execute(
-            "SELECT id FROM masked WHERE id >= ? AND id < ? ORDER BY id LIMIT 2",
-            [item_id, item_id + "\U0010ffff"],
-        ).fetchall()
-        if not found or len(item_id) < 6:
-            raise click.ClickException(
-                f"No masked item {item_id!r} in {db_path} (give at least 6 characters of the id; "
-                "originals are kept while [sanitizer] store_originals is on, for "
-                "[storage] retention_days)"
-            )
-        if len(found) > 1:
-            raise click.ClickException(f"{item_id!r} matches several items; give more of the id")
-        from kimi_intercept.storage.store import read_masked
-
-        original = read_masked(ro, found[0][0])
-    if original is None:
-        raise click.ClickException(
-            f"Masked item {found[0][0]} was recorded without its original "
-            "([sanitizer] store_originals = false)"
-        )
-    click.echo(original, nl=False)
-
-
-@masked.command(name="list")
-@common_options
-@click.option("--limit", default=50, show_default=True, help="Newest first, at most this many")
-def list_masked(config_path: Path, db: Path | None, limit: int) -> None:
-    """The masked items: id, when, tool, kind, size and tokens before → after."""
-    with reading(resolve_db_path(config_path, db)) as ro:
-        found = ro.execute(
-            "SELECT id, created_at, tool, kind, lines, bytes, tokens_before, tokens_after,"
-            " original IS NOT NULL FROM masked ORDER BY created_at DESC, id LIMIT ?",
-            [limit],
-        ).fetchall()
-    if not found:
-        click.echo("Nothing masked yet.")
-        return
-    click.echo(f"{'id':<16}  {'created (UTC)':<19}  {'tool':<18} {'kind':<19} "
-               f"{'lines':>7} {'bytes':>9} {'tokens before → after':>22}  original")  # fmt: skip
-    for ident, at, tool, kind, lines, size, before, after, kept in found:
-        click.echo(
-            f"{ident:<16}  {(at or '')[:19].replace('T', ' '):<19}  {(tool or '–')[:18]:<18} "
-            f"{(kind or '–')[:19]:<19} {lines or 0:>7,} {size or 0:>9,} "
-            f"{f'{before or 0:,} → {after or 0:,}':>22}  {'kept' if kept else 'not kept'}"
-        )
-
-
-@main.command()
-@common_options
-@click.argument("request_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--dialect", type=click.Choice(["openai", "anthropic", "gemini"]),
-              help="The request's dialect [default: guessed from its shape]")  # fmt: skip
-@click.option(
-    "--window",
-    "window",
-    type=int,
-    help="Context window in tokens [default: the request model's, from the config]",
-)
-@click.option("--target", "target", type=float,
-              help="Share of the window to compress down to [default: compress_at - 0.10; "
-                   "0 lists everything that could go]")  # fmt: skip
-def compress(
-    config_path: Path,
-    db: Path | None,
-    request_file: Path,
-    dialect: str | None,
-    window: int | None,
-    target: float | None,
-) -> None:
-    """Show what context compression would remove from a saved request body (JSON), and in
-    which order — the request is not changed or sent."""
-    import json
-
-    from kimi_intercept.sanitizer.compress import ContextSettings, explain
-
-    cfg = load(config_path)
-    try:
-        body = json.loads(request_file.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise click.ClickException(f"{request_file}: not a JSON request body ({e})") from e
-    if not isinstance(body, dict):
-        raise click.ClickException(f"{request_file}: a request body is a JSON object")
-    dialect = dialect or _guess_dialect(body)
-    if window is None:
-        info = cfg.model_info(body.get("model") if isinstance(body.get("model"), str) else None)
-        window = info.context_window if info else None
-        if window is None:
-            info = cfg.model_info(cfg.providers[cfg.routing.primary].model)
-            window = info.context_window if info else None
-    if not window:
-        raise click.ClickException("Unknown context window: pass --window TOKENS")
-    try:
-        settings = ContextSettings.from_table(cfg.raw.get("context", {}) or {})
-        lines = explain(dialect, body, context_window=window, settings=settings,
-                        target_share=target)  # fmt: skip
-    except ValueError as e:
-        raise click.ClickException(str(e)) from e
-    click.echo(f"{request_file} ({dialect}), context window {window:,} tokens:")
-    for line in lines:
-        click.echo(f"  {line}")
-
-
-def _guess_dialect(body: dict[str, Any]) -> str:
-    """Gemini has ``contents``; Anthropic a top-level ``system`` or content blocks of its own
-    kinds (``tool_use``, ``tool_result``, ``thinking``); else OpenAI."""
-    if "contents" in body:
-        return "gemini"
-    if "system" in body:
-        return "anthropic"
-    for m in body.get("messages") or []:
-        blocks = m.get("content") if isinstance(m, dict) else None
-        if isinstance(blocks, list) and any(
-            isinstance(b, dict) and b.get("type") in ("tool_use", "tool_result", "thinking")
-            for b in blocks
-        ):
-            return "anthropic"
-    return "openai"

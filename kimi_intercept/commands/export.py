@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import sqlite_utils
 
 from kimi_intercept.reports.pages import range_where as _where
-from kimi_intercept.storage.store import REQUEST_COLUMNS
+from kimi_intercept.storage import REQUEST_COLUMNS
 
 FORMATS = ("csv", "json")
 TABLES = ("requests", "conversations")

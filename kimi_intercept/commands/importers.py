@@ -42,7 +42,7 @@ from typing import Any
 from kimi_intercept.accounting.pricing import cost_usd_at
 from kimi_intercept.accounting.usage import Usage
 from kimi_intercept.config.settings import Config, ConfigError
-from kimi_intercept.storage.store import open_db
+from kimi_intercept.storage import open_db
 
 MAX_BYTES = 512 * 1024 * 1024
 

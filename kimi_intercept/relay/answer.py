@@ -157,9 +157,7 @@ async def pipe(
         meter.finish()
 
 
-def may_continue(
-    sender: Upstream, plan: RoutePlan, target: Target, meter: Any, sse: bool
-) -> bool:
+def may_continue(sender: Upstream, plan: RoutePlan, target: Target, meter: Any, sse: bool) -> bool:
     """``continue_on_break`` applies: a rerouted text stream (no tool call in flight) with a
     provider after this one."""
     return (

@@ -26,7 +26,6 @@ from kimi_intercept.sanitizer.sanitize import count_prompt_tokens
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class Outcome:
     """What happened to one client request, filled in by the relay as it goes.

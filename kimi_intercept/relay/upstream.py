@@ -74,7 +74,6 @@ class Upstream:
             return f.retry_after_s if f.retry_after_s <= rc.retry_max_wait_s else None
         return None
 
-
     async def open(
         self, target: Target, budget: float, plan: RoutePlan | None = None
     ) -> tuple[aiohttp.ClientResponse, bytes]:

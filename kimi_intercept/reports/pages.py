@@ -79,7 +79,7 @@ from kimi_intercept.reports.tables import (
     read_latency,
     sanitizer_value,
 )
-from kimi_intercept.storage.store import DatabaseNotFound, open_db, open_readonly
+from kimi_intercept.storage import DatabaseNotFound, open_db, open_readonly
 
 __all__ = [
     "CONVERSATION_LIST_LIMIT",

@@ -38,17 +38,27 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from kimi_intercept.accounting import tokens
-from kimi_intercept.sanitizer.mask import (
+from kimi_intercept.sanitizer.mask import (  # noqa: F401 (re-exported: the sanitizer's public API)
     _JSON_OBJECT_RE,
     _MEMORY_TOOL_RE,
     _MISSING,
+    DEFAULT_SKIP_TOOLS,
+    END_OF_ERRORS,
+    MARKER_RE,
     MaskCache,
     MaskedItem,
     SanitizeResult,
     SanitizeSettings,
     _mask,
+    content_id,
+    mask_text,
 )
-from kimi_intercept.sanitizer.walk import messages_key, note_calls, rewrite_message, rewrite_spans
+from kimi_intercept.sanitizer.walk import (  # noqa: F401
+    messages_key,
+    note_calls,
+    rewrite_message,
+    rewrite_spans,
+)
 
 # --- sanitizing ------------------------------------------------------------------------------
 

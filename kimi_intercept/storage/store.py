@@ -1,35 +1,8 @@
-"""The SQLite store: one row per client request, one row per upstream attempt, the sanitizer's
-masked originals and savings, and daily rollups that outlive pruned rows.
+"""The store writer: :class:`StoreWriter` writes request, attempt and sanitizer rows from one
+background thread, off the proxy's event loop; :func:`read_masked` reads a masked original back.
 
-The schema is a public contract — reports and ad-hoc SQL query it — and only changes through
-``migrations`` (one small function per change, applied by :func:`open_db`).
-
-Writes happen off the proxy's event loop: :class:`StoreWriter` owns one thread and one
-connection, fed by a queue. ``put()`` costs microseconds and never raises; the thread writes
-whatever has queued up in one transaction. Readers (the report) use :func:`open_readonly`.
-
-Counting rule: a request whose ``(provider, response_id)`` was already recorded gets
-``duplicate_of`` set to the first row's id (a trigger, so every way of inserting obeys it);
-every aggregate counts ``duplicate_of IS NULL`` rows only, so a replayed or retried response
-is counted once.
-
-Totals: triggers keep ``daily`` (per day × provider × model × client × route × usage source)
-and ``daily_savings`` (per day × tool) equal to the sums over counted rows, on every insert
-and update, so reports read a few thousand rows instead of millions.
-
-Retention (:func:`prune`): raw rows older than ``[storage] retention_days`` are deleted and the
-file compacted with ``VACUUM``; their totals stay in ``daily`` / ``daily_savings``.
-
-Where it lives: the tables, ``migrations``, :func:`open_db` and :func:`open_readonly` in
-:mod:`kimi_intercept.storage.schema`; the counting rule's triggers and the ``daily`` rollups in
-:mod:`.rollup`; retention in :mod:`.retention`. This module holds
-:class:`StoreWriter` and :func:`read_masked` and re-exports the rest: import from here.
-
-Errors::
-
-    FileNotFoundError
-     └── DatabaseNotFound      open_readonly() on a path with no database
-    ConfigError                retention_days() on a bad ``[storage] retention_days``
+``put()`` costs microseconds and never raises; the thread writes whatever has queued up in one
+transaction. The tables, the counting rule and retention: :mod:`kimi_intercept.storage`.
 """
 
 from __future__ import annotations
@@ -47,71 +20,13 @@ from typing import Any
 
 import sqlite_utils
 
-from kimi_intercept.storage.retention import (
-    DEFAULT_RETENTION_DAYS,
-    PruneResult,
-    prune,
-    prune_on_start,
-    retention_days,
-)
-from kimi_intercept.storage.rollup import (
-    CALIB,
-    COUNTED_SUMS_SQL,
-    DAILY_KEYS,
-    DAILY_KEYS_SQL,
-    DAILY_SAVINGS_COLUMNS,
-    DAILY_SUMS,
-    daily_from_requests,
-)
 from kimi_intercept.storage.schema import (
     ATTEMPT_COLUMNS,
     DEFAULT_BUSY_TIMEOUT_MS,
     EXTRA_TABLES,
-    MASKED_COLUMNS,
     REQUEST_COLUMNS,
-    SAVINGS_COLUMNS,
-    SHADOW_COLUMNS,
-    DatabaseNotFound,
-    m001_initial,
-    m002_requests_dialect,
-    m003_accounting,
-    m004_shadow,
-    migrations,
     open_db,
-    open_readonly,
 )
-
-__all__ = [
-    "ATTEMPT_COLUMNS",
-    "CALIB",
-    "COUNTED_SUMS_SQL",
-    "DAILY_KEYS",
-    "DAILY_KEYS_SQL",
-    "DAILY_SAVINGS_COLUMNS",
-    "DAILY_SUMS",
-    "DEFAULT_BUSY_TIMEOUT_MS",
-    "DEFAULT_RETENTION_DAYS",
-    "EXTRA_TABLES",
-    "MASKED_COLUMNS",
-    "REQUEST_COLUMNS",
-    "SAVINGS_COLUMNS",
-    "SHADOW_COLUMNS",
-    "DatabaseNotFound",
-    "PruneResult",
-    "StoreWriter",
-    "daily_from_requests",
-    "m001_initial",
-    "m002_requests_dialect",
-    "m003_accounting",
-    "m004_shadow",
-    "migrations",
-    "open_db",
-    "open_readonly",
-    "prune",
-    "prune_on_start",
-    "read_masked",
-    "retention_days",
-]
 
 logger = logging.getLogger(__name__)
 

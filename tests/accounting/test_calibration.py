@@ -8,8 +8,7 @@ import pytest
 from kimi_intercept.accounting import calibration
 from kimi_intercept.accounting.calibration import Calibration
 from kimi_intercept.config.settings import ModelInfo
-from kimi_intercept.storage import store
-from kimi_intercept.storage.store import StoreWriter, open_db, open_readonly
+from kimi_intercept.storage import StoreWriter, open_db, open_readonly, prune
 
 
 def sample(n: int, started_at: str, est: int, actual: int, model: str = "kimi-k2.6", **extra):
@@ -77,7 +76,7 @@ def test_calibration_improves_the_estimate_on_a_held_out_sample(noisy):
 def test_calibration_survives_pruning(noisy):
     path, _ = noisy
     before = calibration.learn(open_readonly(path))[("kimi", "kimi-k2.6")]
-    store.prune(path, 5, now=datetime(2026, 11, 20, tzinfo=timezone.utc))  # keeps 16th-20th
+    prune(path, 5, now=datetime(2026, 11, 20, tzinfo=timezone.utc))  # keeps 16th-20th
     after = calibration.learn(open_readonly(path))[("kimi", "kimi-k2.6")]
     assert after.samples == before.samples == 200
     assert after.prompt_ratio == pytest.approx(before.prompt_ratio, rel=1e-12)

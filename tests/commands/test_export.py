@@ -7,11 +7,11 @@ import tracemalloc
 
 import pytest
 from click.testing import CliRunner
-from test_report_suite import C1, C2, SUITE, write
+from reportrows import C1, C2, SUITE, write
 
 from kimi_intercept.commands import export
 from kimi_intercept.commands.cli import main
-from kimi_intercept.storage.store import REQUEST_COLUMNS, open_db, open_readonly
+from kimi_intercept.storage import REQUEST_COLUMNS, open_db, open_readonly
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from kimi_intercept.commands.importers import (
     resolve_path,
 )
 from kimi_intercept.config.settings import ConfigError, load_config
-from kimi_intercept.storage.store import open_readonly
+from kimi_intercept.storage import open_readonly
 
 TASKS = [
     {"id": "1755880998123", "ulid": "01K3", "ts": 1795258800000, "task": "SECRET task text",
@@ -291,7 +291,7 @@ def test_cli_import(tmp_path, cline_file):
 
 
 def test_imported_rows_show_in_the_report(tmp_path, cfg, cline_file, continue_file):
-    from test_report import Tables
+    from reportrows import Tables
 
     from kimi_intercept.reports import pages as report
 

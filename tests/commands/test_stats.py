@@ -6,10 +6,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from click.testing import CliRunner
-from test_report import row, write_rows
+from reportrows import row, write_rows
 
 from kimi_intercept.commands.cli import main
-from kimi_intercept.storage.store import open_readonly
+from kimi_intercept.storage import open_readonly
 
 TODAY = datetime.now(timezone.utc).date()
 

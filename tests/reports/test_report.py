@@ -1,15 +1,15 @@
 from __future__ import annotations
 
 import re
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from reportrows import Tables, by_id, row, write_rows
 
 from kimi_intercept.commands.cli import main, resolve_db_path
 from kimi_intercept.reports import pages as report
-from kimi_intercept.storage.store import DatabaseNotFound, StoreWriter, open_db, open_readonly
+from kimi_intercept.storage import DatabaseNotFound, open_db, open_readonly
 
 XSS = "<script>alert(1)</script>"
 
@@ -18,34 +18,6 @@ XSS = "<script>alert(1)</script>"
 def _isolate(tmp_path, monkeypatch):
     # The CLI's defaults (config.toml, kimi_intercept.db, reports/) resolve inside tmp_path.
     monkeypatch.chdir(tmp_path)
-
-
-def write_rows(db_path: Path, rows: list[tuple[dict, list[dict]]]) -> None:
-    writer = StoreWriter(db_path)
-    for request, attempts in rows:
-        writer.put(request, attempts)
-    assert writer.close()
-
-
-def row(id: str, started_at: str, **extra) -> dict:
-    return {
-        "id": id,
-        "started_at": started_at,
-        "client": "openai-python/1.2",
-        "client_host": "127.0.0.1",
-        "client_model": "gpt-4o",
-        "provider": "moonshot",
-        "model": "kimi-k2",
-        "status_code": 200,
-        "outcome": "ok",
-        "attempts": 1,
-        "fallback_used": 0,
-        "route": "reroute",
-        "stream": 1,
-        "host": "api.openai.com",
-        "usage_source": "provider",
-        **extra,
-    }
 
 
 # 3 requests on 2 days: one with a fallback, one unpriced, one estimated.
@@ -118,46 +90,6 @@ def db_path(tmp_path):
 @pytest.fixture
 def page(db_path, tmp_path):
     return report.write_report(db_path, tmp_path / "out").read_text("utf-8")
-
-
-def by_id(html: str, id: str) -> tuple[str, str]:
-    """(data-value, text) of the element with this id."""
-    m = re.search(rf'id="{re.escape(id)}" data-value="([^"]*)">([^<]*)<', html)
-    assert m, f"no element with id {id!r}"
-    return m.group(1), m.group(2)
-
-
-class Tables(HTMLParser):
-    """Collects the cell texts of every <table id=...>."""
-
-    def __init__(self, html: str) -> None:
-        super().__init__()
-        self.tables: dict[str, list[list[str]]] = {}
-        self._table: str | None = None
-        self._cell: list[str] | None = None
-        self.feed(html)
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "table":
-            self._table = dict(attrs)["id"]
-            self.tables[self._table] = []
-        elif tag == "tr" and self._table:
-            self.tables[self._table].append([])
-        elif tag in ("td", "th") and self._table:
-            self._cell = []
-        elif tag == "br" and self._cell is not None:
-            self._cell.append(" ")
-
-    def handle_endtag(self, tag):
-        if tag == "table":
-            self._table = None
-        elif tag in ("td", "th") and self._cell is not None:
-            self.tables[self._table][-1].append(" ".join("".join(self._cell).split()))
-            self._cell = None
-
-    def handle_data(self, data):
-        if self._cell is not None:
-            self._cell.append(data)
 
 
 def test_totals(page):

@@ -24,7 +24,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from test_report_suite import C1, SUITE, write
+from reportrows import C1, SUITE, write
 
 from kimi_intercept.reports import pages as report
 

@@ -4,77 +4,15 @@ a replayed response counted once, unpriced models, calibration, every page escap
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
-from test_report import Tables, by_id, row
+from reportrows import BAD_CLIENT, BAD_MODEL, C1, C2, SUITE, TITLE, Tables, by_id, kimi, row, write
 
 from kimi_intercept.accounting.pricing import cost_usd_at
 from kimi_intercept.accounting.usage import Usage
 from kimi_intercept.config.settings import load_config
 from kimi_intercept.reports import pages as report
-from kimi_intercept.storage.store import StoreWriter, open_readonly
-
-C1, C2 = "a" * 64, "b" * 64
-TITLE = "<script>alert('t')</script> fix the tests"
-BAD_CLIENT = "<img src=x onerror=alert(1)>"
-BAD_MODEL = "<script>m</script>"
-PAGES = ["index.html", "providers.html", "models.html", "clients.html", "conversations.html"]
-
-
-def kimi(id: str, started_at: str, **extra) -> dict:
-    return row(id, started_at, provider="kimi", model="kimi-k2.6", client="claude-cli/2.1",
-               context_window=262_144, **extra)  # fmt: skip
-
-
-SUITE = [
-    (kimi("s1", "2026-11-19T10:00:00.000Z", conversation_id=C1, conversation_title=TITLE,
-          prompt_tokens=1000, cached_tokens=200, completion_tokens=100, cost_usd=0.001,
-          ttft_ms=100.0, duration_ms=1000.0, response_id="resp-1",
-          prompt_tokens_estimate=800, completion_tokens_estimate=80),
-     [{"provider": "kimi", "model": "kimi-k2.6", "status_code": 200}], None),
-    (kimi("s2", "2026-11-20T10:00:00.000Z", conversation_id=C1, conversation_title="later",
-          prompt_tokens=3000, cached_tokens=1000, completion_tokens=200, cost_usd=0.003,
-          ttft_ms=200.0, duration_ms=2000.0, response_id="resp-2",
-          prompt_tokens_estimate=2500, completion_tokens_estimate=160,
-          tokens_before_sanitize=8000, tokens_after_sanitize=3500),
-     [{"provider": "kimi", "model": "kimi-k2.6", "status_code": 200}],
-     {"savings": [{"tool": "Bash", "items": 1, "tokens_before": 5000, "tokens_after": 500}],
-      "masked": [{"id": "h1", "created_at": "2026-11-20T10:00:00.000Z", "tool": "Bash",
-                  "kind": "truncate", "lines": 900, "bytes": 40000, "tokens_before": 5000,
-                  "tokens_after": 500, "original": "x" * 40000}]}),
-    # The same answer replayed (the client retried): not counted anywhere.
-    (kimi("s3", "2026-11-20T10:00:05.000Z", conversation_id=C1, prompt_tokens=3000,
-          completion_tokens=200, cost_usd=0.003, response_id="resp-2", ttft_ms=5000.0),
-     [], {"savings": [{"tool": "Bash", "items": 1, "tokens_before": 5000, "tokens_after": 500}]}),
-    (row("s4", "2026-11-20T12:00:00.000Z", provider="deepseek", model="deepseek-chat",
-         client="OpenAI/Python 2.54.0", conversation_id=C2, conversation_title="hello",
-         prompt_tokens=500, completion_tokens=50, cost_usd=0.0002, fallback_used=1, attempts=2,
-         ttft_ms=300.0, duration_ms=900.0, response_id="resp-4"),
-     [{"provider": "kimi", "model": "kimi-k2.6", "status_code": 429,
-       "error": "rate_limit: slow down"},
-      {"provider": "deepseek", "model": "deepseek-chat", "status_code": 200}], None),
-    (kimi("s5", "2026-11-21T09:00:00.000Z", conversation_id=C1, prompt_tokens=100,
-          completion_tokens=10, cost_usd=0.000135, usage_source="estimate", ttft_ms=400.0,
-          duration_ms=1500.0),
-     [], None),
-    (row("s6", "2026-11-21T10:00:00.000Z", provider="kimi", model=BAD_MODEL, client=BAD_CLIENT,
-         prompt_tokens=50, completion_tokens=5, cost_usd=None),
-     [], None),
-    (kimi("s7", "2026-11-21T11:00:00.000Z", outcome="error", status_code=502,
-          error="server_error: HTTP 502", usage_source=None),
-     [{"provider": "kimi", "model": "kimi-k2.6", "status_code": 502,
-       "error": "server_error: HTTP 502 upstream"},
-      {"provider": "kimi", "model": "kimi-k2.6", "error": "timeout: no first byte within 60 s"},
-      {"provider": "deepseek", "error": "skipped: circuit open"}], None),
-]  # fmt: skip
-
-
-def write(db_path: Path, rows) -> None:
-    w = StoreWriter(db_path)
-    for request, attempts, extra in rows:
-        w.put(request, attempts, extra)
-    assert w.close()
+from kimi_intercept.storage import open_readonly
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import json
 from click.testing import CliRunner
 
 from kimi_intercept.commands.cli import main as cli_main
-from kimi_intercept.storage.store import StoreWriter
+from kimi_intercept.storage import StoreWriter
 
 
 def test_masked_list_shows_each_item_once(tmp_path):

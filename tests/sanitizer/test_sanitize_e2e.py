@@ -12,7 +12,7 @@ from proxyproc import render_config, wait_rows
 from kimi_intercept.commands.cli import main as cli_main
 from kimi_intercept.commands.simulator import Reply
 from kimi_intercept.sanitizer.mask import MARKER_RE
-from kimi_intercept.storage.store import open_readonly, read_masked
+from kimi_intercept.storage import open_readonly, read_masked
 
 
 def pytest_log(lines: int) -> str:

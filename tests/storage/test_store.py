@@ -10,8 +10,8 @@ from datetime import datetime, timezone
 import pytest
 import sqlite_utils
 
-from kimi_intercept.storage import store
-from kimi_intercept.storage.store import REQUEST_COLUMNS, StoreWriter, open_db, open_readonly
+from kimi_intercept import storage as store
+from kimi_intercept.storage import REQUEST_COLUMNS, StoreWriter, open_db, open_readonly
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,111 @@
+"""What every subcommand shares: ``--config`` / ``--db`` and the range options, loading the
+config with a message that names the fix, and opening the database read-only."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    import sqlite_utils
+
+    from kimi_intercept.config.settings import Config
+
+DEFAULT_CONFIG = "config.toml"
+DEMO_DB = "kimi_intercept_demo.db"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def resolve_db_path(config_path: Path, db: Path | None) -> Path:
+    """The database to use: ``--db`` if given, else ``[storage] database`` of the config
+    (a missing config file means the built-in defaults)."""
+    if db is not None:
+        return db
+    return load(config_path).database
+
+
+def load(config_path: Path) -> Config:
+    """The config at ``config_path`` (built-in defaults if the file does not exist)."""
+    from kimi_intercept.config.settings import ConfigError, load_config
+
+    try:
+        return load_config(config_path)
+    except ConfigError as e:  # the message names the key and the fix
+        raise click.ClickException(f"{config_path}: {e}") from e
+
+
+@contextmanager
+def reading(db_path: Path) -> Iterator[sqlite_utils.Database]:
+    """A read-only connection to ``db_path`` (an older schema is migrated first), with the
+    CLI's messages for a missing or unreadable database."""
+    from kimi_intercept.storage import open_db, open_readonly
+
+    if not db_path.is_file():
+        raise click.ClickException(no_database(db_path))
+    try:
+        open_db(db_path).close()
+        db = open_readonly(db_path)
+    except sqlite3.DatabaseError as e:
+        raise click.ClickException(f"Cannot read {db_path.resolve()}: {e}") from e
+    try:
+        yield db
+    except sqlite3.DatabaseError as e:
+        raise click.ClickException(f"Cannot read {db_path.resolve()}: {e}") from e
+    finally:
+        db.close()
+
+
+def no_database(db_path: Path) -> str:
+    return (
+        f"No database at {db_path.resolve()} - run the proxy or `kimi-intercept demo` first, "
+        "or pass --db"
+    )
+
+
+def common_options(f: F) -> F:
+    """``--config`` and ``--db``, shared by every subcommand."""
+    f = click.option(
+        "--db",
+        "db",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="SQLite database [default: the one named in the config]",
+    )(f)
+    f = click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=DEFAULT_CONFIG,
+        show_default=True,
+        help="Config file; built-in defaults if it does not exist",
+    )(f)
+    return f
+
+
+out_option = click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("reports"),
+    show_default=True,
+    help="Folder to write index.html into",
+)
+
+
+def day_of(value: Any) -> str | None:
+    """``YYYY-MM-DD`` of a ``--since``/``--until`` value, or ``None``."""
+    return value.date().isoformat() if value else None
+
+
+since_option = click.option(
+    "--since", type=click.DateTime(["%Y-%m-%d"]), help="First day to include (UTC, YYYY-MM-DD)"
+)
+until_option = click.option(
+    "--until", type=click.DateTime(["%Y-%m-%d"]), help="Last day to include (UTC, YYYY-MM-DD)"
+)
