@@ -3,11 +3,15 @@
 Hooks (order on a streamed flow: ``request → responseheaders → chunks → response``, shared
 notes ``mitmproxy.md`` appendix):
 
-- ``load``: registers the option ``kimi_config`` (path of ``config.toml``).
-- ``configure``: parses the config once; sets ``allow_hosts`` (only LLM hosts are decrypted),
-  ``connection_strategy=lazy`` (required to reroute), and ``listen_host=127.0.0.1`` unless the
-  user chose an interface. A bad config (any table: routing rules, ``[sanitizer]``, ``[prices]``
-  …) raises ``OptionsError`` naming the fix.
+- ``load``: registers the option ``kimi_config`` (path of ``config.toml``) and sets
+  ``listen_host=127.0.0.1`` unless the user chose an interface, before any config is parsed.
+- ``configure``: parses and checks the config once (:func:`.commands.checks.check_config`, the
+  CLI's check too); sets ``allow_hosts`` (only LLM hosts are decrypted) and
+  ``connection_strategy=lazy`` (required to reroute); logs one warning when no provider of the
+  chain has its API key. A bad config (any table, any unknown key) is one line naming the fix:
+  at start, logged as an error and mitmdump exits with 1 before it listens (mitmproxy would
+  print a chained traceback, listen, then exit); once running (``:set kimi_config=…``), an
+  ``OptionsError`` that keeps the previous config.
 - ``running``: prunes rows past ``[storage] retention_days``, starts the SQLite writer and the
   relay on mitmproxy's loop.
 - ``request``: an intercepted LLM call (any dialect) is planned (:mod:`.routing`, in a worker
@@ -23,20 +27,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
 from kimi_intercept.accounting import tokens
-from kimi_intercept.accounting.prices import price_book
-from kimi_intercept.commands.importers import import_config
+from kimi_intercept.commands.checks import check_config, unusable_chain_warning
 from kimi_intercept.commands.status import status_file_for
-from kimi_intercept.config.settings import Config, ConfigError, allow_hosts_patterns, load_config
+from kimi_intercept.config.settings import Config, ConfigError, allow_hosts_patterns
 from kimi_intercept.relay.server import ROUTE_HEADER, Relay
 from kimi_intercept.routing.plan import plan_route
 from kimi_intercept.sanitizer.prepare import Preparer
-from kimi_intercept.storage import StoreWriter, prune_on_start, retention_days
+from kimi_intercept.storage import StoreWriter, prune_on_start
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,7 @@ class KimiIntercept:
         self.preparer: Preparer | None = None
         self.relay: Relay | None = None
         self.writer: StoreWriter | None = None
+        self.is_running = False
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -57,17 +62,23 @@ class KimiIntercept:
             "config.toml",
             "Path of the kimi-intercept TOML configuration (a missing file means defaults).",
         )
+        # Before the config is parsed: never listen on every interface, even briefly.
+        if "listen_host" in ctx.options and not ctx.options.listen_host:
+            ctx.options.update(listen_host="127.0.0.1")
 
     def configure(self, updated: set[str]) -> None:
         if "kimi_config" in updated:
             try:
-                cfg = load_config(ctx.options.kimi_config)
-                preparer = Preparer(cfg)  # validates [sanitizer] and [context]
-                price_book(cfg)  # [prices]
-                retention_days(cfg)  # [storage] retention_days
-                import_config(cfg)  # [import]
+                checked = check_config(ctx.options.kimi_config)
             except ConfigError as e:
-                raise exceptions.OptionsError(f"kimi_config: {e}") from e
+                message = f"kimi_config {ctx.options.kimi_config}: {e}"
+                if not self.is_running and ctx.master.addons.get("errorcheck") is not None:
+                    # mitmdump starting: mitmproxy would print a chained traceback, listen, and
+                    # only then exit on the logged error. One line, and exit before listening.
+                    log.error("kimi-intercept: %s", message)
+                    sys.exit(1)
+                raise exceptions.OptionsError(message) from None
+            cfg, preparer = checked.cfg, checked.preparer
             self.cfg, self.preparer = cfg, preparer
             if self.relay is not None:
                 self.relay.cfg, self.relay.preparer = cfg, preparer
@@ -78,12 +89,16 @@ class KimiIntercept:
             if not ctx.options.listen_host:
                 changes["listen_host"] = "127.0.0.1"
             ctx.options.update(**changes)
-            for p in cfg.chain:
-                if not p.api_key:
-                    log.warning("kimi-intercept: %s; it will be skipped", p.missing_key_hint())
+            if warning := unusable_chain_warning(cfg):
+                log.warning("%s", warning)
+            else:
+                for p in cfg.chain:
+                    if not p.api_key:
+                        log.warning("kimi-intercept: %s; it will be skipped", p.missing_key_hint())
 
     async def running(self) -> None:
         assert self.cfg is not None
+        self.is_running = True
         await asyncio.to_thread(prune_on_start, self.cfg)  # retention; never raises
         self.writer = StoreWriter(self.cfg.database)
         self.relay = Relay(
@@ -99,7 +114,8 @@ class KimiIntercept:
             "route %s (share %g%%), database %s",
             port,
             len(self.cfg.hosts),
-            " → ".join(p.name for p in self.cfg.chain),
+            " → ".join(p.name for p in self.cfg.chain)
+            + (" (no provider has an API key)" if unusable_chain_warning(self.cfg) else ""),
             self.cfg.routing.share,
             self.cfg.database,
         )

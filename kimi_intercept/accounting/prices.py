@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any
 
+from kimi_intercept.config.keys import unknown_key_message
 from kimi_intercept.config.settings import Config, ConfigError, ModelInfo
 
 _KEYS = {"since", "provider", "input_per_mtok", "cached_input_per_mtok", "output_per_mtok"}
@@ -131,9 +132,8 @@ def parse_prices(table: Any) -> dict[str, tuple[PriceEntry, ...]]:
 def _entry(key: str, e: Any) -> PriceEntry:
     if not isinstance(e, Mapping):
         raise ConfigError(f"{key} must be a table with since, input_per_mtok, output_per_mtok")
-    unknown = sorted(set(e) - _KEYS)
-    if unknown:
-        raise ConfigError(f"{key} has unknown key(s) {unknown}; the keys are {sorted(_KEYS)}")
+    if message := unknown_key_message(e, _KEYS, f"[[{key.rsplit('[', 1)[0]}]]"):
+        raise ConfigError(message)
     since = e.get("since")
     try:
         day = to_day(since) if isinstance(since, (str, date)) else None

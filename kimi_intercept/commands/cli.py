@@ -6,6 +6,7 @@ file means built-in defaults) and ``--db`` (default: the database the config nam
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ import click
 from kimi_intercept import __version__
 from kimi_intercept.commands.options import (
     DEMO_DB,
+    cannot_write,
     common_options,
     day_of,
     load,
@@ -27,11 +29,29 @@ from kimi_intercept.commands.options import (
     resolve_db_path,
     since_option,
     until_option,
+    writable_dir,
 )
 from kimi_intercept.commands.sanitizer_commands import compress, masked
 
 
-@click.group()
+class _Group(click.Group):
+    """Output piped into a reader that stops early (``| head -1``) ends the command quietly
+    with exit code 0, as the Python docs recommend
+    (https://docs.python.org/3/library/signal.html#note-on-sigpipe)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # a pipe closed early fails here, not at interpreter exit
+            return result
+        except BrokenPipeError:
+            # Python flushes stdout again at exit: point it at devnull so that cannot fail.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(0)
+
+
+@click.group(cls=_Group)
 @click.version_option(__version__, prog_name="kimi-intercept")
 def main() -> None:
     """Reroute IDE LLM calls to Kimi, count every token, report on it."""
@@ -61,6 +81,9 @@ def report(
 
     cfg = load(config_path)
     db_path = db if db is not None else cfg.database
+    if not db_path.is_file():
+        raise click.ClickException(no_database(db_path))
+    writable_dir(out_dir, "the report")
     try:
         price_book(cfg)
         result = build_report(db_path, out_dir, since=day_of(since), until=day_of(until), cfg=cfg)
@@ -68,6 +91,8 @@ def report(
         raise click.ClickException(f"{config_path}: {e}") from e
     except DatabaseNotFound:
         raise click.ClickException(no_database(db_path)) from None
+    except OSError as e:  # the folder became unwritable, the disk is full …
+        raise cannot_write("the report", out_dir, e) from None
     except sqlite3.DatabaseError as e:  # not a database, or not readable
         raise click.ClickException(f"Cannot read {db_path.resolve()}: {e}") from e
     click.echo(f"Report written to {result.path.resolve()}")
@@ -196,8 +221,11 @@ def export(
         if out_file is None:
             n = exporter.write(sys.stdout, ro, fmt, table, day_of(since), day_of(until))
         else:
-            with open(out_file, "w", encoding="utf-8", newline="") as f:
-                n = exporter.write(f, ro, fmt, table, day_of(since), day_of(until))
+            try:
+                with open(out_file, "w", encoding="utf-8", newline="") as f:
+                    n = exporter.write(f, ro, fmt, table, day_of(since), day_of(until))
+            except OSError as e:
+                raise cannot_write(f"the {table}", out_file, e) from None
     if out_file is not None:
         click.echo(f"Exported {n:,} {table} rows to {out_file}", err=True)
 
@@ -304,6 +332,7 @@ def demo(config_path: Path, db: Path | None, out_dir: Path) -> None:
     from kimi_intercept.commands.demo import run_demo
     from kimi_intercept.commands.mitmdump import ProxyStartError
 
+    writable_dir(out_dir, "the report")
     try:
         run_demo(db or Path(DEMO_DB), out_dir, echo=click.echo)
     except ProxyStartError as e:

@@ -11,9 +11,10 @@ CSV has a header row; NULL is an empty field.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any, TextIO
 
 import sqlite_utils
@@ -31,7 +32,7 @@ def rows(
     table: str = "requests",
     since: str | None = None,
     until: str | None = None,
-) -> tuple[list[str], Iterator[list[tuple[Any, ...]]]]:
+) -> tuple[list[str], Generator[list[tuple[Any, ...]], None, None]]:
     """Column names and a lazy iterator over the rows of ``table`` in the range, in batches
     of :data:`BATCH`.
 
@@ -77,6 +78,11 @@ def write(
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     columns, it = rows(db, table, since, until)
+    with contextlib.closing(it):  # the cursor is closed even when writing fails
+        return _write(out, fmt, columns, it)
+
+
+def _write(out: TextIO, fmt: str, columns: list[str], it: Iterator[list[tuple[Any, ...]]]) -> int:
     n = 0
     if fmt == "csv":
         w = csv.writer(out, lineterminator="\n")

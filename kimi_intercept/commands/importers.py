@@ -41,6 +41,7 @@ from typing import Any
 
 from kimi_intercept.accounting.pricing import cost_usd_at
 from kimi_intercept.accounting.usage import Usage
+from kimi_intercept.config.keys import unknown_key_message
 from kimi_intercept.config.settings import Config, ConfigError
 from kimi_intercept.storage import open_db
 
@@ -118,10 +119,10 @@ def import_config(cfg: Config) -> dict[str, Path]:
     table = cfg.raw.get("import", {})
     if not isinstance(table, Mapping):
         raise ConfigError('[import] must be a table: cline = "PATH", continue = "PATH"')
+    if message := unknown_key_message(table, SOURCES, "[import]"):
+        raise ConfigError(message)
     out = {}
     for key, value in table.items():
-        if key not in SOURCES:
-            raise ConfigError(f"import.{key} is not a known ledger; the keys are {sorted(SOURCES)}")
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(
                 f"import.{key} must be the path of {SOURCES[key].label}'s "

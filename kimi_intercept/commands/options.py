@@ -31,13 +31,15 @@ def resolve_db_path(config_path: Path, db: Path | None) -> Path:
 
 
 def load(config_path: Path) -> Config:
-    """The config at ``config_path`` (built-in defaults if the file does not exist)."""
-    from kimi_intercept.config.settings import ConfigError, load_config
+    """The config at ``config_path`` (built-in defaults if the file does not exist), every
+    table checked exactly as the proxy checks it (:func:`.checks.check_config`)."""
+    from kimi_intercept.commands.checks import check_config
+    from kimi_intercept.config.settings import ConfigError
 
     try:
-        return load_config(config_path)
+        return check_config(config_path).cfg
     except ConfigError as e:  # the message names the key and the fix
-        raise click.ClickException(f"{config_path}: {e}") from e
+        raise click.ClickException(f"{config_path}: {e}") from None
 
 
 @contextmanager
@@ -59,6 +61,28 @@ def reading(db_path: Path) -> Iterator[sqlite_utils.Database]:
         raise click.ClickException(f"Cannot read {db_path.resolve()}: {e}") from e
     finally:
         db.close()
+
+
+def cannot_write(what: str, path: Path, e: OSError) -> click.ClickException:
+    """One line naming ``path`` and the problem, e.g. ``Cannot write the report to out:
+    Permission denied (out/index.html)``."""
+    where = f" ({e.filename})" if e.filename and str(e.filename) != str(path) else ""
+    return click.ClickException(f"Cannot write {what} to {path}: {e.strerror or e}{where}")
+
+
+def writable_dir(path: Path, what: str) -> None:
+    """Create ``path`` if needed and check a file can be written in it, before any work.
+
+    :raises click.ClickException: naming the path and the problem
+    """
+    import tempfile
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise cannot_write(what, path, e) from None
 
 
 def no_database(db_path: Path) -> str:

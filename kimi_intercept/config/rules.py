@@ -35,10 +35,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kimi_intercept.config.keys import unknown_key_message
+
 MATCH_KEYS = ("model", "client", "dialect", "min_prompt_tokens", "has_tools", "thinking", "header")
 RULE_KEYS = ("name", "match", "chain", "overrides", "unset", "strategy", "weights", "validate")
 WEIGHT_KEYS = ("context", "price", "latency")
 VALIDATE_KEYS = ("empty", "json", "repetition")
+CHAIN_ENTRY_KEYS = ("provider", "model")
 # OpenAI field -> (Anthropic field, Gemini generationConfig field) with the same meaning.
 SAME_MEANING = {
     "temperature": ("temperature", "temperature"),
@@ -150,23 +153,29 @@ def parse_rules(raw: Any, providers: Mapping[str, Any]) -> tuple[Rule, ...]:
         if not isinstance(table, dict):
             raise RuleError(f"{where} must be a table")
         name = table.get("name")
+        if isinstance(name, str) and name:
+            where = f"routing rule {name!r}"
+        _check_keys(table, RULE_KEYS, f"{where}:")
         if not isinstance(name, str) or not name:
             raise RuleError(f'{where} needs a name: name = "…"')
-        where = f"routing rule {name!r}"
         if name in names:
             raise RuleError(f"{where}: another rule has the same name; names must be unique")
         names.add(name)
-        for key in table:
-            if key not in RULE_KEYS:
-                raise RuleError(f"{where}: unknown key {key!r}; a rule has {', '.join(RULE_KEYS)}")
         rules.append(_rule(name, table, where, providers))
     return tuple(rules)
+
+
+def _check_keys(table: Any, allowed: tuple[str, ...], where: str) -> None:
+    message = unknown_key_message(table, allowed, where)
+    if message:
+        raise RuleError(message)
 
 
 def _rule(name: str, t: dict[str, Any], where: str, providers: Mapping[str, Any]) -> Rule:
     match = t.get("match", {})
     if not isinstance(match, dict):
         raise RuleError(f'{where}: match must be a table, e.g. match = {{ model = "gpt-4o*" }}')
+    _check_keys(match, MATCH_KEYS, f"{where}, match:")
     for key, value in match.items():
         _check_match(where, key, value)
     chain = _chain(where, t.get("chain"), providers)
@@ -181,8 +190,9 @@ def _rule(name: str, t: dict[str, Any], where: str, providers: Mapping[str, Any]
         raise RuleError(f'{where}: strategy must be "ordered" or "weighted", got {strategy!r}')
     weights = _numbers(where, "weights", t.get("weights", {}), WEIGHT_KEYS, 1.0)
     checks = t.get("validate", {})
-    if not isinstance(checks, dict) or any(k not in VALIDATE_KEYS for k in checks):
+    if not isinstance(checks, dict):
         raise RuleError(f"{where}: validate takes {', '.join(VALIDATE_KEYS)} (true/false)")
+    _check_keys(checks, VALIDATE_KEYS, f"{where}, validate:")
     if not all(isinstance(v, bool) for v in checks.values()):
         raise RuleError(f"{where}: validate values must be true or false")
     return Rule(
@@ -192,8 +202,6 @@ def _rule(name: str, t: dict[str, Any], where: str, providers: Mapping[str, Any]
 
 
 def _check_match(where: str, key: str, value: Any) -> None:
-    if key not in MATCH_KEYS:
-        raise RuleError(f"{where}: unknown match key {key!r}; use {', '.join(MATCH_KEYS)}")
     if key in ("model", "client", "dialect") and not isinstance(value, str):
         raise RuleError(f"{where}: match.{key} must be a string (globs allowed)")
     if key == "min_prompt_tokens" and (
@@ -219,8 +227,7 @@ def _chain(where: str, raw: Any, providers: Mapping[str, Any]) -> tuple[ChainEnt
         if isinstance(item, str):
             entry = ChainEntry(item)
         elif isinstance(item, dict) and isinstance(item.get("provider"), str):
-            if set(item) - {"provider", "model"}:
-                raise RuleError(f"{where}: a chain entry has only provider and model")
+            _check_keys(item, CHAIN_ENTRY_KEYS, f"{where}, chain entry:")
             entry = ChainEntry(item["provider"], item.get("model"))
         else:
             raise RuleError(
@@ -238,8 +245,9 @@ def _chain(where: str, raw: Any, providers: Mapping[str, Any]) -> tuple[ChainEnt
 def _numbers(
     where: str, key: str, raw: Any, allowed: tuple[str, ...], default: float
 ) -> dict[str, float]:
-    if not isinstance(raw, dict) or any(k not in allowed for k in raw):
+    if not isinstance(raw, dict):
         raise RuleError(f"{where}: {key} takes {', '.join(allowed)}")
+    _check_keys(raw, allowed, f"{where}, {key}:")
     out = dict.fromkeys(allowed, default)
     for k, v in raw.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:

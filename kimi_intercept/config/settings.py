@@ -6,6 +6,11 @@ in any string is replaced by the environment variable ``VAR``; a variable that i
 leaves the value empty (a provider without an API key is skipped, with a log line that names
 the variable).
 
+Every table accepts only its declared keys (``ROUTING_KEYS``, ``PROVIDER_KEYS`` … here, the
+other tables' sets next to their parsers); any other key is an error naming the closest valid
+key (:mod:`.keys`). An error about a value that came from ``${VAR}`` shows ``${VAR}``, never the
+secret (:meth:`Config.redact`).
+
 Errors: :class:`ConfigError` (a ``ValueError``) whose message names the key and the fix.
 """
 
@@ -22,11 +27,31 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from kimi_intercept.config.env import env_refs, expand, redact
+from kimi_intercept.config.keys import suggestion, unknown_key_message
 from kimi_intercept.config.rules import ChainEntry, Rule, RuleError, parse_rules
 
 DEFAULT_CONFIG_NAME = "default_config.toml"
 DIALECTS = ("openai", "anthropic", "gemini")
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+# The keys each table may have. [sanitizer], [context], [prices], [import] declare theirs next to
+# their parsers (sanitizer, accounting, commands.importers); [[routing.rules]] in .rules.
+TABLES = (
+    "intercept", "routing", "storage", "models", "providers",
+    "prices", "sanitizer", "context", "import", "proxy",
+)  # fmt: skip
+INTERCEPT_KEYS = ("hosts",)
+ROUTING_KEYS = (
+    "primary", "fallbacks", "share", "connect_timeout_s", "first_byte_timeout_s",
+    "stall_timeout_s", "max_retries", "retry_max_wait_s", "failures_to_open", "breaker_window_s",
+    "cooldown_s", "auth_cooldown_s", "continue_on_break", "on_plan_error", "max_answer_s",
+    "shadow", "rules",
+)  # fmt: skip
+SHADOW_KEYS = ("provider", "share")
+STORAGE_KEYS = ("database", "retention_days", "spool")  # retention_days: storage.retention
+PROXY_KEYS = ("max_body_mb", "drain_s")
+PROVIDER_KEYS = ("base_url", "dialect", "api_key", "model", "models", "rpm", "tpm")
+MODEL_KEYS = ("context_window", "input_per_mtok", "cached_input_per_mtok", "output_per_mtok")
 
 
 class ConfigError(ValueError):
@@ -75,7 +100,7 @@ class Provider:
         return urlsplit(self.base_url).hostname or ""
 
     def missing_key_hint(self) -> str:
-        names = _ENV_REF.findall(self.api_key_ref)
+        names = sorted(env_refs(self.api_key_ref))
         if names:
             return f"no API key for provider {self.name!r}: set the {names[0]} environment variable"
         return f"no API key for provider {self.name!r}: set providers.{self.name}.api_key"
@@ -116,6 +141,12 @@ class Config:
     # [context], [import]); they validate their own keys with ConfigError.
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
     rules: tuple[Rule, ...] = ()  # [[routing.rules]], first match wins
+    # ${VAR} name -> expanded value, only to take secrets back out of messages (redact)
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def redact(self, text: str) -> str:
+        """``text`` with every expanded ``${VAR}`` value written back as ``${VAR}``."""
+        return redact(text, self.secrets)
 
     @property
     def default_chain(self) -> tuple[ChainEntry, ...]:
@@ -173,7 +204,11 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
             except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
                 raise ConfigError(f"{p}: not valid TOML ({e}); fix the file or remove it") from e
     merged = _merge(defaults, user)
-    return _build(_expand(merged, env), source)
+    secrets = {name: env[name] for name in env_refs(merged) if env.get(name)}
+    try:
+        return _build(expand(merged, env), source, merged, secrets)
+    except ConfigError as e:  # not chained: the original message may hold an expanded secret
+        raise ConfigError(redact(str(e), secrets)) from None
 
 
 def default_config_text() -> str:
@@ -196,29 +231,28 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _expand(value: Any, env: Mapping[str, str]) -> Any:
-    if isinstance(value, str):
-        return _ENV_REF.sub(lambda m: env.get(m.group(1), ""), value)
-    if isinstance(value, list):
-        return [_expand(v, env) for v in value]
-    if isinstance(value, dict):
-        # keep the unexpanded api_key text next to the value, for hints
-        out = {k: _expand(v, env) for k, v in value.items()}
-        if isinstance(value.get("api_key"), str):
-            out["_api_key_ref"] = value["api_key"]
-        return out
-    return value
+def _check_keys(table: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    message = unknown_key_message(table, allowed, where)
+    if message:
+        raise ConfigError(message)
 
 
-def _build(raw: dict[str, Any], source: Path | None) -> Config:
-    known = {
-        "intercept", "routing", "storage", "models", "providers",
-        "prices", "sanitizer", "context", "import",
-    }  # fmt: skip
+def _build(
+    raw: dict[str, Any], source: Path | None, unexpanded: dict[str, Any], secrets: dict[str, str]
+) -> Config:
     for key in raw:
-        if key not in known:
-            raise ConfigError(f"unknown table [{key}]; the tables are {sorted(known)}")
-    providers = {name: _provider(name, table) for name, table in _table(raw, "providers").items()}
+        if key not in TABLES:
+            raise ConfigError(f"unknown table [{key}] — {suggestion(key, TABLES)}")
+    for key, allowed in (
+        ("intercept", INTERCEPT_KEYS), ("routing", ROUTING_KEYS), ("storage", STORAGE_KEYS),
+        ("proxy", PROXY_KEYS),
+    ):  # fmt: skip
+        _check_keys(_table(raw, key), allowed, f"[{key}]")
+    refs = unexpanded.get("providers", {})
+    providers = {
+        name: _provider(name, table, (refs.get(name) or {}).get("api_key"))
+        for name, table in _table(raw, "providers").items()
+    }
     r = _table(raw, "routing")
     routing = Routing(
         primary=_str(r, "routing.primary"),
@@ -254,12 +288,13 @@ def _build(raw: dict[str, Any], source: Path | None) -> Config:
         raise ConfigError(str(e)) from e
     hosts = tuple(_str_list(_table(raw, "intercept"), "intercept.hosts"))
     database = Path(_str(_table(raw, "storage"), "storage.database")).expanduser()
-    return Config(hosts, routing, database, providers, dict(models), source, raw, rules)
+    return Config(hosts, routing, database, providers, dict(models), source, raw, rules, secrets)
 
 
-def _provider(name: str, t: Any) -> Provider:
+def _provider(name: str, t: Any, api_key_ref: Any) -> Provider:
     if not isinstance(t, dict):
         raise ConfigError(f"providers.{name} must be a table")
+    _check_keys(t, PROVIDER_KEYS, f"[providers.{name}]")
     base_url = _str(t, f"providers.{name}.base_url")
     if urlsplit(base_url).scheme not in ("http", "https") or not urlsplit(base_url).hostname:
         raise ConfigError(
@@ -275,6 +310,7 @@ def _provider(name: str, t: Any) -> Provider:
         key = f"providers.{name}.models.{model!r}"
         if not isinstance(info, dict):
             raise ConfigError(f"{key} must be a table")
+        _check_keys(info, MODEL_KEYS, f'[providers.{name}.models."{model}"]')
         models[model] = ModelInfo(
             context_window=_opt_int(info, f"{key}.context_window"),
             input_per_mtok=_opt_price(info, f"{key}.input_per_mtok"),
@@ -287,7 +323,7 @@ def _provider(name: str, t: Any) -> Provider:
         model=t.get("model") or None,
         dialect=dialect,
         api_key=t.get("api_key") or None,
-        api_key_ref=t.get("_api_key_ref", ""),
+        api_key_ref=api_key_ref if isinstance(api_key_ref, str) else "",
         models=models,
         rpm=_opt_int(t, f"providers.{name}.rpm"),
         tpm=_opt_int(t, f"providers.{name}.tpm"),
@@ -328,8 +364,9 @@ def _number(t: Mapping[str, Any], key: str, lo: float, hi: float) -> float:
 
 def _shadow(r: Mapping[str, Any]) -> dict[str, Any]:
     t = r.get("shadow", {})
-    if not isinstance(t, dict) or set(t) - {"provider", "share"}:
+    if not isinstance(t, dict):
         raise ConfigError('[routing.shadow] takes provider and share, e.g. provider = "deepseek"')
+    _check_keys(t, SHADOW_KEYS, "[routing.shadow]")
     if not t:
         return {}
     return {

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kimi_intercept.accounting import tokens
+from kimi_intercept.config.keys import unknown_key_message
 from kimi_intercept.config.settings import ConfigError
 from kimi_intercept.sanitizer.sanitize import (
     MaskCache,
@@ -85,6 +86,10 @@ class ContextSettings:
     def from_table(cls, table: Mapping[str, Any]) -> ContextSettings:
         """Settings from a ``[context]`` TOML table (keys of :data:`CONTEXT_KEYS`); raises
         :class:`~kimi_intercept.config.settings.ConfigError` naming the key."""
+        if not isinstance(table, Mapping):
+            raise ConfigError("[context] must be a table, e.g. compress_at = 0.85")
+        if message := unknown_key_message(table, CONTEXT_KEYS, "[context]"):
+            raise ConfigError(message)
         kwargs: dict[str, Any] = {}
         for key in CONTEXT_KEYS & table.keys():
             value = table[key]

@@ -23,6 +23,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from kimi_intercept.config.keys import unknown_key_message
 from kimi_intercept.config.settings import Config, ConfigError
 from kimi_intercept.routing.plan import RoutePlan, iso_utc, to_hub
 from kimi_intercept.sanitizer.compress import (
@@ -38,6 +39,7 @@ from kimi_intercept.sanitizer.sanitize import (
     count_prompt_tokens,
     sanitize_request,
 )
+from kimi_intercept.sanitizer.settings import SANITIZER_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,8 @@ class Preparer:
         table = cfg.raw.get("sanitizer", {})
         if not isinstance(table, dict):
             raise ConfigError("[sanitizer] must be a table")
+        if message := unknown_key_message(table, SANITIZER_KEYS | PREPARE_KEYS, "[sanitizer]"):
+            raise ConfigError(message)
         self.settings = SanitizeSettings.from_table(table)
         self.context = ContextSettings.from_table(cfg.raw.get("context", {}) or {})
         store = table.get("store_originals", True)

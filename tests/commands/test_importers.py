@@ -265,8 +265,8 @@ def test_default_location(tmp_path, cfg, monkeypatch):
 @pytest.mark.parametrize(
     "toml, message",
     [
-        ('[import]\ncursor = "x"\n', "import.cursor is not a known ledger; the keys are "
-         "['cline', 'continue']"),
+        ('[import]\ncursor = "x"\n', "[import] unknown key `cursor` — valid keys: cline, continue"),
+        ('[import]\nclien = "x"\n', "[import] unknown key `clien` — did you mean `cline`?"),
         ("[import]\ncline = 3\n", "import.cline must be the path of Cline's taskHistory.json, "
          "got 3"),
     ],
