@@ -49,9 +49,10 @@ def check_config(path: str | Path | None, env: Mapping[str, str] | None = None) 
         price_book(cfg)  # [prices]
         retention_days(cfg)  # [storage] retention_days
         import_config(cfg)  # [import]
-    except ConfigError as e:  # not chained: the original message may hold an expanded secret
-        raise ConfigError(cfg.redact(str(e))) from None
-    return Checked(cfg, preparer)
+        return Checked(cfg, preparer)
+    except ConfigError as e:
+        redacted = ConfigError(cfg.redact(str(e)))
+    raise redacted  # outside the except: no __context__ holding the expanded secret
 
 
 def unusable_chain_warning(cfg: Config) -> str | None:

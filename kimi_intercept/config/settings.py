@@ -207,8 +207,9 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
     secrets = {name: env[name] for name in env_refs(merged) if env.get(name)}
     try:
         return _build(expand(merged, env), source, merged, secrets)
-    except ConfigError as e:  # not chained: the original message may hold an expanded secret
-        raise ConfigError(redact(str(e), secrets)) from None
+    except ConfigError as e:
+        redacted = ConfigError(redact(str(e), secrets))
+    raise redacted  # outside the except: no __context__ holding the expanded secret
 
 
 def default_config_text() -> str:
