@@ -72,12 +72,16 @@ class KimiIntercept:
                 checked = check_config(ctx.options.kimi_config)
             except ConfigError as e:
                 message = f"kimi_config {ctx.options.kimi_config}: {e}"
-                if not self.is_running and ctx.master.addons.get("errorcheck") is not None:
-                    # mitmdump starting: mitmproxy would print a chained traceback, listen, and
-                    # only then exit on the logged error. One line, and exit before listening.
-                    log.error("kimi-intercept: %s", message)
+                errorcheck = ctx.master.addons.get("errorcheck")
+                if self.is_running or errorcheck is None:
+                    raise exceptions.OptionsError(message) from None  # the old config stays
+                # Starting: mitmproxy would log a chained traceback, listen, and only then exit
+                # on the logged error. One line instead, and mitmdump/mitmweb exit before
+                # listening; the console UI repeats the line on stderr as it exits.
+                log.error("kimi-intercept: %s", message)
+                if not errorcheck.repeat_errors_on_stderr:
                     sys.exit(1)
-                raise exceptions.OptionsError(message) from None
+                return
             cfg, preparer = checked.cfg, checked.preparer
             self.cfg, self.preparer = cfg, preparer
             if self.relay is not None:

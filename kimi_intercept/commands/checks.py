@@ -56,13 +56,16 @@ def check_config(path: str | Path | None, env: Mapping[str, str] | None = None) 
 
 
 def unusable_chain_warning(cfg: Config) -> str | None:
-    """``None`` if a provider of the default chain (primary, then fallbacks) has an API key;
-    else one line naming the variables to set, e.g. ``kimi-intercept: no provider can be used —
-    set MOONSHOT_API_KEY (kimi) or DEEPSEEK_API_KEY (deepseek)``."""
-    if any(p.api_key for p in cfg.chain):
+    """``None`` if a provider that can answer — of the default chain (primary, then fallbacks)
+    or of a ``[[routing.rules]]`` chain — has an API key; else one line naming the variables to
+    set, e.g. ``kimi-intercept: no provider can be used — set MOONSHOT_API_KEY (kimi) or
+    DEEPSEEK_API_KEY (deepseek)``."""
+    names = [p.name for p in cfg.chain] + [e.provider for r in cfg.rules for e in r.chain]
+    chain = [cfg.providers[n] for n in dict.fromkeys(names)]
+    if any(p.api_key for p in chain):
         return None
     fixes: dict[str, list[str]] = {}
-    for p in cfg.chain:
+    for p in chain:
         names = sorted(env_refs(p.api_key_ref))
         fix = names[0] if names else f"providers.{p.name}.api_key"
         fixes.setdefault(fix, []).append(p.name)

@@ -53,7 +53,7 @@ def rows(
         raise ValueError(f"unknown table {table!r}; choose one of {', '.join(TABLES)}")
     cursor = db.execute(sql, params)
 
-    def batches() -> Iterator[list[tuple[Any, ...]]]:
+    def batches() -> Generator[list[tuple[Any, ...]], None, None]:
         try:
             while chunk := cursor.fetchmany(BATCH):
                 yield chunk

@@ -249,9 +249,8 @@ def _build(
         ("proxy", PROXY_KEYS),
     ):  # fmt: skip
         _check_keys(_table(raw, key), allowed, f"[{key}]")
-    refs = unexpanded.get("providers", {})
     providers = {
-        name: _provider(name, table, (refs.get(name) or {}).get("api_key"))
+        name: _provider(name, table, _api_key_ref(unexpanded, name))
         for name, table in _table(raw, "providers").items()
     }
     r = _table(raw, "routing")
@@ -292,7 +291,14 @@ def _build(
     return Config(hosts, routing, database, providers, dict(models), source, raw, rules, secrets)
 
 
-def _provider(name: str, t: Any, api_key_ref: Any) -> Provider:
+def _api_key_ref(unexpanded: Mapping[str, Any], name: str) -> str:
+    """The ``api_key`` text of ``[providers.NAME]`` before ``${VAR}`` expansion (or "")."""
+    table = unexpanded.get("providers", {}).get(name)
+    ref = table.get("api_key") if isinstance(table, dict) else None
+    return ref if isinstance(ref, str) else ""
+
+
+def _provider(name: str, t: Any, api_key_ref: str) -> Provider:
     if not isinstance(t, dict):
         raise ConfigError(f"providers.{name} must be a table")
     _check_keys(t, PROVIDER_KEYS, f"[providers.{name}]")
@@ -324,7 +330,7 @@ def _provider(name: str, t: Any, api_key_ref: Any) -> Provider:
         model=t.get("model") or None,
         dialect=dialect,
         api_key=t.get("api_key") or None,
-        api_key_ref=api_key_ref if isinstance(api_key_ref, str) else "",
+        api_key_ref=api_key_ref,
         models=models,
         rpm=_opt_int(t, f"providers.{name}.rpm"),
         tpm=_opt_int(t, f"providers.{name}.tpm"),

@@ -143,6 +143,8 @@ def test_every_misspelled_shipped_key_names_the_key_and_the_right_one(
         ("[providers.x]\nbase_url = 'http://h'\nzzz = 1\n",
          "[providers.x] unknown key `zzz` — valid keys: api_key, base_url, dialect, model, "
          "models, rpm, tpm"),
+        ("[providers]\nkimi = 3\n", "providers.kimi must be a table"),
+        ("proxy = 3\n", "[proxy] must be a table"),
     ],
 )  # fmt: skip
 def test_unknown_keys_in_tables_the_shipped_config_leaves_out(tmp_path, text, message):
@@ -201,4 +203,10 @@ def test_no_usable_provider_names_every_variable_to_set(tmp_path):
     assert unusable_chain_warning(load_config(p, env={})) == (
         "kimi-intercept: no provider can be used — set MOONSHOT_API_KEY (kimi_anthropic, kimi) "
         "or providers.local.api_key (local)"
+    )
+    p.write_text('[[routing.rules]]\nname = "fast"\nchain = ["groq"]\n')
+    assert unusable_chain_warning(load_config(p, env={"GROQ_API_KEY": "sk-g"})) is None
+    assert unusable_chain_warning(load_config(p, env={})) == (
+        "kimi-intercept: no provider can be used — set MOONSHOT_API_KEY (kimi) or "
+        "DEEPSEEK_API_KEY (deepseek) or GROQ_API_KEY (groq)"
     )
