@@ -2,8 +2,9 @@
 shared by every subcommand and :mod:`.sanitizer_commands`), the demo (:mod:`.demo`), the
 simulated upstream (:mod:`.simulator`), starting ``mitmdump`` with the addon
 (:mod:`.mitmdump`), provider status (:mod:`.status`), export (:mod:`.export`) and the Cline /
-Continue importers (:mod:`.importers`). The top of the dependency graph: nothing in the
-library imports it but the addon (status file, importer config).
+Continue importers (:mod:`.importers`), and the one check of the whole config that the CLI and
+the proxy share (:mod:`.checks`). The top of the dependency graph: nothing in the library
+imports it but the addon (status file, config check).
 """
 
 from __future__ import annotations

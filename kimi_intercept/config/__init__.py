@@ -3,8 +3,10 @@ once and turned into frozen dataclasses.
 
 Modules: :mod:`.settings` (:func:`load_config`, :class:`Config` with its providers, models and
 ``[routing]``; ``${VAR}`` secrets resolved from the environment) and :mod:`.rules` (the
-``[[routing.rules]]`` syntax: match, chain, overrides, validation). Everything else reads the
-config through these names; this package imports nothing else of kimi-intercept.
+``[[routing.rules]]`` syntax: match, chain, overrides, validation), with :mod:`.keys` (strict
+keys: an unknown key names the closest valid one) and :mod:`.env` (``${VAR}`` expansion, and
+redaction of expanded values from error messages). Everything else reads the config through
+these names; this package imports nothing else of kimi-intercept.
 
 Errors: :class:`ConfigError` (a ``ValueError``) whose message names the key and the fix;
 :class:`RuleError` for a bad routing rule.
