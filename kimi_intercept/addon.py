@@ -32,6 +32,7 @@ from kimi_intercept.accounting import tokens
 from kimi_intercept.accounting.prices import price_book
 from kimi_intercept.commands.importers import import_config
 from kimi_intercept.commands.status import status_file_for
+from kimi_intercept.config.discovery import find_config
 from kimi_intercept.config.settings import Config, ConfigError, allow_hosts_patterns, load_config
 from kimi_intercept.relay.server import ROUTE_HEADER, Relay
 from kimi_intercept.routing.plan import plan_route
@@ -54,14 +55,16 @@ class KimiIntercept:
         loader.add_option(
             "kimi_config",
             str,
-            "config.toml",
-            "Path of the kimi-intercept TOML configuration (a missing file means defaults).",
+            "",
+            "Path of the kimi-intercept TOML configuration. Empty: $KIMI_INTERCEPT_CONFIG, then "
+            "./config.toml, then the user config folder (built-in defaults if none exists).",
         )
 
     def configure(self, updated: set[str]) -> None:
         if "kimi_config" in updated:
             try:
-                cfg = load_config(ctx.options.kimi_config)
+                where = find_config(ctx.options.kimi_config or None, flag="kimi_config")
+                cfg = load_config(where.path)
                 preparer = Preparer(cfg)  # validates [sanitizer] and [context]
                 price_book(cfg)  # [prices]
                 retention_days(cfg)  # [storage] retention_days
