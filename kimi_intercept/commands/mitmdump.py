@@ -62,7 +62,8 @@ class ProxyProcess:
         self._cond = threading.Condition()
         cfg = tomllib.loads(config_path.read_text())
         db = cfg.get("storage", {}).get("database")
-        self.db_path: Path | None = Path(db) if db else None
+        # as the addon resolves it: relative to the config file's folder
+        self.db_path: Path | None = config_path.parent / Path(db).expanduser() if db else None
         self.args = [
             str(MITMDUMP),
             "--listen-host",
