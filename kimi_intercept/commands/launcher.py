@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,13 +26,15 @@ from types import FrameType
 import click
 
 from kimi_intercept.commands import proxyrecord as records
-from kimi_intercept.commands.mitmdump import LISTENING, READY_MARKER, ProxyStartError, clean_env
+from kimi_intercept.commands.mitmdump import READY_MARKER, ProxyStartError, clean_env
 from kimi_intercept.commands.options import config_option, load
 from kimi_intercept.commands.trust import SHELLS, TrustError, build_bundle, client_env, shell_lines
 from kimi_intercept.config.dirs import CONFIG_NAME, user_config_dir
 
 _PASS_THROUGH = {"ignore_unknown_options": True, "allow_interspersed_args": False}
 BUNDLE_NAME = "kimi-intercept-ca-bundle.pem"
+# any listen host (127.0.0.1, * for --listen-host 0.0.0.0, an address); the port is recorded
+_LISTENING = re.compile(r"HTTP\(S\) proxy listening at \S*:(\d+)")
 
 
 def _confdir_of(args: Sequence[str]) -> Path:
@@ -99,7 +102,7 @@ def proxy(ctx: click.Context, config_path: Path, mitmproxy_args: tuple[str, ...]
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
-            m = LISTENING.search(line)
+            m = _LISTENING.search(line)
             if m:
                 port = int(m.group(1))
             if port is not None and READY_MARKER in line:

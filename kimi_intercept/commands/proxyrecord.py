@@ -148,16 +148,10 @@ def with_users(rec: ProxyRecord, add: Iterable[int] = (), drop: Iterable[int] = 
 def mitmdump_args(config: Path, confdir: Path, extra: Iterable[str] = ()) -> list[str]:
     """The mitmdump command line for the addon with ``config``; ``extra`` (mitmproxy's own
     options) comes last, so it wins over the defaults here."""
-    return [
-        str(MITMDUMP),
-        "--set",
-        f"confdir={confdir}",
-        "-s",
-        str(addon_script()),
-        "--set",
-        f"kimi_config={config}",
-        *extra,
-    ]
+    # a config that does not exist (the user config folder's, before `init`) means defaults:
+    # not named, since the addon refuses a named file that is missing
+    named = ["--set", f"kimi_config={config}"] if config.is_file() else []
+    return [str(MITMDUMP), "--set", f"confdir={confdir}", "-s", str(addon_script()), *named, *extra]
 
 
 def spawn(

@@ -93,3 +93,47 @@ def shell_lines(env: Mapping[str, str], shell: str) -> list[str]:
 
 def _fish_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def os_trust_commands(ca_pem: Path, platform: str | None = None) -> list[tuple[str, str, str]]:
+    """How to add the CA to the OS trust store (for IDEs and apps that read only that), and how
+    to remove it again: ``[(system, install command, removal command)]`` for this platform
+    (``sys.platform`` unless ``platform`` is given; Linux: Debian/Ubuntu and/or Fedora)."""
+    import sys
+
+    platform = platform or sys.platform
+    debian = (
+        "Debian/Ubuntu",
+        f"sudo cp '{ca_pem}' /usr/local/share/ca-certificates/kimi-intercept.crt"
+        " && sudo update-ca-certificates",
+        "sudo rm /usr/local/share/ca-certificates/kimi-intercept.crt"
+        " && sudo update-ca-certificates --fresh",
+    )
+    fedora = (
+        "Fedora/RHEL",
+        f"sudo cp '{ca_pem}' /etc/pki/ca-trust/source/anchors/kimi-intercept.pem"
+        " && sudo update-ca-trust",
+        "sudo rm /etc/pki/ca-trust/source/anchors/kimi-intercept.pem && sudo update-ca-trust",
+    )
+    if platform == "darwin":
+        return [
+            (
+                "macOS",
+                "sudo security add-trusted-cert -d -r trustRoot "
+                f"-k /Library/Keychains/System.keychain '{ca_pem}'",
+                "sudo security delete-certificate -c mitmproxy /Library/Keychains/System.keychain",
+            )
+        ]
+    if platform == "win32":
+        return [
+            (
+                "Windows",
+                f'certutil -addstore root "{ca_pem}"  (an administrator prompt)',
+                "certutil -delstore root mitmproxy",
+            )
+        ]
+    if Path("/etc/debian_version").exists():
+        return [debian]
+    if Path("/etc/fedora-release").exists() or Path("/etc/redhat-release").exists():
+        return [fedora]
+    return [debian, fedora]

@@ -246,3 +246,10 @@ def test_init_refuses_to_overwrite_without_force(tmp_path):
     assert config.read_text() == "# mine\n"
     assert cli("init", "--force", cwd=tmp_path).returncode == 0
     assert "[routing]" in config.read_text()
+
+
+def test_run_without_any_config_uses_the_built_in_defaults(tmp_path):
+    done = cli("run", sys.executable, "-c", "print('fine')", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "fine\n"
+    assert records(tmp_path) == []
