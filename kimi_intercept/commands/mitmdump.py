@@ -25,6 +25,15 @@ LISTENING = re.compile(r"HTTP\(S\) proxy listening at 127\.0\.0\.1:(\d+)")
 _PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
 
 
+def mitmdump_command() -> list[str]:
+    """``mitmdump`` of this Python environment; without its console script (dependencies
+    installed another way), the same entry point through this interpreter."""
+    if MITMDUMP.is_file():
+        return [str(MITMDUMP)]
+    return [sys.executable, "-c", "import sys; from mitmproxy.tools.main import mitmdump; "
+            "sys.exit(mitmdump())"]  # fmt: skip
+
+
 def addon_script() -> Path:
     """The mitmdump script shipped in the package (``kimi_intercept/commands/entry/kimi.py``),
     so an installed package runs without a checkout."""
@@ -65,7 +74,7 @@ class ProxyProcess:
         # as the addon resolves it: relative to the config file's folder
         self.db_path: Path | None = config_path.parent / Path(db).expanduser() if db else None
         self.args = [
-            str(MITMDUMP),
+            *mitmdump_command(),
             "--listen-host",
             "127.0.0.1",
             "--listen-port",

@@ -25,10 +25,10 @@ from pathlib import Path
 
 from kimi_intercept.commands.mitmdump import (
     LISTENING,
-    MITMDUMP,
     READY_MARKER,
     ProxyStartError,
     addon_script,
+    mitmdump_command,
 )
 from kimi_intercept.config.dirs import user_data_dir, user_state_dir
 
@@ -151,7 +151,8 @@ def mitmdump_args(config: Path, confdir: Path, extra: Iterable[str] = ()) -> lis
     # a config that does not exist (the user config folder's, before `init`) means defaults:
     # not named, since the addon refuses a named file that is missing
     named = ["--set", f"kimi_config={config}"] if config.is_file() else []
-    return [str(MITMDUMP), "--set", f"confdir={confdir}", "-s", str(addon_script()), *named, *extra]
+    return [*mitmdump_command(), "--set", f"confdir={confdir}", "-s", str(addon_script()),
+            *named, *extra]  # fmt: skip
 
 
 def spawn(
