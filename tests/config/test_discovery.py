@@ -94,3 +94,19 @@ def test_stats_from_another_folder_reads_the_database_the_config_names(tmp_path,
     result = CliRunner().invoke(main, ["stats", "--config", str(folder / "config.toml")])
     assert result.exit_code == 1
     assert f"No database at {folder / 'usage.db'}" in result.output
+
+
+def test_the_addon_discovers_its_config_and_refuses_a_named_missing_one(tmp_path):
+    from mitmproxy import exceptions
+    from mitmproxy.addons.proxyserver import Proxyserver
+    from mitmproxy.test import taddons
+
+    from kimi_intercept.addon import KimiIntercept
+
+    (tmp_path / "config.toml").write_text('[storage]\ndatabase = "here.db"\n')
+    a = KimiIntercept()
+    with taddons.context(Proxyserver(), a) as tctx:
+        tctx.configure(a, kimi_config="")  # empty: discovery finds ./config.toml
+        assert a.cfg is not None and a.cfg.database == tmp_path / "here.db"
+        with pytest.raises(exceptions.OptionsError, match=r"kimi_config names .*nope\.toml"):
+            tctx.configure(a, kimi_config="nope.toml")
