@@ -150,7 +150,9 @@ def _bundle(rec: records.ProxyRecord) -> Path:
         raise click.ClickException(str(e)) from e
 
 
-def _acquire(config_path: Path, keep: bool, me: int, say: Callable[[str], None]) -> tuple:
+def _acquire(
+    config_path: Path, keep: bool, me: int, say: Callable[[str], None]
+) -> tuple[records.ProxyRecord, bool]:
     """The proxy ``run`` uses, registering ``me`` as one of its users: (record, started)."""
     with records.locked(config_path):
         rec = records.read_record(config_path)

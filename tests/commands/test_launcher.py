@@ -253,3 +253,27 @@ def test_run_without_any_config_uses_the_built_in_defaults(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == "fine\n"
     assert records(tmp_path) == []
+
+
+CLAUDE = os.environ.get("KIMI_TEST_CLAUDE", "")
+
+
+@pytest.mark.skipif(
+    not (CLAUDE and Path(CLAUDE).exists()),
+    reason="set KIMI_TEST_CLAUDE to a claude binary (npm @anthropic-ai/claude-code) to run it",
+)
+def test_run_claude_with_nothing_else_set(tmp_path, user_config):
+    """`kimi-intercept run claude …`: Claude Code gets no proxy or CA setting but what run sets."""
+    config, kimi, _ = user_config
+    home = tmp_path / "claude-home"
+    home.mkdir()
+    done = cli(
+        "run", CLAUDE, "-p", "say hi", "--output-format", "json", cwd=tmp_path, timeout=180,
+        HOME=str(home), ANTHROPIC_API_KEY="sk-ant-client-key", DISABLE_TELEMETRY="1",
+        DISABLE_ERROR_REPORTING="1", CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["result"] == DEFAULT_TEXT
+    assert kimi.received[0].headers["user-agent"].startswith("claude-cli/")
+    row = wait_rows(user_dir(tmp_path, "data") / "kimi_intercept.db", 1)[0]
+    assert (row["dialect"], row["provider"]) == ("anthropic", "kimi")
