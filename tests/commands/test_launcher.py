@@ -14,12 +14,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from proxyproc import CLIENT_KEY, PROVIDER_ENV, clean_env, wait_rows
 
-from kimi_intercept.commands.simulator import DEFAULT_ANSWER_DELTAS
+from kimi_intercept.commands.proxyrecord import ProxyRecord, port_open, write_record
+from kimi_intercept.commands.simulator import DEFAULT_ANSWER_DELTAS, closed_port
 
 DEFAULT_TEXT = "".join(DEFAULT_ANSWER_DELTAS)
 
@@ -277,3 +279,60 @@ def test_run_claude_with_nothing_else_set(tmp_path, user_config):
     assert kimi.received[0].headers["user-agent"].startswith("claude-cli/")
     row = wait_rows(user_dir(tmp_path, "data") / "kimi_intercept.db", 1)[0]
     assert (row["dialect"], row["provider"]) == ("anthropic", "kimi")
+
+
+def wait_for(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_two_runs_share_one_proxy_and_the_last_one_out_stops_it(tmp_path, user_config):
+    """The first run starts the proxy; a second reuses it; the proxy outlives the first and
+    stops when the second ends."""
+    waiter = (
+        "import os, sys, time\n"
+        "print(os.environ['HTTPS_PROXY'], flush=True)\n"
+        "while not os.path.exists(sys.argv[1]): time.sleep(0.05)\n"
+    )
+    env = clean_env()
+
+    def start(release: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [str(SCRIPT), "run", sys.executable, "-c", waiter, release], cwd=tmp_path, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    first = start("release-first")
+    first_url = first.stdout.readline().strip()
+    [rec] = records(tmp_path)
+    second = start("release-second")
+    assert second.stdout.readline().strip() == first_url == f"http://127.0.0.1:{rec['port']}"
+    wait_for(lambda: len(records(tmp_path)[0]["users"]) == 2)
+
+    (tmp_path / "release-first").touch()
+    assert first.wait(30) == 0
+    [still] = records(tmp_path)
+    assert still["pid"] == rec["pid"] and len(still["users"]) == 1
+    assert port_open(rec["port"])
+
+    (tmp_path / "release-second").touch()
+    assert second.wait(30) == 0
+    assert records(tmp_path) == []
+    wait_for(lambda: not port_open(rec["port"]), 15)
+    for proc in (first, second):
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_a_stale_record_is_detected_and_removed(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    config = tmp_path / "xdg" / "config" / "kimi-intercept" / "config.toml"
+    stale = ProxyRecord(gone.pid, closed_port(), str(tmp_path), str(config), log="")
+    write_record(config, stale)
+    assert len(records(tmp_path)) == 1
+    done = cli("env", cwd=tmp_path)
+    assert done.returncode == 1 and "no kimi-intercept proxy is running" in done.stderr
+    assert records(tmp_path) == []
