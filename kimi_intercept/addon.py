@@ -36,6 +36,7 @@ from mitmproxy import ctx, exceptions, http
 from kimi_intercept.accounting import tokens
 from kimi_intercept.commands.checks import check_config, unusable_chain_warning
 from kimi_intercept.commands.status import status_file_for
+from kimi_intercept.config.discovery import find_config
 from kimi_intercept.config.settings import Config, ConfigError, allow_hosts_patterns
 from kimi_intercept.relay.server import ROUTE_HEADER, Relay
 from kimi_intercept.routing.plan import plan_route
@@ -59,8 +60,9 @@ class KimiIntercept:
         loader.add_option(
             "kimi_config",
             str,
-            "config.toml",
-            "Path of the kimi-intercept TOML configuration (a missing file means defaults).",
+            "",
+            "Path of the kimi-intercept TOML configuration. Empty: $KIMI_INTERCEPT_CONFIG, then "
+            "./config.toml, then the user config folder (built-in defaults if none exists).",
         )
         # Before the config is parsed: never listen on every interface, even briefly.
         if "listen_host" in ctx.options and not ctx.options.listen_host:
@@ -69,7 +71,8 @@ class KimiIntercept:
     def configure(self, updated: set[str]) -> None:
         if "kimi_config" in updated:
             try:
-                checked = check_config(ctx.options.kimi_config)
+                where = find_config(ctx.options.kimi_config or None, flag="kimi_config")
+                checked = check_config(where.path)
             except ConfigError as e:
                 message = f"kimi_config {ctx.options.kimi_config}: {e}"
                 errorcheck = ctx.master.addons.get("errorcheck")

@@ -52,8 +52,13 @@ def _reports_untouched() -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Mark the test run, drop proxy variables, and work inside tmp_path."""
+    """Mark the test run, drop proxy variables, work inside tmp_path, and point the user
+    folders (config, data: the default database and CA, state: running proxies) at
+    ``tmp_path/xdg/*`` so no test reads or writes the real ones (platformdirs follows XDG_*)."""
     monkeypatch.setenv("KIMI_INTERCEPT_TEST", "1")
+    monkeypatch.delenv("KIMI_INTERCEPT_CONFIG", raising=False)
+    for kind in ("CONFIG", "DATA", "STATE", "CACHE"):
+        monkeypatch.setenv(f"XDG_{kind}_HOME", str(tmp_path / "xdg" / kind.lower()))
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.lower(), raising=False)

@@ -131,3 +131,21 @@ def test_the_wheel_starts_mitmdump_with_the_addon(installed: Path, tmp_path: Pat
     log = "".join(lines)
     assert READY_MARKER in log, log
     assert "Traceback" not in log, log
+
+
+def test_the_wheel_runs_a_command_through_its_own_proxy(installed: Path, tmp_path: Path):
+    """``kimi-intercept run`` from the wheel: the packaged mitmdump script and Node preload,
+    no checkout, no config file (built-in defaults), from a folder of its own."""
+    show = (
+        "import os; print(os.environ['HTTPS_PROXY']); "
+        "print(os.environ['NODE_OPTIONS'].removeprefix('--require='))"
+    )
+    done = subprocess.run(
+        [installed.with_name("kimi-intercept"), "run", "--", installed, "-c", show],
+        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    proxy_url, preload = done.stdout.splitlines()
+    assert proxy_url.startswith("http://127.0.0.1:")
+    assert Path(preload).is_file() and not Path(preload).is_relative_to(REPO)
+    assert "kimi-intercept: proxy started at" in done.stderr

@@ -2,9 +2,12 @@
 shared by every subcommand and :mod:`.sanitizer_commands`), the demo (:mod:`.demo`), the
 simulated upstream (:mod:`.simulator`), starting ``mitmdump`` with the addon
 (:mod:`.mitmdump`), provider status (:mod:`.status`), export (:mod:`.export`) and the Cline /
-Continue importers (:mod:`.importers`), and the one check of the whole config that the CLI and
-the proxy share (:mod:`.checks`). The top of the dependency graph: nothing in the library
-imports it but the addon (status file, config check).
+Continue importers (:mod:`.importers`), the one check of the whole config that the CLI and
+the proxy share (:mod:`.checks`), the launcher (:mod:`.launcher`: ``proxy``, ``init``, ``run``,
+``env``; :mod:`.proxyrecord` for running proxies, :mod:`.trust` for the client variables and CA
+bundle, ``entry/`` for the packaged mitmdump script and Node preload) and :mod:`.doctor`. The
+top of the dependency graph: nothing in the library imports it but the addon (status file,
+config check).
 """
 
 from __future__ import annotations

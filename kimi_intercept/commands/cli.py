@@ -1,7 +1,9 @@
 """The ``kimi-intercept`` command line.
 
-Every subcommand takes ``--config`` (default ``config.toml`` in the current folder; a missing
-file means built-in defaults) and ``--db`` (default: the database the config names).
+Every subcommand takes ``--config`` (default: ``$KIMI_INTERCEPT_CONFIG``, ``./config.toml``, then
+the user config folder; built-in defaults if none exists) and ``--db`` (default: the database
+the config names, else the one in the user data folder). The launcher's commands (``proxy``,
+``init``, ``run``, ``env``) come from :mod:`.launcher`, ``doctor`` from :mod:`.doctor`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any
 import click
 
 from kimi_intercept import __version__
+from kimi_intercept.commands.doctor import doctor
+from kimi_intercept.commands.launcher import env, init, proxy, run
 from kimi_intercept.commands.options import (
     DEMO_DB,
     cannot_write,
@@ -59,6 +63,8 @@ def main() -> None:
 
 main.add_command(masked)
 main.add_command(compress)
+for _command in (proxy, init, run, env, doctor):
+    main.add_command(_command)
 
 
 @main.command()

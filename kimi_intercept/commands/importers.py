@@ -128,7 +128,7 @@ def import_config(cfg: Config) -> dict[str, Path]:
                 f"import.{key} must be the path of {SOURCES[key].label}'s "
                 f"{SOURCES[key].file_name}, got {value!r}"
             )
-        out[key] = Path(os.path.expandvars(value)).expanduser()
+        out[key] = cfg.resolve_path(os.path.expandvars(value))
     return out
 
 

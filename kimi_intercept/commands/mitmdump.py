@@ -13,7 +13,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import tomllib
@@ -22,20 +21,23 @@ from pathlib import Path
 
 MITMDUMP = Path(sys.executable).with_name("mitmdump")
 READY_MARKER = "kimi-intercept: ready"
-_LISTENING = re.compile(r"HTTP\(S\) proxy listening at 127\.0\.0\.1:(\d+)")
+LISTENING = re.compile(r"HTTP\(S\) proxy listening at 127\.0\.0\.1:(\d+)")
 _PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
-# The same three lines as the repository's addons/kimi.py, for an install without a checkout.
-_ENTRY_POINT = "from kimi_intercept.addon import KimiIntercept\n\naddons = [KimiIntercept()]\n"
+
+
+def mitmdump_command() -> list[str]:
+    """``mitmdump`` of this Python environment; without its console script (dependencies
+    installed another way), the same entry point through this interpreter."""
+    if MITMDUMP.is_file():
+        return [str(MITMDUMP)]
+    return [sys.executable, "-c", "import sys; from mitmproxy.tools.main import mitmdump; "
+            "sys.exit(mitmdump())"]  # fmt: skip
 
 
 def addon_script() -> Path:
-    """``addons/kimi.py`` of the checkout this package runs from, else an equivalent file."""
-    script = Path(__file__).resolve().parents[2] / "addons" / "kimi.py"
-    if script.is_file():
-        return script
-    fallback = Path(tempfile.gettempdir()) / "kimi-intercept-addon.py"
-    fallback.write_text(_ENTRY_POINT, encoding="utf-8")
-    return fallback
+    """The mitmdump script shipped in the package (``kimi_intercept/commands/entry/kimi.py``),
+    so an installed package runs without a checkout."""
+    return Path(__file__).resolve().parent / "entry" / "kimi.py"
 
 
 class ProxyStartError(RuntimeError):
@@ -69,9 +71,10 @@ class ProxyProcess:
         self._cond = threading.Condition()
         cfg = tomllib.loads(config_path.read_text())
         db = cfg.get("storage", {}).get("database")
-        self.db_path: Path | None = Path(db) if db else None
+        # as the addon resolves it: relative to the config file's folder
+        self.db_path: Path | None = config_path.parent / Path(db).expanduser() if db else None
         self.args = [
-            str(MITMDUMP),
+            *mitmdump_command(),
             "--listen-host",
             "127.0.0.1",
             "--listen-port",
@@ -114,7 +117,7 @@ class ProxyProcess:
         with self._cond:
             while True:
                 text = "\n".join(self._lines)
-                m = _LISTENING.search(text)
+                m = LISTENING.search(text)
                 if m and READY_MARKER in text:
                     self.port = int(m.group(1))
                     return self

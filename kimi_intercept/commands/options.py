@@ -1,5 +1,9 @@
 """What every subcommand shares: ``--config`` / ``--db`` and the range options, loading the
-config with a message that names the fix, and opening the database read-only."""
+config with a message that names the fix, and opening the database read-only.
+
+``--config`` follows :func:`kimi_intercept.config.discovery.find_config`: the option, then
+``$KIMI_INTERCEPT_CONFIG``, then ``./config.toml``, then the user config folder; a file named by
+the first two must exist."""
 
 from __future__ import annotations
 
@@ -16,10 +20,25 @@ if TYPE_CHECKING:
 
     from kimi_intercept.config.settings import Config
 
-DEFAULT_CONFIG = "config.toml"
 DEMO_DB = "kimi_intercept_demo.db"
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def discover(explicit: Path | str | None) -> Path:
+    """The config file to use (see the module docstring); it may not exist (built-in
+    defaults), unless it was named explicitly."""
+    from kimi_intercept.config.discovery import find_config
+    from kimi_intercept.config.settings import ConfigError
+
+    try:
+        return find_config(explicit).path
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from e
+
+
+def _discover_option(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path:
+    return discover(value)
 
 
 def resolve_db_path(config_path: Path, db: Path | None) -> Path:
@@ -99,18 +118,21 @@ def common_options(f: F) -> F:
         "db",
         type=click.Path(dir_okay=False, path_type=Path),
         default=None,
-        help="SQLite database [default: the one named in the config]",
+        help="SQLite database [default: the one the config names, else the user data folder's]",
     )(f)
-    f = click.option(
-        "--config",
-        "config_path",
-        type=click.Path(dir_okay=False, path_type=Path),
-        default=DEFAULT_CONFIG,
-        show_default=True,
-        help="Config file; built-in defaults if it does not exist",
-    )(f)
+    f = config_option(f)
     return f
 
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    callback=_discover_option,
+    help="Config file [default: $KIMI_INTERCEPT_CONFIG, ./config.toml, then the user "
+    "config folder; built-in defaults if none exists]",
+)
 
 out_option = click.option(
     "--out",

@@ -3,9 +3,11 @@ once and turned into frozen dataclasses.
 
 Modules: :mod:`.settings` (:func:`load_config`, :class:`Config` with its providers, models and
 ``[routing]``; ``${VAR}`` secrets resolved from the environment) and :mod:`.rules` (the
-``[[routing.rules]]`` syntax: match, chain, overrides, validation), with :mod:`.keys` (strict
-keys: an unknown key names the closest valid one) and :mod:`.env` (``${VAR}`` expansion, and
-redaction of expanded values from error messages). Everything else reads the config through
+``[[routing.rules]]`` syntax: match, chain, overrides, validation), :mod:`.keys` (strict
+keys: an unknown key names the closest valid one), :mod:`.env` (``${VAR}`` expansion, and
+redaction of expanded values from error messages), :mod:`.discovery` (which config file:
+``--config``, ``$KIMI_INTERCEPT_CONFIG``, ``./config.toml``, the user config folder) and
+:mod:`.dirs` (the user folders, the default database). Everything else reads the config through
 these names; this package imports nothing else of kimi-intercept.
 
 Errors: :class:`ConfigError` (a ``ValueError``) whose message names the key and the fix;

@@ -4,7 +4,9 @@ The user's file is merged over the packaged ``default_config.toml`` (tables merg
 lists and scalars replace), so a config can be as short as the keys it changes. ``${VAR}``
 in any string is replaced by the environment variable ``VAR``; a variable that is not set
 leaves the value empty (a provider without an API key is skipped, with a log line that names
-the variable).
+the variable). Relative paths in a config file (``[storage] database``, ``[import]`` paths) are
+relative to that file's folder; without ``[storage] database`` the database is
+:func:`~kimi_intercept.config.dirs.default_database` (the user data folder).
 
 Every table accepts only its declared keys (``ROUTING_KEYS``, ``PROVIDER_KEYS`` … here, the
 other tables' sets next to their parsers); any other key is an error naming the closest valid
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from kimi_intercept.config.dirs import default_database
 from kimi_intercept.config.env import env_refs, expand, redact
 from kimi_intercept.config.keys import suggestion, unknown_key_message
 from kimi_intercept.config.rules import ChainEntry, Rule, RuleError, parse_rules
@@ -179,6 +182,13 @@ class Config:
                 return p.models[model]
         return None
 
+    def resolve_path(self, path: str | Path) -> Path:
+        """``path`` (``~`` expanded) made absolute against the config file's folder (the working
+        directory when there is no file)."""
+        p = Path(path).expanduser()
+        base = self.source.parent if self.source is not None else Path.cwd()
+        return p if p.is_absolute() else base / p
+
     def provider_for_host(self, host: str) -> Provider | None:
         for p in self.providers.values():
             if p.host == host:
@@ -287,7 +297,12 @@ def _build(
     except RuleError as e:
         raise ConfigError(str(e)) from e
     hosts = tuple(_str_list(_table(raw, "intercept"), "intercept.hosts"))
-    database = Path(_str(_table(raw, "storage"), "storage.database")).expanduser()
+    storage = _table(raw, "storage")
+    database = default_database()
+    if "database" in storage:
+        database = Path(_str(storage, "storage.database")).expanduser()
+        if not database.is_absolute() and source is not None:
+            database = source.parent / database
     return Config(hosts, routing, database, providers, dict(models), source, raw, rules, secrets)
 
 

@@ -396,8 +396,8 @@ def test_cli_report(db_path, tmp_path):
 
 
 def test_cli_report_defaults(tmp_path):
-    # No config.toml in the cwd: the built-in default database and reports/ folder.
-    write_rows(tmp_path / "kimi_intercept.db", SEED[:1])
+    # No config anywhere: the default database (user data folder, see conftest) and reports/.
+    write_rows(tmp_path / "xdg" / "data" / "kimi-intercept" / "kimi_intercept.db", SEED[:1])
     result = CliRunner().invoke(main, ["report", "--since", "2026-11-20", "--until", "2026-11-20"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "reports" / "index.html").is_file()
@@ -427,7 +427,8 @@ def test_cli_report_bad_date(db_path):
 
 def test_resolve_db_path(tmp_path):
     assert resolve_db_path(Path("config.toml"), Path("x.db")) == Path("x.db")
-    assert resolve_db_path(Path("missing.toml"), None) == Path("kimi_intercept.db")
+    default = tmp_path / "xdg" / "data" / "kimi-intercept" / "kimi_intercept.db"
+    assert resolve_db_path(Path("missing.toml"), None) == default
 
 
 def test_cli_report_database_from_config(tmp_path):
