@@ -237,6 +237,7 @@ def parse_cline(data: bytes, path: Path) -> tuple[list[dict[str, Any]], list[str
                 int(prompt),
                 int(tokens_out),
                 int(min(reads, prompt)),
+                cache_writes=int(min(writes, prompt - min(reads, prompt))),
                 conversation=hashlib.sha256(f"import:cline:{task_id}".encode()).hexdigest(),
                 details={k: v for k, v in raw.items() if v is not None},
                 ledger_cost=total_cost,
@@ -294,7 +295,8 @@ def parse_continue(data: bytes, path: Path) -> tuple[list[dict[str, Any]], list[
 
 _PARSERS = {"cline": parse_cline, "continue": parse_continue}
 _UPDATABLE = ("started_at", "client_model", "model", "prompt_tokens", "completion_tokens",
-              "cached_tokens", "cost_usd", "cost_source", "details")  # fmt: skip
+              "cached_tokens", "cache_write_tokens", "cost_usd", "cost_source",
+              "details")  # fmt: skip
 
 
 def import_ledger(
@@ -347,7 +349,12 @@ def _existing(db: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
 
 def _price(row: dict[str, Any], cfg: Config) -> None:
     ledger_cost = row.pop("_ledger_cost", None)
-    usage = Usage(row["prompt_tokens"], row["completion_tokens"], row["cached_tokens"])
+    usage = Usage(
+        row["prompt_tokens"],
+        row["completion_tokens"],
+        row["cached_tokens"],
+        cache_write_tokens=row.get("cache_write_tokens"),
+    )
     cost = cost_usd_at(row["model"], usage, row["started_at"], cfg)
     if cost is None and ledger_cost is not None:
         row["cost_usd"], row["cost_source"] = round(float(ledger_cost), 9), "ledger"
@@ -364,6 +371,7 @@ def _row(
     completion: int,
     cached: int | None,
     *,
+    cache_writes: int | None = None,
     conversation: str | None = None,
     details: Mapping[str, Any] | None = None,
     ledger_cost: float | None = None,
@@ -378,6 +386,7 @@ def _row(
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "cached_tokens": cached,
+        "cache_write_tokens": cache_writes,
         "usage_source": "ledger",
         "route": f"import:{tool}",
         "conversation_id": conversation,

@@ -38,13 +38,18 @@ class ModelInfo:
     """What the config knows about one upstream model.
 
     Prices are USD per million tokens; ``None`` means unknown (the request is then unpriced,
-    never $0). ``context_window`` is in tokens.
+    never $0). ``context_window`` is in tokens. Cache writes (prompt tokens the provider stores
+    in its cache on this request; only Anthropic reports them) default to Anthropic's
+    multipliers of the input price: 1.25× for the 5-minute TTL, 2× for the 1-hour TTL
+    (https://docs.claude.com/en/docs/build-with-claude/prompt-caching#pricing).
     """
 
     context_window: int | None = None
     input_per_mtok: float | None = None
     cached_input_per_mtok: float | None = None
     output_per_mtok: float | None = None
+    cache_write_per_mtok: float | None = None
+    cache_write_1h_per_mtok: float | None = None
 
 
 @dataclass(frozen=True)
@@ -280,6 +285,8 @@ def _provider(name: str, t: Any) -> Provider:
             input_per_mtok=_opt_price(info, f"{key}.input_per_mtok"),
             cached_input_per_mtok=_opt_price(info, f"{key}.cached_input_per_mtok"),
             output_per_mtok=_opt_price(info, f"{key}.output_per_mtok"),
+            cache_write_per_mtok=_opt_price(info, f"{key}.cache_write_per_mtok"),
+            cache_write_1h_per_mtok=_opt_price(info, f"{key}.cache_write_1h_per_mtok"),
         )
     return Provider(
         name=name,
