@@ -103,6 +103,7 @@ class Routing:
     cooldown_s: float
     auth_cooldown_s: float
     continue_on_break: bool = False
+    conversation_idle_s: float = 3600.0  # a fingerprinted conversation idle this long ends
     shadow_provider: str | None = None  # [routing.shadow] provider: mirrored in the background
     shadow_share: float = 0.0  # percent of requests mirrored
 
@@ -241,6 +242,7 @@ def _build(raw: dict[str, Any], source: Path | None) -> Config:
         cooldown_s=_number(r, "routing.cooldown_s", 0, 86400),
         auth_cooldown_s=_number(r, "routing.auth_cooldown_s", 0, 86400),
         continue_on_break=_bool(r, "routing.continue_on_break"),
+        conversation_idle_s=_number(r, "routing.conversation_idle_s", 1, 30 * 86400),
         **_shadow(r),
     )
     for name in (routing.primary, *routing.fallbacks, *filter(None, [routing.shadow_provider])):
