@@ -39,6 +39,7 @@ from kimi_intercept.commands.status import status_file_for
 from kimi_intercept.config.discovery import find_config
 from kimi_intercept.config.settings import Config, ConfigError, allow_hosts_patterns
 from kimi_intercept.relay.server import ROUTE_HEADER, Relay
+from kimi_intercept.routing.conversations import ConversationTracker
 from kimi_intercept.routing.plan import plan_route
 from kimi_intercept.sanitizer.prepare import Preparer
 from kimi_intercept.storage import StoreWriter, prune_on_start
@@ -55,6 +56,7 @@ class KimiIntercept:
         self.relay: Relay | None = None
         self.writer: StoreWriter | None = None
         self.is_running = False
+        self.conversations: ConversationTracker | None = None
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -87,6 +89,7 @@ class KimiIntercept:
                 return
             cfg, preparer = checked.cfg, checked.preparer
             self.cfg, self.preparer = cfg, preparer
+            self.conversations = ConversationTracker(cfg.routing.conversation_idle_s)
             if self.relay is not None:
                 self.relay.cfg, self.relay.preparer = cfg, preparer
             changes: dict[str, Any] = {
@@ -164,6 +167,7 @@ class KimiIntercept:
             body=req.content,
             client_host=peer[0] if peer else None,
             started=req.timestamp_start,
+            tracker=self.conversations,
         )
         if plan is None:
             return

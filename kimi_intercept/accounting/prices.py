@@ -8,6 +8,8 @@ price is the one of ``[providers.NAME.models."MODEL"]`` (:meth:`Config.model_inf
     since = "2026-01-01"          # a day, "YYYY-MM-DD" or a TOML date
     input_per_mtok = 0.95         # USD per million prompt tokens (cache miss)
     cached_input_per_mtok = 0.16  # optional; cached prompt tokens, else billed as input
+    cache_write_per_mtok = 1.19   # optional; cache writes (5-minute TTL), else 1.25 × input
+    cache_write_1h_per_mtok = 1.9 # optional; 1-hour cache writes, else 2 × input
     output_per_mtok = 4.00
     provider = "kimi"             # optional; only rows answered by this provider
 
@@ -32,7 +34,9 @@ from typing import Any
 from kimi_intercept.config.keys import unknown_key_message
 from kimi_intercept.config.settings import Config, ConfigError, ModelInfo
 
-_KEYS = {"since", "provider", "input_per_mtok", "cached_input_per_mtok", "output_per_mtok"}
+_OPTIONAL_PRICES = ("cached_input_per_mtok", "cache_write_per_mtok", "cache_write_1h_per_mtok")
+_PRICES = ("input_per_mtok", "output_per_mtok", *_OPTIONAL_PRICES)
+_KEYS = {"since", "provider", *_PRICES}
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,8 @@ class PriceBook:
             input_per_mtok=best.info.input_per_mtok,
             cached_input_per_mtok=best.info.cached_input_per_mtok,
             output_per_mtok=best.info.output_per_mtok,
+            cache_write_per_mtok=best.info.cache_write_per_mtok,
+            cache_write_1h_per_mtok=best.info.cache_write_1h_per_mtok,
         )
 
 
@@ -145,9 +151,9 @@ def _entry(key: str, e: Any) -> PriceEntry:
     if provider is not None and (not isinstance(provider, str) or not provider):
         raise ConfigError(f"{key}.provider must be a provider name, got {provider!r}")
     prices = {}
-    for name in ("input_per_mtok", "cached_input_per_mtok", "output_per_mtok"):
+    for name in _PRICES:
         v = e.get(name)
-        if v is None and name != "cached_input_per_mtok":
+        if v is None and name not in _OPTIONAL_PRICES:
             raise ConfigError(f"{key}.{name} is missing: give the price in USD per 1M tokens")
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
             raise ConfigError(

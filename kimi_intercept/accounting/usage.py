@@ -20,8 +20,13 @@ All copies of one response's usage carry the same (cumulative) numbers, so the m
 
 Cache-read tokens are ``usage.prompt_tokens_details.cached_tokens`` (OpenAI, newer Moonshot,
 DeepSeek), Moonshot's top-level ``usage.cached_tokens``, or DeepSeek's
-``usage.prompt_cache_hit_tokens``. ``completion_tokens`` already includes
-``completion_tokens_details.reasoning_tokens``.
+``usage.prompt_cache_hit_tokens``. ``completion_tokens`` includes
+``completion_tokens_details.reasoning_tokens`` for every provider but xAI, whose
+``total_tokens = prompt + completion + reasoning``: such usage is normalised so completion
+includes reasoning, and the raw object is kept (:attr:`Usage.raw`).
+
+The response id and model are the first non-empty ones: Azure OpenAI's first chunk (the
+content-filter results) has ``"id": ""`` and ``"model": ""``.
 
 Nothing here raises on bad input: malformed JSON is counted and skipped, wrong types read as
 ``None``.
@@ -32,7 +37,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kimi_intercept.accounting.sse import SSEParser
@@ -49,13 +54,21 @@ class Usage:
     """Provider-reported token counts for one response; ``None`` = not reported.
 
     ``completion_tokens`` includes ``reasoning_tokens``; ``prompt_tokens`` includes
-    ``cached_tokens``.
+    ``cached_tokens`` (cache reads) and ``cache_write_tokens`` (prompt tokens written to the
+    provider's cache on this request: Anthropic's ``cache_creation_input_tokens``, of which
+    ``cache_write_1h_tokens`` were written with the 1-hour TTL, the rest with the default
+    5-minute one — https://docs.claude.com/en/docs/build-with-claude/prompt-caching).
     """
 
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cached_tokens: int | None = None
     reasoning_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    cache_write_1h_tokens: int | None = None
+    #: The provider's own usage object when it had to be normalised (e.g. reasoning reported
+    #: outside ``completion_tokens``), kept for the row's ``details``; ``None`` otherwise.
+    raw: dict[str, Any] | None = field(default=None, compare=False)
 
 
 def _count(value: Any) -> int | None:
@@ -87,11 +100,26 @@ def usage_from_openai(u: dict[str, Any]) -> Usage:
         cached = _count(u.get("cached_tokens"))
     if cached is None:
         cached = _count(u.get("prompt_cache_hit_tokens"))
+    prompt = _count(u.get("prompt_tokens"))
+    completion = _count(u.get("completion_tokens"))
+    reasoning = _count(_dict(u.get("completion_tokens_details")).get("reasoning_tokens"))
+    total = _count(u.get("total_tokens"))
+    raw = None
+    if (
+        prompt is not None
+        and completion is not None
+        and reasoning
+        and total == prompt + completion + reasoning
+    ):
+        # xAI: total = prompt + completion + reasoning, i.e. reasoning outside completion
+        # (https://docs.x.ai/docs/guides/reasoning); our completion always includes it.
+        completion, raw = completion + reasoning, u
     return Usage(
-        prompt_tokens=_count(u.get("prompt_tokens")),
-        completion_tokens=_count(u.get("completion_tokens")),
+        prompt_tokens=prompt,
+        completion_tokens=completion,
         cached_tokens=cached,
-        reasoning_tokens=_count(_dict(u.get("completion_tokens_details")).get("reasoning_tokens")),
+        reasoning_tokens=reasoning,
+        raw=raw,
     )
 
 
@@ -141,7 +169,7 @@ class ChatStreamMeter:
 
     - ``usage``: last usage object seen (top-level ``usage``, ``choices[i].usage`` or
       ``x_groq.usage``), or ``None`` if the provider sent none;
-    - ``response_id``: first ``id``; ``model``: first ``model``;
+    - ``response_id``: first non-empty ``id``; ``model``: first non-empty ``model``;
     - ``finish_reason``: last non-null ``choices[i].finish_reason``;
     - ``completion_text``: ``delta.content`` + ``reasoning_content`` + ``refusal`` + tool-call
       names/arguments in arrival order, capped at :data:`MAX_COMPLETION_TEXT_CHARS`
@@ -213,9 +241,9 @@ class ChatStreamMeter:
         self._on_chunk(obj)
 
     def _on_chunk(self, obj: dict[str, Any]) -> None:
-        if self.response_id is None and isinstance(obj.get("id"), str):
+        if self.response_id is None and isinstance(obj.get("id"), str) and obj["id"]:
             self.response_id = obj["id"]
-        if self.model is None and isinstance(obj.get("model"), str):
+        if self.model is None and isinstance(obj.get("model"), str) and obj["model"]:
             self.model = obj["model"]
         err = _error_of(obj)
         if err is not None:
@@ -312,8 +340,8 @@ def meter_chat_json(body: bytes) -> JsonMeter:
     joined = "".join(text)[:MAX_COMPLETION_TEXT_CHARS]
     return JsonMeter(
         usage=usage,
-        response_id=obj["id"] if isinstance(obj.get("id"), str) else None,
-        model=obj["model"] if isinstance(obj.get("model"), str) else None,
+        response_id=obj["id"] if isinstance(obj.get("id"), str) and obj["id"] else None,
+        model=obj["model"] if isinstance(obj.get("model"), str) and obj["model"] else None,
         finish_reason=finish_reason,
         completion_text=joined,
         error=_error_of(obj),

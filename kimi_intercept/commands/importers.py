@@ -28,36 +28,27 @@ Errors::
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from kimi_intercept.accounting.pricing import cost_usd_at
 from kimi_intercept.accounting.usage import Usage
+from kimi_intercept.commands.ledgers import (  # noqa: F401 (re-exported)
+    LedgerError,
+    MalformedLedger,
+    RefusedPath,
+    parse_cline,
+    parse_continue,
+)
 from kimi_intercept.config.keys import unknown_key_message
 from kimi_intercept.config.settings import Config, ConfigError
 from kimi_intercept.storage import open_db
 
 MAX_BYTES = 512 * 1024 * 1024
-
-
-class LedgerError(ValueError):
-    """The ledger cannot be imported; the message names the path and the fix."""
-
-
-class RefusedPath(LedgerError):
-    """Not the one regular file this importer may read."""
-
-
-class MalformedLedger(LedgerError):
-    """Not valid JSON, or not the shape the tool writes."""
 
 
 @dataclass(frozen=True)
@@ -195,107 +186,10 @@ def read_ledger(path: Path, max_bytes: int = MAX_BYTES) -> bytes:
     return data
 
 
-def parse_cline(data: bytes, path: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """Rows (without cost) from a Cline ``taskHistory.json``, and why items were skipped."""
-    doc = _json(data, path)
-    if not isinstance(doc, list):
-        raise MalformedLedger(f"{path}: expected a JSON array of tasks, got {type(doc).__name__}")
-    rows, skipped = [], []
-    for n, item in enumerate(doc):
-        where = f"item {n}"
-        try:
-            if not isinstance(item, dict):
-                raise _Skip("not an object")
-            task_id = item.get("id")
-            if not isinstance(task_id, (str, int)) or isinstance(task_id, bool) or task_id == "":
-                raise _Skip("no id")
-            where = f"task {str(task_id)[:40]}"
-            ts = _number(item, "ts", required=True)
-            tokens_in = _number(item, "tokensIn") or 0
-            tokens_out = _number(item, "tokensOut") or 0
-            writes = _number(item, "cacheWrites") or 0
-            reads = _number(item, "cacheReads") or 0
-            total_cost = _number(item, "totalCost")
-            model = item.get("modelId")
-            model = model[:200] if isinstance(model, str) and model else None
-        except _Skip as e:
-            skipped.append(f"{where}: {e}")
-            continue
-        # Anthropic-style providers report input without cache reads/writes; OpenAI-style
-        # (Kimi, DeepSeek, OpenRouter…) include the cached tokens in the input already.
-        excludes_cache = reads + writes > tokens_in or (
-            bool(model) and model.lower().startswith(("claude", "anthropic/"))
-        )
-        prompt = tokens_in + reads + writes if excludes_cache else tokens_in
-        raw = {"tokensIn": tokens_in, "tokensOut": tokens_out, "cacheWrites": writes,
-               "cacheReads": reads, "totalCost": total_cost}  # fmt: skip
-        rows.append(
-            _row(
-                "cline",
-                _stable_id("cline", str(task_id)),
-                _iso(ts, where),
-                model,
-                int(prompt),
-                int(tokens_out),
-                int(min(reads, prompt)),
-                conversation=hashlib.sha256(f"import:cline:{task_id}".encode()).hexdigest(),
-                details={k: v for k, v in raw.items() if v is not None},
-                ledger_cost=total_cost,
-            )
-        )
-    return rows, skipped
-
-
-def parse_continue(data: bytes, path: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """Rows (without cost) from a Continue ``tokensGenerated.jsonl``, and skipped lines."""
-    text = _text(data, path)
-    lines = text.split("\n")
-    rows, skipped = [], []
-    seen: dict[str, int] = {}
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            if n == len(lines) and not text.endswith("\n"):  # being appended right now
-                skipped.append(f"line {n}: incomplete last line")
-                continue
-            raise MalformedLedger(
-                f"{path}: line {n}, column {e.colno}: not valid JSON ({e.msg}); fix or remove "
-                "that line and import again"
-            ) from None
-        try:
-            if not isinstance(item, dict):
-                raise _Skip("not an object")
-            if item.get("eventName", "tokensGenerated") != "tokensGenerated":
-                continue
-            when = item.get("timestamp")
-            if isinstance(when, bool) or not isinstance(when, (str, int, float)):
-                raise _Skip("no timestamp")
-            prompt = _number(item, "promptTokens") or 0
-            completion = _number(item, "generatedTokens") or 0
-            model = item.get("model")
-            model = model[:200] if isinstance(model, str) and model else None
-            provider = item.get("provider")
-            started = _iso(when, f"line {n}")
-        except _Skip as e:
-            skipped.append(f"line {n}: {e}")
-            continue
-        key = json.dumps([started, model, provider, prompt, completion])
-        seen[key] = seen.get(key, 0) + 1
-        digest = hashlib.sha256(f"{key}#{seen[key]}".encode()).hexdigest()[:32]
-        details = {"provider": provider[:100]} if isinstance(provider, str) and provider else {}
-        rows.append(
-            _row("continue", f"import:continue:{digest}", started, model, int(prompt),
-                 int(completion), None, details=details)
-        )  # fmt: skip
-    return rows, skipped
-
-
 _PARSERS = {"cline": parse_cline, "continue": parse_continue}
 _UPDATABLE = ("started_at", "client_model", "model", "prompt_tokens", "completion_tokens",
-              "cached_tokens", "cost_usd", "cost_source", "details")  # fmt: skip
+              "cached_tokens", "cache_write_tokens", "cost_usd", "cost_source",
+              "details")  # fmt: skip
 
 
 def import_ledger(
@@ -348,96 +242,17 @@ def _existing(db: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
 
 def _price(row: dict[str, Any], cfg: Config) -> None:
     ledger_cost = row.pop("_ledger_cost", None)
-    usage = Usage(row["prompt_tokens"], row["completion_tokens"], row["cached_tokens"])
+    usage = Usage(
+        row["prompt_tokens"],
+        row["completion_tokens"],
+        row["cached_tokens"],
+        cache_write_tokens=row.get("cache_write_tokens"),
+    )
     cost = cost_usd_at(row["model"], usage, row["started_at"], cfg)
     if cost is None and ledger_cost is not None:
         row["cost_usd"], row["cost_source"] = round(float(ledger_cost), 9), "ledger"
     else:
         row["cost_usd"], row["cost_source"] = cost, None
-
-
-def _row(
-    tool: str,
-    row_id: str,
-    started_at: str,
-    model: str | None,
-    prompt: int,
-    completion: int,
-    cached: int | None,
-    *,
-    conversation: str | None = None,
-    details: Mapping[str, Any] | None = None,
-    ledger_cost: float | None = None,
-) -> dict[str, Any]:
-    return {
-        "id": row_id,
-        "started_at": started_at,
-        "client": tool,
-        "client_model": model,
-        "model": model,
-        "outcome": "ok",
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "cached_tokens": cached,
-        "usage_source": "ledger",
-        "route": f"import:{tool}",
-        "conversation_id": conversation,
-        "details": json.dumps(dict(details or {}), sort_keys=True),
-        "_ledger_cost": ledger_cost,
-    }
-
-
-class _Skip(Exception):
-    pass
-
-
-def _number(item: Mapping[str, Any], key: str, required: bool = False) -> float | None:
-    v = item.get(key)
-    if v is None:
-        if required:
-            raise _Skip(f"no {key}")
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or v != v:
-        raise _Skip(f"{key} is not a number >= 0: {str(v)[:40]!r}")
-    return v
-
-
-def _iso(when: Any, where: str) -> str:
-    """Epoch seconds/milliseconds or an ISO 8601 string → ``2026-11-21T23:54:42.123Z``."""
-    try:
-        if isinstance(when, (int, float)):
-            seconds = when / 1000 if when > 1e11 else when
-            dt = datetime.fromtimestamp(seconds, timezone.utc)
-        else:
-            dt = datetime.fromisoformat(str(when).replace("Z", "+00:00"))
-            dt = dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt
-    except (ValueError, OverflowError, OSError):
-        raise _Skip(f"bad time {str(when)[:40]!r}") from None
-    dt = dt.astimezone(timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
-
-
-def _stable_id(tool: str, key: str) -> str:
-    if re.fullmatch(r"[0-9A-Za-z_.-]{1,100}", key):
-        return f"import:{tool}:{key}"
-    return f"import:{tool}:{hashlib.sha256(key.encode()).hexdigest()[:32]}"
-
-
-def _text(data: bytes, path: Path) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise MalformedLedger(f"{path}: line {line}: not UTF-8 text") from None
-
-
-def _json(data: bytes, path: Path) -> Any:
-    try:
-        return json.loads(_text(data, path))
-    except json.JSONDecodeError as e:
-        raise MalformedLedger(
-            f"{path}: line {e.lineno}, column {e.colno}: not valid JSON ({e.msg})"
-        ) from None
 
 
 def _abs(path: Path) -> str:

@@ -48,13 +48,16 @@ ROUTING_KEYS = (
     "primary", "fallbacks", "share", "connect_timeout_s", "first_byte_timeout_s",
     "stall_timeout_s", "max_retries", "retry_max_wait_s", "failures_to_open", "breaker_window_s",
     "cooldown_s", "auth_cooldown_s", "continue_on_break", "on_plan_error", "max_answer_s",
-    "shadow", "rules",
+    "conversation_idle_s", "shadow", "rules",
 )  # fmt: skip
 SHADOW_KEYS = ("provider", "share")
 STORAGE_KEYS = ("database", "retention_days", "spool")  # retention_days: storage.retention
 PROXY_KEYS = ("max_body_mb", "drain_s")
 PROVIDER_KEYS = ("base_url", "dialect", "api_key", "model", "models", "rpm", "tpm")
-MODEL_KEYS = ("context_window", "input_per_mtok", "cached_input_per_mtok", "output_per_mtok")
+MODEL_KEYS = (
+    "context_window", "input_per_mtok", "cached_input_per_mtok", "output_per_mtok",
+    "cache_write_per_mtok", "cache_write_1h_per_mtok",
+)  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -66,13 +69,18 @@ class ModelInfo:
     """What the config knows about one upstream model.
 
     Prices are USD per million tokens; ``None`` means unknown (the request is then unpriced,
-    never $0). ``context_window`` is in tokens.
+    never $0). ``context_window`` is in tokens. Cache writes (prompt tokens the provider stores
+    in its cache on this request; only Anthropic reports them) default to Anthropic's
+    multipliers of the input price: 1.25× for the 5-minute TTL, 2× for the 1-hour TTL
+    (https://docs.claude.com/en/docs/build-with-claude/prompt-caching#pricing).
     """
 
     context_window: int | None = None
     input_per_mtok: float | None = None
     cached_input_per_mtok: float | None = None
     output_per_mtok: float | None = None
+    cache_write_per_mtok: float | None = None
+    cache_write_1h_per_mtok: float | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +134,7 @@ class Routing:
     cooldown_s: float
     auth_cooldown_s: float
     continue_on_break: bool = False
+    conversation_idle_s: float = 3600.0  # a fingerprinted conversation idle this long ends
     shadow_provider: str | None = None  # [routing.shadow] provider: mirrored in the background
     shadow_share: float = 0.0  # percent of requests mirrored
 
@@ -280,6 +289,7 @@ def _build(
         cooldown_s=_number(r, "routing.cooldown_s", 0, 86400),
         auth_cooldown_s=_number(r, "routing.auth_cooldown_s", 0, 86400),
         continue_on_break=_bool(r, "routing.continue_on_break"),
+        conversation_idle_s=_number(r, "routing.conversation_idle_s", 1, 30 * 86400),
         **_shadow(r),
     )
     for name in (routing.primary, *routing.fallbacks, *filter(None, [routing.shadow_provider])):
@@ -338,6 +348,8 @@ def _provider(name: str, t: Any, api_key_ref: str) -> Provider:
             input_per_mtok=_opt_price(info, f"{key}.input_per_mtok"),
             cached_input_per_mtok=_opt_price(info, f"{key}.cached_input_per_mtok"),
             output_per_mtok=_opt_price(info, f"{key}.output_per_mtok"),
+            cache_write_per_mtok=_opt_price(info, f"{key}.cache_write_per_mtok"),
+            cache_write_1h_per_mtok=_opt_price(info, f"{key}.cache_write_1h_per_mtok"),
         )
     return Provider(
         name=name,

@@ -20,6 +20,8 @@ from kimi_intercept.accounting.usage import (
 from kimi_intercept.dialects.anthropic_wire import _blocks, _dict, _str
 
 _USAGE_KEYS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+#: ``usage.cache_creation``: the cache writes by TTL (5 minutes is the default).
+_CREATION_KEYS = ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens")
 
 
 def _count(value: Any) -> int | None:
@@ -31,11 +33,39 @@ def _count(value: Any) -> int | None:
 def _native_usage(u: dict[str, int | None]) -> Usage | None:
     """Anthropic counts → our columns (OpenAI meaning: prompt includes cached):
     ``prompt = input + cache_read + cache_creation``, ``cached = cache_read``,
-    ``completion = output``; reasoning is not reported separately."""
+    ``cache_write = cache_creation`` of which ``cache_write_1h`` =
+    ``cache_creation.ephemeral_1h_input_tokens``, ``completion = output``; reasoning is not
+    reported separately."""
     if u.get("input_tokens") is None and u.get("output_tokens") is None:
         return None
     prompt = None if u.get("input_tokens") is None else sum(u.get(k) or 0 for k in _USAGE_KEYS)
-    return Usage(prompt, u.get("output_tokens"), u.get("cache_read_input_tokens"), None)
+    writes = u.get("cache_creation_input_tokens")
+    writes_1h = u.get("ephemeral_1h_input_tokens")
+    if writes is None and (writes_1h or u.get("ephemeral_5m_input_tokens")):
+        writes = (writes_1h or 0) + (u.get("ephemeral_5m_input_tokens") or 0)
+    return Usage(
+        prompt,
+        u.get("output_tokens"),
+        u.get("cache_read_input_tokens"),
+        None,
+        cache_write_tokens=writes,
+        cache_write_1h_tokens=writes_1h if writes else None,
+    )
+
+
+def _counts(usage: Any, into: dict[str, int | None]) -> dict[str, int | None]:
+    """The counts of one Anthropic ``usage`` object (with its ``cache_creation`` breakdown)
+    merged into ``into``: a key the object does not carry keeps its earlier value."""
+    usage = _dict(usage)
+    for key in (*_USAGE_KEYS, "output_tokens"):
+        value = _count(usage.get(key))
+        if value is not None:
+            into[key] = value
+    for key in _CREATION_KEYS:
+        value = _count(_dict(usage.get("cache_creation")).get(key))
+        if value is not None:
+            into[key] = value
+    return into
 
 
 class StreamMeter(ChatStreamMeter):
@@ -56,11 +86,7 @@ class StreamMeter(ChatStreamMeter):
         self._counts: dict[str, int | None] = {}
 
     def _take_usage(self, u: Any) -> None:
-        for key in (*_USAGE_KEYS, "output_tokens"):
-            value = _count(_dict(u).get(key))
-            if value is not None:
-                self._counts[key] = value
-        self.usage = _native_usage(self._counts)
+        self.usage = _native_usage(_counts(u, self._counts))
 
     def _on_chunk(self, obj: dict[str, Any]) -> None:
         kind = obj.get("type")
@@ -111,9 +137,8 @@ def meter_json(body: bytes) -> JsonMeter:
             text += [_str(block.get("name")), json.dumps(block.get("input", {}))]
         else:
             text.append(_str(block.get("text")) or _str(block.get("thinking")))
-    counts = {k: _count(_dict(obj.get("usage")).get(k)) for k in (*_USAGE_KEYS, "output_tokens")}
     return JsonMeter(
-        usage=_native_usage(counts),
+        usage=_native_usage(_counts(obj.get("usage"), {})),
         response_id=_str(obj.get("id")) or None,
         model=_str(obj.get("model")) or None,
         finish_reason=_str(obj.get("stop_reason")) or None,

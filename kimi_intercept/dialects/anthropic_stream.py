@@ -105,7 +105,9 @@ def _tool_input(arguments: str) -> tuple[dict[str, Any], bool]:
     return (value, True) if isinstance(value, dict) else ({}, False)
 
 
-def from_openai_response(body: dict[str, Any]) -> dict[str, Any]:
+def from_openai_response(
+    body: dict[str, Any], *, request: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A non-streamed chat.completion as an Anthropic message (first choice): a ``thinking``
     block from ``reasoning_content`` (``signature: ""``), a ``text`` block, ``tool_use`` blocks.
     Tool arguments that are not a JSON object give ``input: {}`` and the raw string under the
@@ -171,7 +173,9 @@ class _Call:
 class StreamTranslator:
     """OpenAI chat SSE events in, Anthropic SSE events out, one upstream event at a time.
 
-    ``message_start`` on the first chunk (id ``msg_<upstream id>``, usage 0/0); then one block
+    ``message_start`` on the first chunk (id ``msg_<upstream id>``; usage: our estimate of the
+    prompt as ``input_tokens``, as Anthropic sends its count there, output 0 — the exact counts
+    follow in ``message_delta``); then one block
     per kind of delta in arrival order (``reasoning_content``/``reasoning`` → ``thinking``,
     ``content``/``refusal`` → ``text``, ``tool_calls`` → ``tool_use`` with ``input_json_delta``),
     each closed before the next opens, so a Kimi tool call before the text is just an earlier
@@ -188,8 +192,15 @@ class StreamTranslator:
     at that block's index, which the SDKs accumulate by index.
     """
 
-    def __init__(self, model: str | None = None) -> None:
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        request: dict[str, Any] | None = None,
+        prompt_tokens: int | None = None,
+    ) -> None:
         self._model = model
+        self._prompt_tokens = prompt_tokens
         self._parser = SSEParser()
         self._started = False
         self._ended = False
@@ -252,7 +263,8 @@ class StreamTranslator:
     def _start(self, obj: dict[str, Any]) -> bytes:
         self._started = True
         model = _str(obj.get("model")) or self._model or ""
-        message = _message(_str(obj.get("id")), model, [], None, _usage(None))
+        usage = {"input_tokens": self._prompt_tokens or 0, "output_tokens": 0}
+        message = _message(_str(obj.get("id")), model, [], None, usage)
         return _sse("message_start", {"type": "message_start", "message": message})
 
     def _begin(self, kind: str, block: dict[str, Any]) -> bytes:

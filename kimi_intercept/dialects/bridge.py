@@ -49,15 +49,28 @@ def error_json(dialect: str, status: int, message: str, code: str) -> dict[str, 
 
 
 class Bridge:
-    """One committed answer: ``provider`` dialect in, ``client`` dialect out."""
+    """One committed answer: ``provider`` dialect in, ``client`` dialect out.
 
-    def __init__(self, client: str, provider: str, model: str | None):
+    ``request`` is the client's own request body (a translator reads what the client asked
+    for, e.g. Gemini's ``includeThoughts``); ``prompt_tokens`` our estimate of the prompt, which
+    an Anthropic client sees in ``message_start`` before the provider's exact count."""
+
+    def __init__(
+        self,
+        client: str,
+        provider: str,
+        model: str | None,
+        *,
+        request: dict[str, Any] | None = None,
+        prompt_tokens: int | None = None,
+    ):
         self.client, self.provider = client, provider
         self.translate = client != provider
         self._client_mod = module(client)
         self._provider_mod = module(provider)
+        self._request = request
         self._translator = (
-            self._client_mod.StreamTranslator(model)
+            self._client_mod.StreamTranslator(model, request=request, prompt_tokens=prompt_tokens)
             if self.translate and hasattr(self._client_mod, "StreamTranslator")
             else None
         )
@@ -95,7 +108,8 @@ class Bridge:
         except (ValueError, UnicodeDecodeError):
             message = "kimi-intercept: the provider's answer was not JSON"
             return json.dumps(self._client_mod.error_body(502, message, "bad_upstream")).encode()
-        return json.dumps(self._client_mod.from_openai_response(answer)).encode()
+        answer = self._client_mod.from_openai_response(answer, request=self._request)
+        return json.dumps(answer).encode()
 
     def error_event(self, message: str, code: str) -> bytes:
         """An in-band error event in the client's dialect (the stream is cut after it)."""

@@ -58,7 +58,11 @@ class StreamMeter(ChatStreamMeter):
     """
 
     def _on_chunk(self, obj: dict[str, Any]) -> None:
-        if self.response_id is None and isinstance(obj.get("responseId"), str):
+        if (
+            self.response_id is None
+            and isinstance(obj.get("responseId"), str)
+            and obj["responseId"]
+        ):
             self.response_id = obj["responseId"]
         if self.model is None and isinstance(obj.get("modelVersion"), str):
             self.model = obj["modelVersion"]

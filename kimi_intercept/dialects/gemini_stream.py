@@ -47,13 +47,23 @@ def _sse(obj: dict[str, Any]) -> bytes:
     return b"data: " + data.encode() + b"\r\n\r\n"
 
 
-def _text_parts(msg: dict[str, Any]) -> list[dict[str, Any]]:
-    """``reasoning_content`` as a ``thought`` part, then ``content``, of a delta or message."""
+def _text_parts(msg: dict[str, Any], thoughts: bool = True) -> list[dict[str, Any]]:
+    """``reasoning_content`` as a ``thought`` part (only with ``thoughts``: the client asked for
+    them), then ``content``, of a delta or message."""
     parts: list[dict[str, Any]] = []
-    for key, extra in (("reasoning_content", {"thought": True}), ("content", {})):
+    keys = (("reasoning_content", {"thought": True}),) if thoughts else ()
+    for key, extra in (*keys, ("content", {})):
         if isinstance(msg.get(key), str) and msg[key]:
             parts.append({"text": msg[key], **extra})
     return parts
+
+
+def wants_thoughts(request: dict[str, Any] | None) -> bool:
+    """True when a Gemini request asks for thought parts:
+    ``generationConfig.thinkingConfig.includeThoughts`` (off by default;
+    https://ai.google.dev/gemini-api/docs/thinking#summaries)."""
+    config = _dict(_dict(_dict(request).get("generationConfig")).get("thinkingConfig"))
+    return config.get("includeThoughts") is True
 
 
 def usage_metadata(usage: Usage) -> dict[str, int]:
@@ -111,7 +121,9 @@ class StreamTranslator:
 
     Every text delta becomes a chunk ``{"candidates": [{"content": {"parts": [{"text"}],
     "role": "model"}, "index"}], "usageMetadata"?, "modelVersion", "responseId"}`` at once;
-    ``reasoning_content`` becomes a ``{"text", "thought": true}`` part. Gemini sends function
+    ``reasoning_content`` becomes a ``{"text", "thought": true}`` part when the client's
+    ``request`` asked for thoughts (:func:`wants_thoughts`), else it is left out. Gemini sends
+    function
     calls whole, so tool-call deltas are accumulated and each call becomes one ``functionCall``
     part ``{name, args (parsed), id}`` in the final chunk.
 
@@ -125,8 +137,15 @@ class StreamTranslator:
     zeros would be wrong). A stream that ended with no ``finish_reason`` gets ``STOP``.
     """
 
-    def __init__(self, model: str | None) -> None:
+    def __init__(
+        self,
+        model: str | None,
+        *,
+        request: dict[str, Any] | None = None,
+        prompt_tokens: int | None = None,
+    ) -> None:
         self.model = model
+        self._thoughts = wants_thoughts(request)
         self._parser = SSEParser()
         self._id: str | None = None
         self._upstream_model: str | None = None
@@ -167,7 +186,7 @@ class StreamTranslator:
             idx = choice["index"] if isinstance(choice.get("index"), int) else 0
             self._finish.setdefault(idx, None)
             delta = _dict(choice.get("delta"))
-            parts = _text_parts(delta)
+            parts = _text_parts(delta, self._thoughts)
             for tc in delta.get("tool_calls") or []:
                 self._add_call(idx, _dict(tc))
             if isinstance(choice.get("finish_reason"), str):
@@ -225,10 +244,13 @@ class StreamTranslator:
         return _sse(obj)
 
 
-def from_openai_response(body: dict[str, Any]) -> dict[str, Any]:
+def from_openai_response(
+    body: dict[str, Any], *, request: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A non-streamed chat completion as a ``GenerateContentResponse`` (same mapping as
-    :class:`StreamTranslator`; ``modelVersion`` is the upstream's ``model``). An ``{"error":
-    …}`` body becomes :func:`error_body` (500); never raises."""
+    :class:`StreamTranslator`, thought parts only when ``request`` asked for them;
+    ``modelVersion`` is the upstream's ``model``). An ``{"error": …}`` body becomes
+    :func:`error_body` (500); never raises."""
     body = _dict(body)
     if body.get("error") is not None:
         err = _dict(body["error"]) or {"message": str(body["error"])}
@@ -245,7 +267,8 @@ def from_openai_response(body: dict[str, Any]) -> dict[str, Any]:
         call_parts, malformed = _call_parts(calls)
         index = choice["index"] if isinstance(choice.get("index"), int) else pos
         reason = choice.get("finish_reason")
-        candidates.append(_candidate(_text_parts(msg) + call_parts, reason, malformed, index))
+        parts = _text_parts(msg, wants_thoughts(request)) + call_parts
+        candidates.append(_candidate(parts, reason, malformed, index))
     out: dict[str, Any] = {"candidates": candidates}
     usage = body.get("usage")
     if not isinstance(usage, dict) and choices:

@@ -44,7 +44,7 @@ class StreamMeter(ChatStreamMeter):
         kind = obj.get("type")
         response = obj.get("response") if isinstance(obj.get("response"), dict) else None
         if response is not None:
-            if self.response_id is None and isinstance(response.get("id"), str):
+            if self.response_id is None and isinstance(response.get("id"), str) and response["id"]:
                 self.response_id = response["id"]
             if self.model is None and isinstance(response.get("model"), str):
                 self.model = response["model"]
@@ -83,7 +83,7 @@ def meter_json(body: bytes) -> JsonMeter:
     ]
     return JsonMeter(
         usage=usage_from_responses(obj.get("usage")),
-        response_id=obj.get("id") if isinstance(obj.get("id"), str) else None,
+        response_id=obj.get("id") if isinstance(obj.get("id"), str) and obj["id"] else None,
         model=obj.get("model") if isinstance(obj.get("model"), str) else None,
         finish_reason=obj.get("status") if isinstance(obj.get("status"), str) else None,
         completion_text="".join(t for t in text if isinstance(t, str)),

@@ -72,7 +72,13 @@ async def pipe(
     )
     content_type = upstream.headers.get("content-type", "")
     sse = content_type.startswith("text/event-stream")
-    bridge = r.bridge = Bridge(plan.dialect, target.dialect, target.model)
+    bridge = r.bridge = Bridge(
+        plan.dialect,
+        target.dialect,
+        target.model,
+        request=plan.native,
+        prompt_tokens=plan.prompt_tokens_estimate,
+    )
     meter = r.meter = bridge.meter(sse)
     checks = plan.rule.validate if plan.rule else Validation()
     if sse and checks.repetition and target.dialect == "openai" and plan.kind == "reroute":

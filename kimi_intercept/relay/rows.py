@@ -25,6 +25,8 @@ from kimi_intercept.sanitizer.sanitize import count_prompt_tokens
 
 log = logging.getLogger(__name__)
 
+SKIPPED = "skipped: "  # the error text of an attempts row for a provider that was not tried
+
 
 @dataclass
 class Outcome:
@@ -90,7 +92,7 @@ async def build_row(
         )
     else:
         cost = pricing.cost_usd(info, usage)
-    served = next((i for i, t in enumerate(plan.targets) if t is target), 0)
+    tried = [(a.get("provider"), a.get("model")) for a in attempts if not _skipped(a)]
     details = {
         "upstream_request_id": r.upstream_request_id,
         "finish_reason": getattr(meter, "finish_reason", None),
@@ -100,6 +102,7 @@ async def build_row(
         "skipped": r.skipped or None,
         "continued_after_break": r.continued_after,
         "request_changes": list(target.notes) if target and target.notes else None,
+        "raw_usage": usage.raw if usage is not None else None,
     }
     return {
         "id": uuid.uuid4().hex,
@@ -111,14 +114,16 @@ async def build_row(
         "model": model,
         "status_code": r.status,
         "outcome": r.outcome,
-        "attempts": len(attempts),
-        "fallback_used": int(served > 0 or (r.outcome == "error" and len(attempts) > 1)),
+        "attempts": len(tried),
+        "fallback_used": int(len(set(tried)) > 1),
         "ttft_ms": _round(r.ttft_ms),
         "duration_ms": _round(duration_ms),
         "prompt_tokens": usage.prompt_tokens if usage else None,
         "completion_tokens": usage.completion_tokens if usage else None,
         "cached_tokens": usage.cached_tokens if usage else None,
         "reasoning_tokens": usage.reasoning_tokens if usage else None,
+        "cache_write_tokens": usage.cache_write_tokens if usage else None,
+        "cache_write_1h_tokens": usage.cache_write_1h_tokens if usage else None,
         "usage_source": source,
         "cost_usd": cost,
         "prompt_tokens_estimate": estimate.prompt_tokens if estimate else None,
@@ -160,6 +165,12 @@ def _estimate(
     except Exception:
         log.exception("kimi-intercept: token estimate failed; the row is left without tokens")
         return Usage()
+
+
+def _skipped(attempt: dict[str, Any]) -> bool:
+    """An ``attempts`` row of a provider that was not tried (no key, capability, breaker…):
+    not a try, so it makes neither an attempt nor a fallback."""
+    return (attempt.get("error") or "").startswith(SKIPPED)
 
 
 def _round(v: float | None) -> float | None:

@@ -62,7 +62,7 @@ from kimi_intercept.relay.failures import (
     redact,
 )
 from kimi_intercept.relay.health import ProviderHealth, RateLimiter
-from kimi_intercept.relay.rows import Outcome, build_row
+from kimi_intercept.relay.rows import SKIPPED, Outcome, build_row
 from kimi_intercept.relay.upstream import Upstream
 from kimi_intercept.routing.choice import Chooser
 from kimi_intercept.routing.plan import (
@@ -78,7 +78,6 @@ log = logging.getLogger(__name__)
 
 ROUTE_HEADER = "x-kimi-intercept-route"
 ROUTE_TTL_S = 300.0
-SKIPPED = "skipped: "  # the error text of an attempts row for a provider that was not tried
 # UTF-8 text has at least ~2.5 bytes per token in every tokenizer we price: below this bound a
 # prompt surely fits, and the exact (tiktoken) count is skipped.
 _BYTES_PER_TOKEN_LOW = 2.5

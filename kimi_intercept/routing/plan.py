@@ -30,6 +30,7 @@ from typing import Any
 from kimi_intercept.config.rules import RequestFacts, Rule, first_match
 from kimi_intercept.config.settings import Config
 from kimi_intercept.dialects import DialectError
+from kimi_intercept.routing.conversations import ConversationTracker, title_text
 from kimi_intercept.routing.targets import Target, passthrough_target, reroute_targets
 
 CHAT_COMPLETIONS = "/chat/completions"
@@ -85,6 +86,27 @@ def client_name(user_agent: str | None) -> str | None:
 SESSION_HEADERS = ("x-kimi-session", "x-claude-code-session-id")
 
 
+def session_key(lower: dict[str, str], request_json: dict[str, Any]) -> str | None:
+    """The conversation id a client stated (hex SHA-256), or ``None``: a session header
+    (``lower``: lower-cased header names), or the session in Anthropic's ``metadata.user_id``
+    (translated to ``user``): ``user_…_account_…_session_<uuid>`` as older Claude Code sends it,
+    or a JSON object with ``session_id`` as newer versions do."""
+    for name in SESSION_HEADERS:
+        if lower.get(name):
+            return hashlib.sha256(f"{name}:{lower[name]}".encode()).hexdigest()
+    user = request_json.get("user")
+    session = None
+    if isinstance(user, str) and "_session_" in user:
+        session = user.rsplit("_session_", 1)[1]
+    elif isinstance(user, str) and user.startswith("{"):
+        try:
+            found = json.loads(user).get("session_id")
+        except (ValueError, AttributeError, RecursionError):
+            found = None
+        session = found if isinstance(found, str) and found else None
+    return hashlib.sha256(f"session:{session}".encode()).hexdigest() if session else None
+
+
 def conversation_key(headers: list[tuple[str, str]], request_json: dict[str, Any]) -> str:
     """A stable id for the conversation a request belongs to (hex SHA-256).
 
@@ -96,13 +118,9 @@ def conversation_key(headers: list[tuple[str, str]], request_json: dict[str, Any
     only append messages, so every turn of one conversation gets the same key.
     """
     lower = {k.lower(): v for k, v in headers}
-    for name in SESSION_HEADERS:
-        if lower.get(name):
-            return hashlib.sha256(f"{name}:{lower[name]}".encode()).hexdigest()
-    user = request_json.get("user")  # Anthropic metadata.user_id, translated
-    if isinstance(user, str) and "_session_" in user:
-        session = user.rsplit("_session_", 1)[1]
-        return hashlib.sha256(f"session:{session}".encode()).hexdigest()
+    session = session_key(lower, request_json)
+    if session is not None:
+        return session
     prefix: list[Any] = []
     messages = request_json.get("messages")
     for m in messages if isinstance(messages, list) else []:
@@ -119,20 +137,14 @@ def conversation_key(headers: list[tuple[str, str]], request_json: dict[str, Any
 
 
 def conversation_title(request_json: dict[str, Any], limit: int = 80) -> str | None:
-    """The start of the first user message's text (whitespace folded), for reports. Raw text:
+    """The start of the user's own first words (:func:`~.conversations.title_text`: injected
+    blocks such as ``<system-reminder>`` left out; whitespace folded), for reports. Raw text:
     the report escapes it."""
     messages = request_json.get("messages")
     for m in messages if isinstance(messages, list) else []:
         if isinstance(m, dict) and m.get("role") == "user":
-            content = m.get("content")
-            if isinstance(content, list):
-                content = " ".join(
-                    p.get("text", "")
-                    for p in content
-                    if isinstance(p, dict) and p.get("type") == "text"
-                )
-            if isinstance(content, str) and content.strip():
-                text = " ".join(content.split())
+            text = title_text(m.get("content"))
+            if text:
                 return text if len(text) <= limit else text[: limit - 1] + "…"
     return None
 
@@ -229,13 +241,15 @@ def plan_route(
     roll: float | None = None,
     client_host: str | None = None,
     started: float | None = None,
+    tracker: ConversationTracker | None = None,
 ) -> RoutePlan | None:
     """Plan a request, or return ``None`` to leave it to mitmproxy untouched.
 
     ``url`` is the original absolute URL; ``roll`` a number in [0, 100) that is compared with
     ``[routing] share`` (below → reroute); by default :func:`share_roll` of the conversation, so
-    the choice is sticky per conversation. Never raises on bad input: a body that is not a JSON
-    object gives ``None``.
+    the choice is sticky per conversation. ``tracker`` splits fingerprinted conversations into
+    runs (:class:`~.conversations.ConversationTracker`); the share stays decided by the
+    fingerprint. Never raises on bad input: a body that is not a JSON object gives ``None``.
     """
     rule: Rule | None = None
     rebuild = None
@@ -276,6 +290,13 @@ def plan_route(
             )
         ]  # fmt: skip
     started = time.time() if started is None else started
+    messages = (hub or {}).get("messages")
+    if (
+        tracker is not None
+        and isinstance(messages, list)
+        and session_key(dict(lower), hub or {}) is None
+    ):
+        conversation = tracker.resolve(conversation, messages, started)
     return RoutePlan(
         kind="count_tokens"
         if dialect == "anthropic_count"

@@ -66,11 +66,16 @@ _M003_REQUEST_COLUMNS: dict[str, type] = {
 _M005_REQUEST_COLUMNS: dict[str, type] = {
     "rule": str,  # the [[routing.rules]] name that chose the chain (NULL: the default chain)
 }
+_M006_REQUEST_COLUMNS: dict[str, type] = {
+    "cache_write_tokens": int,  # prompt tokens written to the provider's cache (all TTLs)
+    "cache_write_1h_tokens": int,  # ... of which with Anthropic's 1-hour TTL
+}
 REQUEST_COLUMNS: dict[str, type] = {
     **_M001_REQUEST_COLUMNS,
     **_M002_REQUEST_COLUMNS,
     **_M003_REQUEST_COLUMNS,
     **_M005_REQUEST_COLUMNS,
+    **_M006_REQUEST_COLUMNS,
 }
 
 #: ``attempts`` columns in table order.
@@ -236,6 +241,12 @@ def m004_shadow(db: sqlite_utils.Database) -> None:
 @migrations()
 def m005_requests_rule(db: sqlite_utils.Database) -> None:
     for name, kind in _M005_REQUEST_COLUMNS.items():
+        db.table("requests").add_column(name, kind)
+
+
+@migrations()
+def m006_cache_writes(db: sqlite_utils.Database) -> None:
+    for name, kind in _M006_REQUEST_COLUMNS.items():
         db.table("requests").add_column(name, kind)
 
 

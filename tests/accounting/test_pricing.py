@@ -159,8 +159,9 @@ def test_dated_entry_keeps_the_base_context_window(cfg):
          'prices."m"[0].input_per_mtok must be a price in USD per million tokens (>= 0), got -1'),
         ({"m": [{"since": "2026-01-01", "input_per_mtok": 1, "output_per_mtok": 1,
                  "input": 2}]},
-         '[[prices."m"]] unknown key `input` — valid keys: cached_input_per_mtok, '
-         "input_per_mtok, output_per_mtok, provider, since"),
+         '[[prices."m"]] unknown key `input` — valid keys: cache_write_1h_per_mtok, '
+         "cache_write_per_mtok, cached_input_per_mtok, input_per_mtok, output_per_mtok, provider, "
+         "since"),
         ({"m": [{"since": "2026-01-01", "input_per_mtok": 1, "output_per_mtok": 1},
                 {"since": "2026-01-01", "input_per_mtok": 2, "output_per_mtok": 1}]},
          'prices."m" has two entries since 2026-01-01 for the same provider; remove one'),

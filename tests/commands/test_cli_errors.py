@@ -116,6 +116,6 @@ def test_a_bad_config_is_one_line_and_its_secret_is_not_shown(tmp_path):
     (tmp_path / "config.toml").write_text('[routing]\nshare = "${MOONSHOT_API_KEY}"\n')
     line = one_line_error(cli("stats", env={"MOONSHOT_API_KEY": SECRET}))
     assert line == (
-        "Error: config.toml: routing.share must be a number from 0 to 100, "
+        f"Error: {tmp_path / 'config.toml'}: routing.share must be a number from 0 to 100, "
         "got '${MOONSHOT_API_KEY}'"
     )

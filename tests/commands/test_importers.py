@@ -68,8 +68,8 @@ def rows(db):
     return list(
         open_readonly(db).query(
             "select id, started_at, client, model, prompt_tokens, completion_tokens, "
-            "cached_tokens, usage_source, route, cost_usd, cost_source, details, "
-            "conversation_id is not null as has_conversation from requests order by id"
+            "cached_tokens, cache_write_tokens, usage_source, route, cost_usd, cost_source, "
+            "details, conversation_id is not null as has_conversation from requests order by id"
         )
     )
 
@@ -91,6 +91,7 @@ def test_cline_good_file(tmp_path, cfg, cline_file):
             "prompt_tokens": 120_000,  # OpenAI-style: the cache reads are inside tokensIn
             "completion_tokens": 4_000,
             "cached_tokens": 100_000,
+            "cache_write_tokens": 0,
             "usage_source": "ledger",
             "route": "import:cline",
             # our kimi-k2.6 price: (20,000 * 0.95 + 100,000 * 0.16 + 4,000 * 4.00) / 1e6
@@ -108,6 +109,7 @@ def test_cline_good_file(tmp_path, cfg, cline_file):
             "prompt_tokens": 26_000,  # Anthropic-style: input + cache reads + cache writes
             "completion_tokens": 200,
             "cached_tokens": 20_000,
+            "cache_write_tokens": 5_000,
             "usage_source": "ledger",
             "route": "import:cline",
             "cost_usd": 0.05,  # a model our table does not price: Cline's own figure
@@ -121,6 +123,24 @@ def test_cline_good_file(tmp_path, cfg, cline_file):
         f"Imported Cline ledger {cline_file}: 2 new, 0 updated, 0 unchanged; 2 skipped "
         "(task no-ts: no ts; task bad: tokensIn is not a number >= 0: 'many')."
     )
+
+
+def test_cline_cache_writes_are_billed_at_the_cache_write_price(tmp_path, cline_file):
+    """Anthropic bills 5-minute cache writes at 1.25x the input price (Cline does not say the
+    TTL: the default 5 minutes); https://docs.claude.com/en/docs/build-with-claude/prompt-caching"""
+    (tmp_path / "c.toml").write_text(
+        '[[prices."claude-sonnet-4"]]\nsince = "2026-01-01"\ninput_per_mtok = 3.0\n'
+        "cached_input_per_mtok = 0.3\noutput_per_mtok = 15.0\n"
+    )
+    db = tmp_path / "kimi.db"
+    import_ledger("cline", db, load_config(tmp_path / "c.toml"), cline_file)
+    claude = next(r for r in rows(db) if r["model"] == "claude-sonnet-4")
+    assert (claude["prompt_tokens"], claude["cached_tokens"], claude["cache_write_tokens"]) == (
+        26_000, 20_000, 5_000,
+    )  # fmt: skip
+    by_hand = (1_000 * 3.0 + 20_000 * 0.3 + 5_000 * 3.0 * 1.25 + 200 * 15.0) / 1e6
+    assert claude["cost_usd"] == pytest.approx(by_hand, abs=1e-8)
+    assert claude["cost_source"] is None
 
 
 def test_numbers_only_no_task_text_is_stored(tmp_path, cfg, cline_file, continue_file):

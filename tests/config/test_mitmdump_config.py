@@ -57,7 +57,7 @@ def test_bad_config_is_one_line_exit_1_never_listens_and_matches_the_cli(tmp_pat
 
     cli = CliRunner().invoke(main, ["stats", "--config", "bad.toml"], env=env)
     assert cli.exit_code == 1
-    assert cli.output == f"Error: bad.toml: {message}\n"
+    assert cli.output == f"Error: {tmp_path / 'bad.toml'}: {message}\n"
 
 
 def test_no_usable_provider_is_one_loud_warning(tmp_path):

@@ -875,7 +875,11 @@ def native_meter(name: str, step: int = 37) -> StreamMeter:
 def test_stream_meter_text_capture() -> None:
     m = native_meter("captured_anthropic_stream.sse")
     assert m.usage == Usage(
-        prompt_tokens=16, completion_tokens=38, cached_tokens=0, reasoning_tokens=None
+        prompt_tokens=16,
+        completion_tokens=38,
+        cached_tokens=0,
+        reasoning_tokens=None,
+        cache_write_tokens=0,
     )
     text = (
         'Olá! (That\'s "hi" in Portuguese)\n\nYou could also say "Oi!" which is a more '
@@ -893,7 +897,9 @@ def test_stream_meter_text_capture() -> None:
 
 def test_stream_meter_tool_use_capture() -> None:
     m = native_meter("captured_anthropic_tool_use_stream.sse")
-    assert m.usage == Usage(prompt_tokens=394, completion_tokens=67, cached_tokens=0)
+    assert m.usage == Usage(
+        prompt_tokens=394, completion_tokens=67, cached_tokens=0, cache_write_tokens=0
+    )
     assert m.answer_text == "I'll get the weather information for Florence, Italy for you."
     assert m.completion_text == (
         "I'll get the weather information for Florence, Italy for you."
@@ -904,7 +910,9 @@ def test_stream_meter_tool_use_capture() -> None:
 
 def test_stream_meter_thinking_capture() -> None:
     m = native_meter("captured_anthropic_thinking_stream.sse", step=5)
-    assert m.usage == Usage(prompt_tokens=424, completion_tokens=119, cached_tokens=0)
+    assert m.usage == Usage(
+        prompt_tokens=424, completion_tokens=119, cached_tokens=0, cache_write_tokens=0
+    )
     assert m.answer_text == ""
     assert m.completion_text.startswith("The user is asking for weather information for Florence")
     assert m.completion_text.endswith(
@@ -933,7 +941,9 @@ def test_stream_meter_cache_fields_last_output_and_error() -> None:
     }
     m = StreamMeter()
     m.feed(b"event: message_start\ndata: " + json.dumps(start).encode() + b"\n\n")
-    assert m.usage == Usage(prompt_tokens=3210, completion_tokens=1, cached_tokens=3000)
+    assert m.usage == Usage(
+        prompt_tokens=3210, completion_tokens=1, cached_tokens=3000, cache_write_tokens=200
+    )
     for out in (5, 15):
         delta = {
             "type": "message_delta",
@@ -941,14 +951,18 @@ def test_stream_meter_cache_fields_last_output_and_error() -> None:
             "usage": {"output_tokens": out},
         }
         m.feed(b"event: message_delta\ndata: " + json.dumps(delta).encode() + b"\n\n")
-    assert m.usage == Usage(prompt_tokens=3210, completion_tokens=15, cached_tokens=3000)
+    assert m.usage == Usage(
+        prompt_tokens=3210, completion_tokens=15, cached_tokens=3000, cache_write_tokens=200
+    )
     repeat = {
         "type": "message_delta",
         "delta": {},
         "usage": {"input_tokens": 12, "output_tokens": 20},
     }
     m.feed(b"event: message_delta\ndata: " + json.dumps(repeat).encode() + b"\n\n")
-    assert m.usage == Usage(prompt_tokens=3212, completion_tokens=20, cached_tokens=3000)
+    assert m.usage == Usage(
+        prompt_tokens=3212, completion_tokens=20, cached_tokens=3000, cache_write_tokens=200
+    )
     m.feed(b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error", ')
     m.feed(b'"message": "Overloaded"}}\n\n')
     m.finish()
@@ -976,7 +990,9 @@ def test_meter_json() -> None:
         },
     }
     assert meter_json(json.dumps(body).encode()) == JsonMeter(
-        usage=Usage(prompt_tokens=157, completion_tokens=30, cached_tokens=50),
+        usage=Usage(
+            prompt_tokens=157, completion_tokens=30, cached_tokens=50, cache_write_tokens=100
+        ),
         response_id="msg_01",
         model="claude-sonnet-4-6",
         finish_reason="tool_use",

@@ -76,8 +76,14 @@ def events_of(path: Path) -> list[bytes]:
     return events
 
 
-def translate(path: Path, model: str | None = "gemini-2.5-flash") -> bytes:
-    t = StreamTranslator(model)
+#: A client that asks for thought parts (https://ai.google.dev/gemini-api/docs/thinking#summaries).
+THOUGHTS = {"generationConfig": {"thinkingConfig": {"includeThoughts": True}}}
+
+
+def translate(
+    path: Path, model: str | None = "gemini-2.5-flash", request: dict | None = THOUGHTS
+) -> bytes:
+    t = StreamTranslator(model, request=request)
     out = b"".join(t.feed(event) for event in events_of(path))
     return out + t.finish()
 
@@ -382,6 +388,15 @@ def text_chunk(parts: list[dict], rid: str) -> dict:
     }
 
 
+def test_thought_parts_only_when_the_client_asked_for_them():
+    for request in (None, {"generationConfig": {"thinkingConfig": {"thinkingBudget": 1024}}}):
+        chunks = chunks_of(translate(WIRE / "documented" / "moonshot_stream.sse", request=request))
+        parts = [p for c in chunks for p in c["candidates"][0]["content"]["parts"]]
+        assert [p for p in parts if p.get("thought")] == []
+        assert "".join(p.get("text", "") for p in parts) == "OK"
+        assert chunks[-1]["usageMetadata"]["thoughtsTokenCount"] == 33  # still counted
+
+
 def test_moonshot_text_stream_translates():
     chunks = chunks_of(translate(WIRE / "documented" / "moonshot_stream.sse"))
     assert chunks == [
@@ -618,7 +633,9 @@ def test_non_streamed_answer():
             "prompt_tokens_details": {"cached_tokens": 101},
         },
     }
-    assert from_openai_response(kimi_k3) == {
+    without = from_openai_response(kimi_k3)
+    assert without["candidates"][0]["content"]["parts"] == [{"text": "323"}]
+    assert from_openai_response(kimi_k3, request=THOUGHTS) == {
         "candidates": [
             {
                 "content": {

@@ -234,3 +234,27 @@ def test_openai_responses_api_passes_through_and_is_counted(
         "completion_tokens": 3, "cached_tokens": 0, "usage_source": "provider",
         "model": "gpt-4o-2024-08-06",
     }  # fmt: skip
+
+
+def test_anthropic_client_sees_the_prompt_estimate_first_and_the_exact_count_last(proxied):
+    """Anthropic sends the input count in ``message_start``; through translation the client
+    gets our estimate there (not 0) and the provider's exact counts in ``message_delta``."""
+    kimi, _, _, client, db = proxied()
+    kimi.enqueue(Reply.sse_file(KIMI_STREAM))
+    events = list(
+        client.messages.create(
+            model="claude-sonnet-4-5",
+            max_tokens=64,
+            stream=True,
+            messages=[{"role": "user", "content": "Reply with one word, please: " + "ok " * 40}],
+        )
+    )
+    start = next(e for e in events if e.type == "message_start")
+    delta = next(e for e in events if e.type == "message_delta")
+    [row] = wait_rows(db, 1)
+    assert start.message.usage.input_tokens == row["prompt_tokens_estimate"] > 40
+    exact = row["prompt_tokens"] - row["cached_tokens"]
+    assert (delta.usage.input_tokens, delta.usage.output_tokens) == (
+        exact,
+        row["completion_tokens"],
+    )

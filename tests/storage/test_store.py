@@ -92,6 +92,8 @@ def test_migrate_columns(db_path):
         "cost_source": str,
         "duplicate_of": str,
         "rule": str,
+        "cache_write_tokens": int,
+        "cache_write_1h_tokens": int,
     }
     assert db.table("attempts").columns_dict == {
         "id": int,
@@ -226,6 +228,7 @@ def test_migrations_idempotent_on_reopen(db_path):
         "m003_accounting",
         "m004_shadow",
         "m005_requests_rule",
+        "m006_cache_writes",
     ]
     assert store.migrations.pending(db) == []
     assert db.table("requests").count == 1
