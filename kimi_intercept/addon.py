@@ -9,7 +9,8 @@ notes ``mitmproxy.md`` appendix):
   user chose an interface. A bad config (any table: routing rules, ``[sanitizer]``, ``[prices]``
   …) raises ``OptionsError`` naming the fix.
 - ``running``: prunes rows past ``[storage] retention_days``, starts the SQLite writer and the
-  relay on mitmproxy's loop.
+  relay on mitmproxy's loop. A database that cannot be opened does not stop the proxy: the
+  writer logs it as an error and spools rows (``[storage] spool``) until it can.
 - ``request``: an intercepted LLM call (any dialect) is planned (:mod:`.routing`, in a worker
   thread: it parses and serializes bodies of up to megabytes), parked in the
   relay under a one-shot id, and the flow is pointed at the relay. Any bug of ours leaves the
@@ -36,7 +37,7 @@ from kimi_intercept.config.settings import Config, ConfigError, allow_hosts_patt
 from kimi_intercept.relay.server import ROUTE_HEADER, Relay
 from kimi_intercept.routing.plan import plan_route
 from kimi_intercept.sanitizer.prepare import Preparer
-from kimi_intercept.storage import StoreWriter, prune_on_start, retention_days
+from kimi_intercept.storage import StoreWriter, prune_on_start, retention_days, spool_path
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class KimiIntercept:
                 preparer = Preparer(cfg)  # validates [sanitizer] and [context]
                 price_book(cfg)  # [prices]
                 retention_days(cfg)  # [storage] retention_days
+                spool_path(cfg)  # [storage] spool
                 import_config(cfg)  # [import]
             except ConfigError as e:
                 raise exceptions.OptionsError(f"kimi_config: {e}") from e
@@ -85,7 +87,8 @@ class KimiIntercept:
     async def running(self) -> None:
         assert self.cfg is not None
         await asyncio.to_thread(prune_on_start, self.cfg)  # retention; never raises
-        self.writer = StoreWriter(self.cfg.database)
+        # Never raises: a database that cannot be opened is logged (with where rows spool).
+        self.writer = StoreWriter(self.cfg.database, spool=spool_path(self.cfg))
         self.relay = Relay(
             self.cfg,
             self.writer.put,
