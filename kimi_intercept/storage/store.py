@@ -336,7 +336,8 @@ class StoreWriter:
                 self.open_error = e
                 self._outage = f"{type(e).__name__}: {e}"
                 where = self.spool.writable()
-                logger.error(
+                # A warning, loud in words only: mitmdump exits on an error logged at start.
+                logger.warning(
                     "store: CANNOT OPEN THE DATABASE %s (%s); requests are recorded in %s and "
                     "written to the database once it opens (tried every %gs)",
                     self.path,

@@ -503,7 +503,7 @@ def test_close_writes_queue_and_truncates_wal(db_path):
 def test_writer_that_cannot_open_its_database_spools_instead_of_raising(tmp_path, caplog):
     (tmp_path / "a-file").write_text("")
     spool = tmp_path / "spool.jsonl"
-    with caplog.at_level(logging.ERROR, logger="kimi_intercept.storage.store"):
+    with caplog.at_level(logging.WARNING, logger="kimi_intercept.storage.store"):
         w = StoreWriter(tmp_path / "a-file" / "kimi.db", spool=spool)
     assert isinstance(w.open_error, OSError)
     assert f"CANNOT OPEN THE DATABASE {tmp_path / 'a-file' / 'kimi.db'}" in caplog.text
