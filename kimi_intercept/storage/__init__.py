@@ -22,8 +22,8 @@ file compacted with ``VACUUM``; their totals stay in ``daily`` / ``daily_savings
 
 Modules: :mod:`.schema` (the tables, ``migrations``, :func:`open_db`, :func:`open_readonly`),
 :mod:`.rollup` (the counting rule's triggers and the ``daily`` rollups), :mod:`.retention`
-(:func:`prune`), :mod:`.store` (:class:`StoreWriter`, :func:`read_masked`), :mod:`.rows` (the
-rows as written: :class:`Entry`), :mod:`.spool` (rows kept in a JSON-lines file while the
+(:func:`prune`), :mod:`.store` (:class:`StoreWriter`), :mod:`.rows` (the rows as written:
+:class:`Entry`, :func:`read_masked`), :mod:`.spool` (rows kept in a JSON-lines file while the
 database cannot be written, :func:`spool_path`), :mod:`.connection` (the writer's connection,
 recreated when its file is deleted). Import the names below from here.
 
@@ -56,7 +56,7 @@ from kimi_intercept.storage.rollup import (
     DAILY_SUMS,
     daily_from_requests,
 )
-from kimi_intercept.storage.rows import Entry
+from kimi_intercept.storage.rows import Entry, read_masked
 from kimi_intercept.storage.schema import (
     ATTEMPT_COLUMNS,
     DEFAULT_BUSY_TIMEOUT_MS,
@@ -75,7 +75,7 @@ from kimi_intercept.storage.schema import (
     open_readonly,
 )
 from kimi_intercept.storage.spool import Spool, spool_path
-from kimi_intercept.storage.store import MAX_PENDING, StoreWriter, read_masked
+from kimi_intercept.storage.store import MAX_PENDING, StoreWriter
 
 __all__ = [
     "ATTEMPT_COLUMNS",

@@ -57,6 +57,12 @@ class Connection:
             )
         return self.open()
 
+    def set_busy_timeout(self, ms: int) -> None:
+        """Wait at most ``ms`` for a lock from now on (this connection and the next)."""
+        self.busy_timeout_ms = ms
+        if self.db is not None:
+            self.db.execute(f"PRAGMA busy_timeout={int(ms)}")
+
     def replaced(self) -> bool:
         """True if the path no longer names the file that was opened."""
         try:

@@ -1,6 +1,7 @@
 """Rows as the writer stores them: :class:`Entry` (one request with its attempts and its rows
 for other tables, cleaned to the tables' columns), :class:`RowMaker` (queued dicts → entries)
-and :func:`insert_entries` (one transaction, plain or idempotent).
+and :func:`insert_entries` (one transaction, plain or idempotent); :func:`read_masked` reads
+a masked original back.
 
 An entry is the unit that is written, spooled and replayed: a request row is never stored
 without its attempts and extra rows, nor they without it.
@@ -210,3 +211,11 @@ def ids(entries: Iterable[Entry], limit: int = 5) -> str:
     shown = [str(e.id) for e in entries]
     text = ", ".join(shown[:limit])
     return text + (f" and {len(shown) - limit} more" if len(shown) > limit else "")
+
+
+def read_masked(db: sqlite_utils.Database, masked_id: str) -> bytes | None:
+    """The original bytes of a masked item (``None`` if there is no such row or no original).
+    Text was stored as UTF-8 with lone surrogates passed through:
+    ``.decode("utf-8", "surrogatepass")`` gives the exact ``str`` back."""
+    row = db.execute("SELECT original FROM masked WHERE id = ?", [masked_id]).fetchone()
+    return zlib.decompress(row[0]) if row and row[0] is not None else None

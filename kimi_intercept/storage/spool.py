@@ -12,8 +12,9 @@ One line per request (:class:`~.rows.Entry`), exactly the rows the writer would 
 
 Column values are JSON values; ``bytes`` (compressed originals) are ``{"$b64": "..."}``; a
 value JSON cannot hold (only in a row the database refused) is ``{"$repr": "..."}``. Each
-append is flushed and fsynced, so a ``kill -9`` loses no spooled row. A line with an
-``error`` is a row the database refused for its data; it stays in the file, never replayed.
+append is flushed and fsynced, so a ``kill -9`` loses no spooled row. Files are created 0600
+(rows hold conversation titles). A line with an ``error`` is a row the database refused for
+its data; it stays in the file, never replayed.
 
 Replay (:meth:`Spool.replay`) is idempotent: ``INSERT OR IGNORE`` keyed by the request id, so
 replaying a file again after a partial success never duplicates a row.
@@ -45,7 +46,7 @@ logger = logging.getLogger("kimi_intercept.storage.store")
 
 #: Entries written per replay transaction.
 REPLAY_CHUNK = 500
-#: Faults of the database itself (not of one row): retried, then spooled.
+#: Errors caused by one row's data (anything else is a fault of the database or the disk).
 DATA_ERRORS = (
     sqlite3.IntegrityError,
     sqlite3.ProgrammingError,
@@ -56,6 +57,15 @@ DATA_ERRORS = (
     TypeError,
     OverflowError,
 )
+
+
+def is_fault(error: BaseException) -> bool:
+    """A fault of the database or the disk (retry, then spool) rather than of one row."""
+    if isinstance(error, DATA_ERRORS):
+        return False
+    return isinstance(error, (sqlite3.OperationalError, OSError)) or (
+        type(error) is sqlite3.DatabaseError  # "file is not a database", "malformed"
+    )
 
 
 def spool_path(cfg: Any) -> Path | None:
@@ -138,8 +148,8 @@ class Spool:
         for path in self.paths:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                with open(path, "ab"):
-                    return path
+                os.close(_open_append(path))
+                return path
             except OSError:
                 continue
         return None
@@ -166,8 +176,8 @@ class Spool:
 
     def _append(self, path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab+") as f:
-            start = f.tell()
+        with os.fdopen(_open_append(path), "ab+") as f:
+            start = f.seek(0, os.SEEK_END)
             if path not in self._tail_checked and start > 0:
                 f.seek(start - 1)
                 if f.read(1) != b"\n":  # a line torn by a kill: never glue onto it
@@ -248,6 +258,13 @@ class Spool:
             return 0
 
 
+def _open_append(path: Path) -> int:
+    """A descriptor to append to ``path``, created private (0600: rows hold conversation
+    titles; the fallback lives in a shared temp folder), never through a symlink."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+    return os.open(path, flags, 0o600)
+
+
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -261,7 +278,8 @@ def _rewrite(path: Path, lines: list[str]) -> None:
         path.unlink(missing_ok=True)
         return
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="ascii") as f:
+    tmp.unlink(missing_ok=True)
+    with os.fdopen(_open_append(tmp), "w", encoding="ascii") as f:
         f.writelines(lines)
         f.flush()
         os.fsync(f.fileno())

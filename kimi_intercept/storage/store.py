@@ -1,5 +1,5 @@
 """The store writer: :class:`StoreWriter` writes request, attempt and sanitizer rows from one
-background thread, off the proxy's event loop; :func:`read_masked` reads a masked original back.
+background thread, off the proxy's event loop.
 
 ``put()`` costs microseconds and never raises; the thread writes whatever has queued up in one
 transaction. The tables, the counting rule and retention: :mod:`kimi_intercept.storage`.
@@ -21,7 +21,6 @@ import queue
 import sqlite3
 import threading
 import time
-import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ import sqlite_utils
 from kimi_intercept.storage.connection import Connection
 from kimi_intercept.storage.rows import Entry, RowMaker, ids, insert_entries
 from kimi_intercept.storage.schema import DEFAULT_BUSY_TIMEOUT_MS
-from kimi_intercept.storage.spool import DATA_ERRORS, Spool
+from kimi_intercept.storage.spool import Spool, is_fault
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +50,6 @@ _STOP = object()
 _Item = tuple[dict[str, Any], list[dict[str, Any]], dict[str, list[dict[str, Any]]]]
 
 
-def _is_fault(error: BaseException) -> bool:
-    """A fault of the database or the disk (retry, then spool) rather than of one row."""
-    if isinstance(error, DATA_ERRORS):
-        return False
-    return isinstance(error, (sqlite3.OperationalError, OSError)) or (
-        type(error) is sqlite3.DatabaseError  # "file is not a database", "malformed"
-    )
-
-
 class StoreWriter:
     """Writes request and attempt rows (and the sanitizer's rows) from one background thread.
 
@@ -69,11 +59,9 @@ class StoreWriter:
     whose primary key already exists is ignored; ``masked.original`` is given raw (``str`` or
     ``bytes``) and stored zlib-compressed.
 
-    Faults (the module docstring has the whole rule): lock and I/O errors are retried
-    ``retries`` times with backoff from ``backoff_s`` (doubled each time), then the batch is
-    spooled and the database is tried again every ``retry_s`` seconds; when it can be written
-    the spool is replayed into it. A database that cannot be opened at start is logged as an
-    error (with the spool's path) and tried again the same way: the constructor never raises.
+    Faults (the whole rule: module docstring): retried ``retries`` times, backoff from
+    ``backoff_s`` doubling; then spooled, and the database tried again every ``retry_s`` s.
+    A database that cannot be opened is logged with the spool's path: this never raises.
 
     :param path: database file, created and migrated if needed (recreated if deleted)
     :param spool: spool file (``None``: ``<path>.spool.jsonl``)
@@ -196,17 +184,16 @@ class StoreWriter:
                     for item in items:
                         if isinstance(item, _Flush):
                             item.done.set()
+            # Last chance for held and spooled rows; a lock is waited for 1 s at most now.
+            self._conn.set_busy_timeout(min(self._busy_timeout_ms, 1000))
             self._recover(force=True)
             if self._held:
-                self._to_spool(self._held[:])
+                held, self._held = self._held, []
+                self._to_spool(held)
         finally:
             if self._held:
-                logger.error(
-                    "store: %d requests could be written neither to the database nor to a "
-                    "spool and are lost: %s",
-                    len(self._held),
-                    ids(self._held),
-                )
+                n, lost = len(self._held), ids(self._held)
+                logger.error("store: %d requests lost (no database, no spool): %s", n, lost)
             self._conn.close(checkpoint=True)
 
     def _collect(self) -> tuple[list[Any], bool]:
@@ -248,7 +235,7 @@ class StoreWriter:
         error = self._insert(entries, self._retries if retries is None else retries)
         if error is None:
             return
-        if _is_fault(error):
+        if is_fault(error):
             self._fault(error)
             self._to_spool(entries)
         elif len(entries) == 1:
@@ -284,7 +271,7 @@ class StoreWriter:
                     insert_entries(self._conn.ensure(), entries, idempotent=True)
                 return None
             except Exception as e:
-                if not _is_fault(e) or attempt == retries or self._closed:
+                if not is_fault(e) or attempt == retries or self._closed:
                     return e
                 logger.warning(
                     "store: writing requests %s failed (%s); retry %d/%d in %.2fs",
@@ -328,6 +315,9 @@ class StoreWriter:
 
     # -- faults -------------------------------------------------------------------------------
 
+    # Outages are warnings, not errors: mitmdump exits when an error is logged while it starts,
+    # and a proxy that cannot write its database must keep serving. Only a lost row is an error.
+
     def _open(self, at_start: bool = False) -> sqlite_utils.Database | None:
         try:
             return self._conn.open()
@@ -336,7 +326,6 @@ class StoreWriter:
                 self.open_error = e
                 self._outage = f"{type(e).__name__}: {e}"
                 where = self.spool.writable()
-                # A warning, loud in words only: mitmdump exits on an error logged at start.
                 logger.warning(
                     "store: CANNOT OPEN THE DATABASE %s (%s); requests are recorded in %s and "
                     "written to the database once it opens (tried every %gs)",
@@ -351,7 +340,7 @@ class StoreWriter:
         """The database cannot be written: close it, log once per outage, try again later."""
         if self._outage is None:
             self._outage = f"{type(error).__name__}: {error}"
-            logger.error(
+            logger.warning(
                 "store: the database %s cannot be written (%s); requests go to the spool and "
                 "are written to the database once it can be (tried every %gs)",
                 self.path,
@@ -374,7 +363,7 @@ class StoreWriter:
 
     def _hold(self, entries: list[Entry], error: OSError) -> None:
         if not self._held:
-            logger.error(
+            logger.warning(
                 "store: no spool file can be written either (%s); up to %d requests wait in memory",
                 error,
                 self._max_pending,
@@ -407,11 +396,3 @@ class StoreWriter:
                 self._backlog.append(item)  # flush markers wait for the batch in hand
         if entries:
             self._to_spool(entries)
-
-
-def read_masked(db: sqlite_utils.Database, masked_id: str) -> bytes | None:
-    """The original bytes of a masked item (``None`` if there is no such row or no original).
-    Text was stored as UTF-8 with lone surrogates passed through:
-    ``.decode("utf-8", "surrogatepass")`` gives the exact ``str`` back."""
-    row = db.execute("SELECT original FROM masked WHERE id = ?", [masked_id]).fetchone()
-    return zlib.decompress(row[0]) if row and row[0] is not None else None
