@@ -29,7 +29,7 @@ from proxyproc import render_config, wait_rows
 
 from kimi_intercept.storage import StoreWriter, open_db, read_masked
 from kimi_intercept.storage import store as store_module
-from kimi_intercept.storage.spool import fallback_spool
+from kimi_intercept.storage.spool import fallback_spool, spool_path
 
 MESSAGES = [{"role": "user", "content": "Say OK."}]
 LOGGER = "kimi_intercept.storage.store"
@@ -498,3 +498,30 @@ def test_proxy_starts_and_answers_with_a_read_only_database(
     finally:
         set_ro(False)
         fallback.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize(
+    "toml, expected",
+    [
+        ("", None),
+        ('[storage]\nspool = ""\n', None),
+        ('[storage]\nspool = "/var/spool/kimi.jsonl"\n', Path("/var/spool/kimi.jsonl")),
+        ('[storage]\nspool = "~/kimi.jsonl"\n', Path("~/kimi.jsonl").expanduser()),
+    ],
+)
+def test_spool_key(tmp_path, toml, expected):
+    from kimi_intercept.config.settings import load_config
+
+    (tmp_path / "c.toml").write_text(toml)
+    assert spool_path(load_config(tmp_path / "c.toml")) == expected
+
+
+def test_spool_key_rejects_a_non_path(tmp_path):
+    from kimi_intercept.config.settings import ConfigError, load_config
+
+    (tmp_path / "c.toml").write_text("[storage]\nspool = 5\n")
+    with pytest.raises(ConfigError) as e:
+        spool_path(load_config(tmp_path / "c.toml"))
+    assert str(e.value) == (
+        'storage.spool must be a file path (or "" for <database>.spool.jsonl); got 5'
+    )
