@@ -10,7 +10,7 @@ notes ``mitmproxy.md`` appendix):
   …) raises ``OptionsError`` naming the fix.
 - ``running``: prunes rows past ``[storage] retention_days``, starts the SQLite writer and the
   relay on mitmproxy's loop. A database that cannot be opened does not stop the proxy: the
-  writer logs it as an error and spools rows (``[storage] spool``) until it can.
+  writer says so in one warning line and spools rows (``[storage] spool``) until it can.
 - ``request``: an intercepted LLM call (any dialect) is planned (:mod:`.routing`, in a worker
   thread: it parses and serializes bodies of up to megabytes), parked in the
   relay under a one-shot id, and the flow is pointed at the relay. Any bug of ours leaves the
