@@ -13,7 +13,8 @@ notes ``mitmproxy.md`` appendix):
   print a chained traceback, listen, then exit); once running (``:set kimi_config=…``), an
   ``OptionsError`` that keeps the previous config.
 - ``running``: prunes rows past ``[storage] retention_days``, starts the SQLite writer and the
-  relay on mitmproxy's loop.
+  relay on mitmproxy's loop. A database that cannot be opened does not stop the proxy: the
+  writer says so in one warning line and spools rows (``[storage] spool``) until it can.
 - ``request``: an intercepted LLM call (any dialect) is planned (:mod:`.routing`, in a worker
   thread: it parses and serializes bodies of up to megabytes), parked in the
   relay under a one-shot id, and the flow is pointed at the relay. Any bug of ours leaves the
@@ -42,7 +43,7 @@ from kimi_intercept.relay.server import ROUTE_HEADER, Relay
 from kimi_intercept.routing.conversations import ConversationTracker
 from kimi_intercept.routing.plan import plan_route
 from kimi_intercept.sanitizer.prepare import Preparer
-from kimi_intercept.storage import StoreWriter, prune_on_start
+from kimi_intercept.storage import StoreWriter, prune_on_start, spool_path
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,8 @@ class KimiIntercept:
         assert self.cfg is not None
         self.is_running = True
         await asyncio.to_thread(prune_on_start, self.cfg)  # retention; never raises
-        self.writer = StoreWriter(self.cfg.database)
+        # Never raises: a database that cannot be opened is logged (with where rows spool).
+        self.writer = StoreWriter(self.cfg.database, spool=spool_path(self.cfg))
         self.relay = Relay(
             self.cfg,
             self.writer.put,

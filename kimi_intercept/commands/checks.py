@@ -3,9 +3,9 @@
 :func:`check_config` loads ``config.toml`` and runs every table's own validation — the
 settings (``[intercept]``, ``[routing]`` with its shadow and rules, ``[storage]``, ``[proxy]``,
 ``[models]``, ``[providers.NAME]``), ``[sanitizer]`` and ``[context]`` (the :class:`Preparer`),
-``[prices]`` (:func:`price_book`), ``[storage] retention_days`` and ``[import]`` — so a config
-the CLI accepts is one the proxy accepts, and the other way round. The addon's ``configure``
-and the CLI's ``load`` both call it.
+``[prices]`` (:func:`price_book`), ``[storage] retention_days`` and ``spool``, and ``[import]``
+— so a config the CLI accepts is one the proxy accepts, and the other way round. The addon's
+``configure`` and the CLI's ``load`` both call it.
 
 :func:`unusable_chain_warning` is the one line the proxy logs when no provider of the routing
 chain has its API key.
@@ -26,7 +26,7 @@ from kimi_intercept.commands.importers import import_config
 from kimi_intercept.config.env import env_refs
 from kimi_intercept.config.settings import Config, ConfigError, load_config
 from kimi_intercept.sanitizer.prepare import Preparer
-from kimi_intercept.storage import retention_days
+from kimi_intercept.storage import retention_days, spool_path
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ def check_config(path: str | Path | None, env: Mapping[str, str] | None = None) 
         preparer = Preparer(cfg)  # [sanitizer], [context]
         price_book(cfg)  # [prices]
         retention_days(cfg)  # [storage] retention_days
+        spool_path(cfg)  # [storage] spool
         import_config(cfg)  # [import]
         return Checked(cfg, preparer)
     except ConfigError as e:

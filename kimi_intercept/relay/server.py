@@ -393,7 +393,12 @@ class Relay:
             return
         self._published = providers
         doc = {"pid": os.getpid(), "updated_at": iso_utc(time.time()), "providers": providers}
-        await asyncio.to_thread(_write_json, self.status_path, doc)
+        try:
+            await asyncio.to_thread(_write_json, self.status_path, doc)
+        except OSError as e:  # a read-only or deleted folder: the status is only informative
+            log.warning(
+                "kimi-intercept: could not write the status file %s: %s", self.status_path, e
+            )
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:

@@ -22,14 +22,20 @@ file compacted with ``VACUUM``; their totals stay in ``daily`` / ``daily_savings
 
 Modules: :mod:`.schema` (the tables, ``migrations``, :func:`open_db`, :func:`open_readonly`),
 :mod:`.rollup` (the counting rule's triggers and the ``daily`` rollups), :mod:`.retention`
-(:func:`prune`), :mod:`.store` (:class:`StoreWriter`, :func:`read_masked`). Import the names
-below from here.
+(:func:`prune`), :mod:`.store` (:class:`StoreWriter`), :mod:`.rows` (the rows as written:
+:class:`Entry`, :func:`read_masked`), :mod:`.spool` (rows kept in a JSON-lines file while the
+database cannot be written, :func:`spool_path`), :mod:`.connection` (the writer's connection,
+recreated when its file is deleted). Import the names below from here.
+
+No lost rows: lock and I/O errors are retried, then rows spool and are replayed when the
+database can be written again; a row the database refuses stays in the spool with its error.
 
 Errors::
 
     FileNotFoundError
      └── DatabaseNotFound      open_readonly() on a path with no database
-    ConfigError                retention_days() on a bad ``[storage] retention_days``
+    ConfigError                retention_days() on a bad ``[storage] retention_days``,
+                               spool_path() on a bad ``[storage] spool``
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from kimi_intercept.storage.rollup import (
     DAILY_SUMS,
     daily_from_requests,
 )
+from kimi_intercept.storage.rows import Entry, read_masked
 from kimi_intercept.storage.schema import (
     ATTEMPT_COLUMNS,
     DEFAULT_BUSY_TIMEOUT_MS,
@@ -67,7 +74,8 @@ from kimi_intercept.storage.schema import (
     open_db,
     open_readonly,
 )
-from kimi_intercept.storage.store import StoreWriter, read_masked
+from kimi_intercept.storage.spool import Spool, spool_path
+from kimi_intercept.storage.store import MAX_PENDING, StoreWriter
 
 __all__ = [
     "ATTEMPT_COLUMNS",
@@ -80,11 +88,14 @@ __all__ = [
     "DEFAULT_BUSY_TIMEOUT_MS",
     "DEFAULT_RETENTION_DAYS",
     "EXTRA_TABLES",
+    "MAX_PENDING",
     "MASKED_COLUMNS",
     "REQUEST_COLUMNS",
     "SAVINGS_COLUMNS",
     "SHADOW_COLUMNS",
+    "Spool",
     "DatabaseNotFound",
+    "Entry",
     "PruneResult",
     "StoreWriter",
     "daily_from_requests",
@@ -99,4 +110,5 @@ __all__ = [
     "prune_on_start",
     "read_masked",
     "retention_days",
+    "spool_path",
 ]

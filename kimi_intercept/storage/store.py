@@ -1,34 +1,43 @@
 """The store writer: :class:`StoreWriter` writes request, attempt and sanitizer rows from one
-background thread, off the proxy's event loop; :func:`read_masked` reads a masked original back.
+background thread, off the proxy's event loop.
 
 ``put()`` costs microseconds and never raises; the thread writes whatever has queued up in one
 transaction. The tables, the counting rule and retention: :mod:`kimi_intercept.storage`.
+
+No row is lost to a storage fault: a write that fails on a lock or an I/O error is retried with
+backoff, then its rows go to the spool (:mod:`.spool`) and are replayed once the database can
+be written again; a batch that fails on bad data is written row by row, and a row the database
+refuses is kept in the spool with its error. A database file deleted while running is
+recreated. What is queued in memory is bounded (:data:`MAX_PENDING` requests); beyond that the
+spool takes it. Only when neither the database nor any spool file can be written are rows held
+in memory, and beyond the bound the oldest are dropped with an error line naming them.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import sqlite3
 import threading
 import time
-import uuid
-import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-from kimi_intercept.storage.schema import (
-    ATTEMPT_COLUMNS,
-    DEFAULT_BUSY_TIMEOUT_MS,
-    EXTRA_TABLES,
-    REQUEST_COLUMNS,
-    open_db,
-)
+from kimi_intercept.storage.connection import Connection
+from kimi_intercept.storage.rows import Entry, RowMaker, ids, insert_entries
+from kimi_intercept.storage.schema import DEFAULT_BUSY_TIMEOUT_MS
+from kimi_intercept.storage.spool import Spool, is_fault
 
 logger = logging.getLogger(__name__)
+
+#: Requests waiting in memory at most (queued plus held); beyond it the spool takes them.
+MAX_PENDING = 10_000
+#: Seconds between attempts to write to a database that failed (reopen, then replay the spool).
+RETRY_S = 5.0
 
 
 class _Flush:
@@ -44,50 +53,61 @@ _Item = tuple[dict[str, Any], list[dict[str, Any]], dict[str, list[dict[str, Any
 class StoreWriter:
     """Writes request and attempt rows (and the sanitizer's rows) from one background thread.
 
-    Only keys that are table columns are written; any other key (an API key included) is
-    dropped, logged once per key name at debug level. A non-number in a numeric column is
-    written as NULL with a warning. ``details`` may be a dict: it is stored as JSON. An
-    attempt without ``request_id``/``attempt`` gets the request's id and its 1-based position.
-    ``extra`` rows (``masked``, ``savings``) without ``request_id`` get the request's id; a row
-    whose primary key already exists is ignored (a masked original is stored once per hash);
-    ``masked.original`` is given raw (``str`` or ``bytes``) and stored zlib-compressed.
+    Rows are cleaned as :class:`~.rows.RowMaker` says (only table columns; non-numbers in
+    numeric columns become NULL; a request without ``id`` gets one). ``extra`` rows
+    (``masked``, ``savings``, ``shadow``) without ``request_id`` get the request's id; a row
+    whose primary key already exists is ignored; ``masked.original`` is given raw (``str`` or
+    ``bytes``) and stored zlib-compressed.
 
-    Failed writes are logged with the request ids and retried with backoff (lock and I/O
-    errors); a batch that fails on bad data is written row by row, so one bad row costs only
-    itself. Nothing is dropped without a log line naming the request id. A request without an
-    ``id`` gets a random one (logged).
+    Faults (the whole rule: module docstring): retried ``retries`` times, backoff from
+    ``backoff_s`` doubling; then spooled, and the database tried again every ``retry_s`` s.
+    A database that cannot be opened is logged with the spool's path: this never raises.
 
-    :param path: database file, created and migrated if needed
+    :param path: database file, created and migrated if needed (recreated if deleted)
+    :param spool: spool file (``None``: ``<path>.spool.jsonl``)
     :param busy_timeout_ms: how long one write waits for a lock before it counts as failed
-    :param retries: how many times a failed write is retried
-    :param backoff_s: first retry delay, doubled on each retry
-    :raises sqlite3.Error, OSError: if the database cannot be opened
+    :param max_pending: requests waiting in memory at most before the spool takes them
     """
 
     def __init__(
         self,
         path: str | Path,
         *,
+        spool: str | Path | None = None,
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
         retries: int = 4,
         backoff_s: float = 0.25,
         max_batch: int = 2000,
+        max_pending: int = MAX_PENDING,
+        retry_s: float = RETRY_S,
     ) -> None:
         self.path = Path(path)
+        self.spool = Spool(self.path, Path(spool) if spool else None)
+        #: Why the database could not be opened at start (``None``: it could).
+        self.open_error: BaseException | None = None
         self._busy_timeout_ms = busy_timeout_ms
         self._retries = retries
         self._backoff_s = backoff_s
         self._max_batch = max_batch
+        self._max_pending = max_pending
+        self._retry_s = retry_s
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._backlog: collections.deque[Any] = collections.deque()  # taken, not yet handled
+        self._held: list[Entry] = []  # neither the database nor the spool took them
+        self._rows = RowMaker()
+        self._conn = Connection(self.path, busy_timeout_ms)
+        self._outage: str | None = None
+        self._spooled_to: Path | None = None
+        self._next_try = 0.0
         self._closed = False
-        self._unknown_keys_seen: set[tuple[str, str]] = set()
         self._ready = threading.Event()
-        self._open_error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="kimi-intercept-store", daemon=True)
         self._thread.start()
         self._ready.wait()
-        if self._open_error is not None:
-            raise self._open_error
+
+    @property
+    def _db(self) -> sqlite_utils.Database | None:
+        return self._conn.db
 
     # -- called from the proxy's event loop -------------------------------------------------
 
@@ -110,7 +130,8 @@ class StoreWriter:
             logger.exception("store: could not queue request %r", request)
 
     def flush(self, timeout_s: float = 5.0) -> bool:
-        """Wait until everything put so far is written (or logged as failed).
+        """Wait until everything put so far is in the database or the spool (or logged as
+        lost, see the module docstring).
 
         :returns: ``False`` if that did not happen within ``timeout_s``
         """
@@ -120,11 +141,15 @@ class StoreWriter:
         self._queue.put(marker)
         return marker.done.wait(timeout_s)
 
-    def close(self, timeout_s: float = 5.0) -> bool:
-        """Write what is queued, checkpoint the WAL and stop the thread.
+    def close(self, timeout_s: float | None = None) -> bool:
+        """Write what is queued (to the database, else the spool), checkpoint the WAL and stop
+        the thread. Retries stop at once: what the database does not take now is spooled.
 
-        :returns: ``False`` if the thread did not finish within ``timeout_s``
+        :param timeout_s: default: the busy timeout plus 5 s
+        :returns: ``False`` if the thread did not finish in time
         """
+        if timeout_s is None:
+            timeout_s = self._busy_timeout_ms / 1000 + 5.0
         if not self._closed:
             self._closed = True
             self._queue.put(_STOP)
@@ -140,230 +165,234 @@ class StoreWriter:
 
     def _run(self) -> None:
         try:
-            db = open_db(self.path, busy_timeout_ms=self._busy_timeout_ms)
-        except BaseException as e:  # handed to __init__, which raises it
-            self._open_error = e
+            self._open(at_start=True)
+        finally:
             self._ready.set()
-            return
-        self._ready.set()
         stop = False
         try:
+            self._recover()  # the spool of an earlier run
             while not stop:
-                batch: list[_Item] = []
-                markers: list[_Flush] = []
-                item = self._queue.get()
-                while True:
-                    if item is _STOP:
-                        stop = True
-                    elif isinstance(item, _Flush):
-                        markers.append(item)
-                    else:
-                        batch.append(item)
-                    if len(batch) >= self._max_batch:
-                        break
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
+                items, stop = self._collect()
                 try:
-                    if batch:
-                        self._write(db, batch)
+                    self._recover()
+                    batch = [self._entry(i) for i in items if isinstance(i, tuple)]
+                    if batch := [e for e in batch if e is not None]:
+                        self._store(batch)
                 except Exception:  # the thread must outlive any one batch
-                    logger.exception(
-                        "store: unexpected error; requests %s not recorded", _ids(batch)
-                    )
+                    logger.exception("store: unexpected error in the writer thread")
                 finally:
-                    for marker in markers:
-                        marker.done.set()
+                    for item in items:
+                        if isinstance(item, _Flush):
+                            item.done.set()
+            # Last chance for held and spooled rows; a lock is waited for 1 s at most now.
+            self._conn.set_busy_timeout(min(self._busy_timeout_ms, 1000))
+            self._recover(force=True)
+            if self._held:
+                held, self._held = self._held, []
+                self._to_spool(held)
         finally:
-            try:
-                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error as e:
-                logger.warning("store: WAL checkpoint on close failed: %s", e)
-            db.close()
+            if self._held:
+                n, lost = len(self._held), ids(self._held)
+                logger.error("store: %d requests lost (no database, no spool): %s", n, lost)
+            self._conn.close(checkpoint=True)
 
-    def _write(self, db: sqlite_utils.Database, batch: list[_Item]) -> None:
-        requests: list[dict[str, Any]] = []
-        attempts: list[dict[str, Any]] = []
-        extra: dict[str, list[dict[str, Any]]] = {}
-        for request, request_attempts, request_extra in batch:
-            row = self._request_row(request)
-            requests.append(row)
-            for n, attempt in enumerate(request_attempts, start=1):
-                attempts.append(self._attempt_row(attempt, row["id"], n))
-            for table, rows in request_extra.items():
-                try:
-                    extra.setdefault(table, []).extend(self._extra_rows(table, rows, row["id"]))
-                except Exception as e:  # a bad extra row costs only itself, never the request
-                    logger.warning(
-                        "store: request %s: %s rows not recorded: %s: %s",
-                        row["id"],
-                        table,
-                        type(e).__name__,
-                        e,
-                    )
-        error = self._insert_with_retries(db, requests, attempts, extra)
+    def _collect(self) -> tuple[list[Any], bool]:
+        """Wait for the next item, then take what else is waiting (up to ``max_batch`` rows)."""
+        stop = False
+        items: list[Any] = []
+        rows = 0
+        try:
+            if self._backlog:
+                item = self._backlog.popleft()
+            else:
+                waiting = self._db is None or self.spool.pending or self._held
+                item = self._queue.get(timeout=self._retry_s if waiting else None)
+            while True:
+                items.append(item)
+                if item is _STOP:
+                    stop = True
+                elif isinstance(item, tuple):
+                    rows += 1
+                if rows >= self._max_batch:
+                    break
+                item = self._backlog.popleft() if self._backlog else self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        return items, stop
+
+    def _entry(self, item: _Item) -> Entry | None:
+        try:
+            return self._rows.entry(*item)
+        except Exception:
+            logger.exception("store: request %r could not be made into rows", item[0].get("id"))
+            return None
+
+    def _store(self, entries: list[Entry], retries: int | None = None) -> None:
+        """Write ``entries`` to the database, else to the spool; never drops one."""
+        if self._db is None:
+            self._to_spool(entries)
+            return
+        error = self._insert(entries, self._retries if retries is None else retries)
         if error is None:
             return
-        if len(batch) == 1:
+        if is_fault(error):
+            self._fault(error)
+            self._to_spool(entries)
+        elif len(entries) == 1:
+            entries[0].error = f"{type(error).__name__}: {error}"
+            where = self._to_spool(entries)
             logger.warning(
-                "store: request %s not recorded: %s: %s",
-                requests[0]["id"],
-                type(error).__name__,
-                error,
-            )
-        elif isinstance(error, sqlite3.OperationalError):
-            # Locked, read-only, disk full...: row by row would only fail slower.
-            logger.error(
-                "store: %d requests not recorded after %d retries (%s): %s",
-                len(requests),
-                self._retries,
-                error,
-                ", ".join(str(r["id"]) for r in requests),
+                "store: request %s refused by the database (%s); kept in %s",
+                entries[0].id,
+                entries[0].error,
+                where or "memory",
             )
         else:
             logger.warning(
                 "store: batch of %d requests failed (%s: %s); writing them one by one",
-                len(batch),
+                len(entries),
                 type(error).__name__,
                 error,
             )
-            for item in batch:
-                self._write(db, [item])
+            for entry in entries:
+                self._store([entry], retries)
 
-    def _insert_with_retries(
-        self,
-        db: sqlite_utils.Database,
-        requests: list[dict[str, Any]],
-        attempts: list[dict[str, Any]],
-        extra: dict[str, list[dict[str, Any]]],
-    ) -> Exception | None:
+    def _insert(self, entries: list[Entry], retries: int) -> Exception | None:
         """Insert in one transaction; return the error if it still fails after retries.
 
-        Lock/IO errors (``OperationalError``) are retried; bad data is returned at once.
+        Faults (lock, I/O) are retried; bad data is returned at once. A batch that went to a
+        file deleted meanwhile is written again to the recreated one.
         """
         delay = self._backoff_s
-        for attempt in range(self._retries + 1):
+        for attempt in range(retries + 1):
             try:
-                db.conn.execute("BEGIN IMMEDIATE")
-                try:
-                    db.table("requests").insert_all(requests)
-                    if attempts:
-                        db.table("attempts").insert_all(attempts)
-                    for table, rows in extra.items():
-                        if rows:
-                            db.table(table).insert_all(rows, ignore=True)
-                    db.conn.execute("COMMIT")
-                except BaseException:
-                    db.rollback()
-                    raise
+                insert_entries(self._conn.ensure(), entries)
+                if self._conn.replaced():  # committed into a deleted file
+                    insert_entries(self._conn.ensure(), entries, idempotent=True)
                 return None
-            except sqlite3.OperationalError as e:
-                if attempt == self._retries:
+            except Exception as e:
+                if not is_fault(e) or attempt == retries or self._closed:
                     return e
                 logger.warning(
                     "store: writing requests %s failed (%s); retry %d/%d in %.2fs",
-                    _ids(requests),
+                    ids(entries),
                     e,
                     attempt + 1,
-                    self._retries,
+                    retries,
                     delay,
                 )
-                time.sleep(delay)
+                self._sleep(delay)
                 delay *= 2
-            except (sqlite3.Error, ValueError, TypeError, OverflowError) as e:
-                return e
         raise AssertionError("unreachable")
 
-    def _request_row(self, request: dict[str, Any]) -> dict[str, Any]:
-        self._note_unknown_keys(request, REQUEST_COLUMNS, "requests")
-        row = self._clean(request, REQUEST_COLUMNS, request.get("id"))
-        if not row["id"]:
-            row["id"] = uuid.uuid4().hex
-            logger.warning("store: request without an id; recorded as %s", row["id"])
-        return row
+    def _recover(self, force: bool = False) -> None:
+        """Every ``retry_s`` while something waits: reopen, write held rows, replay the spool."""
+        if self._db is not None and not self.spool.pending and not self._held:
+            return
+        now = time.monotonic()
+        if not force and now < self._next_try:
+            return
+        self._next_try = now + self._retry_s
+        if self._db is None:
+            self._open()
+        if self._db is None:
+            if self._held:  # the spool may take them now
+                held, self._held = self._held, []
+                self._to_spool(held)
+            return
+        if self._held:
+            held, self._held = self._held, []
+            self._store(held, retries=0)
+        if self._db is not None and self.spool.pending:
+            try:
+                self.spool.replay(self._db)
+            except (sqlite3.Error, OSError) as e:
+                self._fault(e)
+                return
+        if self._db is not None and self._outage is not None:
+            logger.warning("store: the database %s is written again", self.path)
+            self._outage = self._spooled_to = None
 
-    def _attempt_row(self, attempt: dict[str, Any], request_id: Any, n: int) -> dict[str, Any]:
-        self._note_unknown_keys(attempt, ATTEMPT_COLUMNS, "attempts")
-        row = self._clean(attempt, ATTEMPT_COLUMNS, request_id)
-        del row["id"]  # rowid, assigned by SQLite
-        if row["request_id"] is None:
-            row["request_id"] = request_id
-        if row["attempt"] is None:
-            row["attempt"] = n
-        return row
+    # -- faults -------------------------------------------------------------------------------
 
-    def _extra_rows(
-        self, table: str, rows: list[dict[str, Any]], request_id: Any
-    ) -> list[dict[str, Any]]:
-        if table not in EXTRA_TABLES:
-            if ("extra", table) not in self._unknown_keys_seen:
-                self._unknown_keys_seen.add(("extra", table))
-                logger.warning("store: no table %r; its rows are not written", table)
-            return []
-        columns, pk = EXTRA_TABLES[table]
-        out: dict[tuple[Any, ...], dict[str, Any]] = {}
-        for record in rows:
-            self._note_unknown_keys(record, columns, table)
-            row = self._clean(record, columns, request_id)
-            if row.get("request_id") is None:
-                row["request_id"] = request_id
-            if "original" in row:
-                row["original"] = _compress(row["original"])
-            key = tuple(row[k] for k in pk)
-            if any(k is None for k in key):
-                logger.warning("store: request %s: a %s row without %s", request_id, table, pk)
-                continue
-            if table == "savings" and key in out:  # one row per tool: add them up
-                for name in ("items", "tokens_before", "tokens_after"):
-                    if row[name] is not None:
-                        out[key][name] = (out[key][name] or 0) + row[name]
-                continue
-            out.setdefault(key, row)
-        return list(out.values())
+    # Outages are warnings, not errors: mitmdump exits when an error is logged while it starts,
+    # and a proxy that cannot write its database must keep serving. Only a lost row is an error.
 
-    def _clean(
-        self, record: dict[str, Any], columns: dict[str, type], request_id: Any
-    ) -> dict[str, Any]:
-        row = {name: record.get(name) for name in columns}
-        for name, kind in columns.items():
-            value = row[name]
-            if kind in (int, float) and value is not None and not isinstance(value, (int, float)):
+    def _open(self, at_start: bool = False) -> sqlite_utils.Database | None:
+        try:
+            return self._conn.open()
+        except (sqlite3.Error, OSError) as e:
+            if at_start:
+                self.open_error = e
+                self._outage = f"{type(e).__name__}: {e}"
+                where = self.spool.writable()
                 logger.warning(
-                    "store: request %s: %s=%r is not a number; written as NULL",
-                    request_id,
-                    name,
-                    value,
+                    "store: CANNOT OPEN THE DATABASE %s (%s); requests are recorded in %s and "
+                    "written to the database once it opens (tried every %gs)",
+                    self.path,
+                    self._outage,
+                    where or "memory only (no spool file can be written either)",
+                    self._retry_s,
                 )
-                row[name] = None
-        return row
+            return None
 
-    def _note_unknown_keys(
-        self, record: dict[str, Any], columns: dict[str, type], table: str
-    ) -> None:
-        for key in record.keys() - columns.keys():
-            if (table, key) not in self._unknown_keys_seen:
-                self._unknown_keys_seen.add((table, key))
-                logger.debug("store: %s has no column %r; that key is not written", table, key)
+    def _fault(self, error: BaseException) -> None:
+        """The database cannot be written: close it, log once per outage, try again later."""
+        if self._outage is None:
+            self._outage = f"{type(error).__name__}: {error}"
+            logger.warning(
+                "store: the database %s cannot be written (%s); requests go to the spool and "
+                "are written to the database once it can be (tried every %gs)",
+                self.path,
+                self._outage,
+                self._retry_s,
+            )
+        self._conn.close()
+        self._next_try = time.monotonic() + self._retry_s
 
+    def _to_spool(self, entries: list[Entry]) -> Path | None:
+        try:
+            path = self.spool.append(entries)
+        except OSError as e:
+            self._hold(entries, e)
+            return None
+        if path != self._spooled_to and any(e.error is None for e in entries):
+            self._spooled_to = path
+            logger.warning("store: requests are being spooled to %s", path)
+        return path
 
-def _compress(value: Any) -> bytes | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = value.encode("utf-8", "surrogatepass")  # lone surrogates kept as they were
-    return zlib.compress(bytes(value), 6)
+    def _hold(self, entries: list[Entry], error: OSError) -> None:
+        if not self._held:
+            logger.warning(
+                "store: no spool file can be written either (%s); up to %d requests wait in memory",
+                error,
+                self._max_pending,
+            )
+        self._held.extend(entries)
+        over = len(self._held) - self._max_pending
+        if over > 0:
+            lost, self._held = self._held[:over], self._held[over:]
+            logger.error("store: %d requests lost (memory bound reached): %s", over, ids(lost))
 
+    def _sleep(self, delay: float) -> None:
+        """Back off; meanwhile the spool takes what is queued beyond ``max_pending``."""
+        end = time.monotonic() + delay
+        while not self._closed and (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, 0.05))
+            if self._queue.qsize() + len(self._held) > self._max_pending:
+                self._spill()
 
-def read_masked(db: sqlite_utils.Database, masked_id: str) -> bytes | None:
-    """The original bytes of a masked item (``None`` if there is no such row or no original).
-    Text was stored as UTF-8 with lone surrogates passed through:
-    ``.decode("utf-8", "surrogatepass")`` gives the exact ``str`` back."""
-    row = db.execute("SELECT original FROM masked WHERE id = ?", [masked_id]).fetchone()
-    return zlib.decompress(row[0]) if row and row[0] is not None else None
-
-
-def _ids(rows: Iterable[Any], limit: int = 5) -> str:
-    ids = [str((row[0] if isinstance(row, tuple) else row).get("id")) for row in rows]
-    shown = ", ".join(ids[:limit])
-    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+    def _spill(self) -> None:
+        entries: list[Entry] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, tuple):
+                if (entry := self._entry(item)) is not None:
+                    entries.append(entry)
+            else:
+                self._backlog.append(item)  # flush markers wait for the batch in hand
+        if entries:
+            self._to_spool(entries)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sqlite3
@@ -45,6 +46,10 @@ def request(n: int, **extra):
     }
     row.update(extra)
     return row
+
+
+def spool_of(db_path):
+    return db_path.with_name(db_path.name + ".spool.jsonl")
 
 
 def count(db_path, table="requests"):
@@ -433,11 +438,18 @@ def test_bad_row_is_logged_and_the_rest_of_the_batch_written(db_path, caplog):
         "req-0006",
     ]
     assert "batch of 7 requests failed" in caplog.text
-    dropped = [r.getMessage() for r in caplog.records if "not recorded" in r.getMessage()]
-    assert len(dropped) == 3
-    assert any("req-0100" in m and "ProgrammingError" in m for m in dropped)
-    assert any("req-0101" in m and "OverflowError" in m for m in dropped)
-    assert any("req-0001" in m and "IntegrityError" in m for m in dropped)
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 3
+    assert any("req-0100" in m and "ProgrammingError" in m for m in refused)
+    assert any("req-0101" in m and "OverflowError" in m for m in refused)
+    assert any("req-0001" in m and "IntegrityError" in m for m in refused)
+    # Never dropped: the refused rows wait in the spool with their error.
+    spooled = [json.loads(line) for line in spool_of(db_path).read_text().splitlines()]
+    assert [(d["request"]["id"], d["error"].split(":")[0]) for d in spooled] == [
+        ("req-0100", "ProgrammingError"),
+        ("req-0101", "OverflowError"),
+        ("req-0001", "IntegrityError"),
+    ]
 
 
 def test_non_number_in_numeric_column_written_as_null(writer, db_path, caplog):
@@ -491,14 +503,23 @@ def test_close_writes_queue_and_truncates_wal(db_path):
     assert w.close()  # closing twice is harmless
 
 
-def test_writer_open_error_raised_in_constructor(tmp_path):
+def test_writer_that_cannot_open_its_database_spools_instead_of_raising(tmp_path, caplog):
     (tmp_path / "a-file").write_text("")
-    with pytest.raises(OSError):
-        StoreWriter(tmp_path / "a-file" / "kimi.db")
+    spool = tmp_path / "spool.jsonl"
+    with caplog.at_level(logging.WARNING, logger="kimi_intercept.storage.store"):
+        w = StoreWriter(tmp_path / "a-file" / "kimi.db", spool=spool)
+    assert isinstance(w.open_error, OSError)
+    assert f"CANNOT OPEN THE DATABASE {tmp_path / 'a-file' / 'kimi.db'}" in caplog.text
+    assert str(spool) in caplog.text
+    w.put(request(1))
+    assert w.close()
+    assert [json.loads(line)["request"]["id"] for line in spool.read_text().splitlines()] == [
+        "req-0001"
+    ]
 
 
-def test_writer_gives_up_loudly_when_locked_too_long(db_path, caplog):
-    w = StoreWriter(db_path, busy_timeout_ms=20, retries=2, backoff_s=0.01)
+def test_writer_spools_loudly_when_locked_too_long_and_replays_later(db_path, caplog):
+    w = StoreWriter(db_path, busy_timeout_ms=20, retries=2, backoff_s=0.01, retry_s=0.1)
     other = sqlite3.connect(db_path, isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")
     with caplog.at_level(logging.WARNING, logger="kimi_intercept.storage.store"):
@@ -507,16 +528,21 @@ def test_writer_gives_up_loudly_when_locked_too_long(db_path, caplog):
         assert w.flush(10)
         other.execute("COMMIT")
         other.close()
-        # The thread lives on and writes once the lock is gone.
+        assert len(spool_of(db_path).read_text().splitlines()) == 3
+        # The thread lives on, writes once the lock is gone and replays the spool.
         w.put(request(4))
         assert w.flush(10)
     w.close()
-    assert count(db_path) == 1
-    given_up = [r for r in caplog.records if "not recorded" in r.getMessage()]
-    assert {"req-0001", "req-0002", "req-0003"} <= {
-        id for r in given_up for id in re.findall(r"req-\d{4}", r.getMessage())
-    }
-    assert all("locked" in r.getMessage() for r in given_up)
+    assert count(db_path) == 4
+    assert not spool_of(db_path).exists()
+    given_up = [r.getMessage() for r in caplog.records if "cannot be written" in r.getMessage()]
+    assert given_up == [
+        f"store: the database {db_path} cannot be written (OperationalError: database is "
+        "locked); requests go to the spool and are written to the database once it can be "
+        "(tried every 0.1s)"
+    ]
+    retried = {id for r in caplog.records for id in re.findall(r"req-\d{4}", r.getMessage())}
+    assert {"req-0001"} <= retried
 
 
 def test_request_without_id_gets_one(writer, db_path, caplog):
@@ -612,7 +638,7 @@ def test_extra_rows_written_with_the_request(writer, db_path):
     assert count(db_path) == 2
 
 
-def test_a_failed_request_takes_its_extra_rows_with_it(db_path, caplog):
+def test_a_refused_request_takes_its_extra_rows_with_it_to_the_spool(db_path, caplog):
     w = StoreWriter(db_path, backoff_s=0.01)
     w.put(request(1))
     w.put(request(1), extra={"savings": [{"tool": "Bash", "items": 1}]})  # duplicate id
@@ -620,6 +646,15 @@ def test_a_failed_request_takes_its_extra_rows_with_it(db_path, caplog):
     assert count(db_path) == 1
     assert count(db_path, "savings") == 0
     assert "req-0001" in caplog.text and "IntegrityError" in caplog.text
+    (line,) = spool_of(db_path).read_text().splitlines()
+    kept = json.loads(line)
+    assert kept["extra"] == {
+        "savings": [
+            {"request_id": "req-0001", "tool": "Bash", "items": 1, "tokens_before": None,
+             "tokens_after": None}
+        ]
+    }  # fmt: skip
+    assert kept["error"] == "IntegrityError: UNIQUE constraint failed: requests.id"
 
 
 def test_conversations_view(writer, db_path):
