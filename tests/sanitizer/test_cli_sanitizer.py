@@ -45,6 +45,7 @@ def test_compress_explains_without_changing_the_file(tmp_path):
     path = tmp_path / "req.json"
     path.write_text(json.dumps(body))
     before = path.read_bytes()
+    (tmp_path / "x").write_text("")  # an empty config: the built-in defaults
     out = CliRunner().invoke(
         cli_main, ["compress", str(path), "--window", "100000", "--config", str(tmp_path / "x")]
     )
