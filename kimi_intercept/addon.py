@@ -3,11 +3,15 @@
 Hooks (order on a streamed flow: ``request → responseheaders → chunks → response``, shared
 notes ``mitmproxy.md`` appendix):
 
-- ``load``: registers the option ``kimi_config`` (path of ``config.toml``).
+- ``load``: registers the options ``kimi_config`` (path of ``config.toml``) and
+  ``kimi_verbose`` (also print mitmproxy's own flow lines for intercepted calls).
 - ``configure``: parses the config once; sets ``allow_hosts`` (only LLM hosts are decrypted),
   ``connection_strategy=lazy`` (required to reroute), and ``listen_host=127.0.0.1`` unless the
-  user chose an interface. A bad config (any table: routing rules, ``[sanitizer]``, ``[prices]``
-  …) raises ``OptionsError`` naming the fix.
+  user chose an interface; unless ``kimi_verbose``, adds ``!~marker kimi-intercept`` to
+  ``dumper_filter`` so mitmdump prints no flow line for an intercepted call, and hides
+  mitmproxy's per-connection info lines (``client connect`` …; warnings stay). A bad config
+  (any table: routing rules, ``[sanitizer]``, ``[prices]`` …) raises ``OptionsError`` naming
+  the fix.
 - ``running``: prunes rows past ``[storage] retention_days``, starts the SQLite writer and the
   relay on mitmproxy's loop.
 - ``request``: an intercepted LLM call (any dialect) is planned (:mod:`.routing`, in a worker
@@ -16,6 +20,8 @@ notes ``mitmproxy.md`` appendix):
   flow untouched, so the IDE's request still reaches its original host, and is logged.
 - ``responseheaders``: relay answers are streamed (``flow.response.stream = True``), never
   buffered.
+- every finished call: one console line (:func:`.relay.console.console_line`) in mitmproxy's
+  log, as its row goes to the store writer.
 - ``done``: stops the relay and flushes the writer.
 """
 
@@ -33,6 +39,7 @@ from kimi_intercept.accounting.prices import price_book
 from kimi_intercept.commands.importers import import_config
 from kimi_intercept.commands.status import status_file_for
 from kimi_intercept.config.settings import Config, ConfigError, allow_hosts_patterns, load_config
+from kimi_intercept.relay.console import console_line
 from kimi_intercept.relay.server import ROUTE_HEADER, Relay
 from kimi_intercept.routing.plan import plan_route
 from kimi_intercept.sanitizer.prepare import Preparer
@@ -41,24 +48,52 @@ from kimi_intercept.storage import StoreWriter, prune_on_start, retention_days
 log = logging.getLogger(__name__)
 
 _METADATA_KEY = "kimi_intercept_route"
+# Intercepted flows carry this marker; dumper_filter hides them unless kimi_verbose is set.
+MARKER = "kimi-intercept"
+_QUIET_FILTER = f"!~marker {MARKER}"
+
+
+class _ConnectionNoise(logging.Filter):
+    """Drops mitmproxy's per-connection info lines unless ``kimi_verbose`` is set."""
+
+    verbose = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.verbose or record.levelno >= logging.WARNING
+
+
+_CONNECTION_LOGGER = logging.getLogger("mitmproxy.proxy.server")
 
 
 class KimiIntercept:
     def __init__(self) -> None:
+        self.noise = _ConnectionNoise()
         self.cfg: Config | None = None
         self.preparer: Preparer | None = None
         self.relay: Relay | None = None
         self.writer: StoreWriter | None = None
 
     def load(self, loader: Any) -> None:
+        _CONNECTION_LOGGER.addFilter(self.noise)
         loader.add_option(
             "kimi_config",
             str,
             "config.toml",
             "Path of the kimi-intercept TOML configuration (a missing file means defaults).",
         )
+        loader.add_option(
+            "kimi_verbose",
+            bool,
+            False,
+            "Also print mitmproxy's own flow lines for intercepted LLM calls (by default each "
+            "call shows only kimi-intercept's one-line summary).",
+        )
 
     def configure(self, updated: set[str]) -> None:
+        if "kimi_verbose" in updated:
+            self.noise.verbose = ctx.options.kimi_verbose
+        if updated & {"kimi_verbose", "dumper_filter"} and "dumper_filter" in ctx.options:
+            self._quiet_flow_lines()
         if "kimi_config" in updated:
             try:
                 cfg = load_config(ctx.options.kimi_config)
@@ -82,13 +117,39 @@ class KimiIntercept:
                 if not p.api_key:
                     log.warning("kimi-intercept: %s; it will be skipped", p.missing_key_hint())
 
+    def _quiet_flow_lines(self) -> None:
+        """Keep the user's own ``dumper_filter``; add or drop the clause hiding our flows."""
+        current = ctx.options.dumper_filter or ""
+        user = current
+        if current == _QUIET_FILTER:
+            user = ""
+        elif current.endswith(f") & {_QUIET_FILTER}") and current.startswith("("):
+            user = current[1 : -len(f") & {_QUIET_FILTER}")]
+        if ctx.options.kimi_verbose:
+            wanted = user
+        else:
+            wanted = f"({user}) & {_QUIET_FILTER}" if user else _QUIET_FILTER
+        if wanted != current:
+            ctx.options.update(dumper_filter=wanted or None)
+
+    def _record(self, row: dict[str, Any], attempts: list[dict[str, Any]], *extra: Any) -> None:
+        """The relay's recorder: the row to the store writer, its line to the console."""
+        assert self.writer is not None
+        self.writer.put(row, attempts, *extra)
+        try:
+            line = console_line(row, attempts)
+        except Exception:  # a formatting bug must not cost the row
+            log.exception("kimi-intercept: could not format the console line of %s", row.get("id"))
+            return
+        log.info("%s", line)
+
     async def running(self) -> None:
         assert self.cfg is not None
         await asyncio.to_thread(prune_on_start, self.cfg)  # retention; never raises
         self.writer = StoreWriter(self.cfg.database)
         self.relay = Relay(
             self.cfg,
-            self.writer.put,
+            self._record,
             status_path=status_file_for(self.cfg.database),
             preparer=self.preparer,
         )
@@ -105,6 +166,7 @@ class KimiIntercept:
         )
 
     async def done(self) -> None:
+        _CONNECTION_LOGGER.removeFilter(self.noise)
         if self.relay is not None:
             await self.relay.stop()
         if self.writer is not None:
@@ -146,6 +208,7 @@ class KimiIntercept:
             return
         route_id = self.relay.park(plan)
         flow.metadata[_METADATA_KEY] = route_id
+        flow.marked = MARKER
         # The plan holds the body and any keys; the hop to the relay carries neither.
         for name in ("authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie"):
             req.headers.pop(name, None)

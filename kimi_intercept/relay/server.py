@@ -38,9 +38,7 @@ open proxy to anything on the machine.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import random
 import secrets
 import time
@@ -62,13 +60,13 @@ from kimi_intercept.relay.failures import (
     redact,
 )
 from kimi_intercept.relay.health import ProviderHealth, RateLimiter
+from kimi_intercept.relay.live import LiveStatus
 from kimi_intercept.relay.rows import Outcome, build_row
 from kimi_intercept.relay.upstream import Upstream
 from kimi_intercept.routing.choice import Chooser
 from kimi_intercept.routing.plan import (
     RoutePlan,
     first_byte_timeout,
-    iso_utc,
     requested_max_tokens,
 )
 from kimi_intercept.routing.targets import Target
@@ -114,7 +112,7 @@ class Relay:
         self._runner: web.AppRunner | None = None
         self.upstream = Upstream(rc, self.health)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._published: Any = None
+        self.live = LiveStatus(status_path, self.health)
         self.chooser = Chooser()
         self._rng = random.Random()
 
@@ -136,6 +134,7 @@ class Relay:
     async def stop(self) -> None:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=10)
+        await self.live.flush()
         await self.upstream.close()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -164,6 +163,7 @@ class Relay:
             return await self._count_tokens(plan)
         attempts: list[dict[str, Any]] = []
         result = Outcome()
+        live_key = self.live.started(plan)
         if plan.kind == "reroute":
             await asyncio.to_thread(self.preparer.prepare, plan)
         mirrored = (
@@ -177,7 +177,7 @@ class Relay:
             client_left(result)
             raise
         finally:
-            self._spawn(self._finish(plan, attempts, result, mirrored))
+            self._spawn(self._finish(plan, attempts, result, mirrored, live_key))
 
     async def _count_tokens(self, plan: RoutePlan) -> web.Response:
         """Anthropic ``/v1/messages/count_tokens``, answered locally with the tiktoken estimate
@@ -362,6 +362,7 @@ class Relay:
         attempts: list[dict[str, Any]],
         r: Outcome,
         mirrored: asyncio.Future[dict[str, Any]] | None = None,
+        live_key: str = "",
     ) -> None:
         """Build and hand over the ``requests`` row. Never raises (a bug here is only logged)."""
         try:
@@ -381,26 +382,10 @@ class Relay:
                 self.record(row, attempts, extra)
             else:
                 self.record(row, attempts)
-            await self._publish_status()
         except Exception:
             log.exception("kimi-intercept: could not record a request (the client was answered)")
-
-    async def _publish_status(self) -> None:
-        """Write the providers' health to ``status_path`` (for ``kimi-intercept status``)."""
-        if self.status_path is None:
-            return
-        providers = self.health.snapshot()
-        if providers == self._published:
-            return
-        self._published = providers
-        doc = {"pid": os.getpid(), "updated_at": iso_utc(time.time()), "providers": providers}
-        await asyncio.to_thread(_write_json, self.status_path, doc)
-
-
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+        finally:
+            self.live.ended(live_key)  # publishes the providers' health with it
 
 
 def _tokens_guess(plan: RoutePlan) -> int:
