@@ -29,6 +29,7 @@ from kimi_intercept.commands.options import (
     until_option,
 )
 from kimi_intercept.commands.sanitizer_commands import compress, masked
+from kimi_intercept.commands.statusline import statusline_command
 
 
 @click.group()
@@ -39,6 +40,7 @@ def main() -> None:
 
 main.add_command(masked)
 main.add_command(compress)
+main.add_command(statusline_command)
 
 
 @main.command()
