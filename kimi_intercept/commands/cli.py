@@ -30,6 +30,7 @@ from kimi_intercept.commands.options import (
 )
 from kimi_intercept.commands.sanitizer_commands import compress, masked
 from kimi_intercept.commands.statusline import statusline_command
+from kimi_intercept.commands.top import top_command
 
 
 @click.group()
@@ -41,6 +42,7 @@ def main() -> None:
 main.add_command(masked)
 main.add_command(compress)
 main.add_command(statusline_command)
+main.add_command(top_command)
 
 
 @main.command()

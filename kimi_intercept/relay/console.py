@@ -29,7 +29,7 @@ def console_line(row: dict[str, Any], attempts: Sequence[dict[str, Any]] = ()) -
     duration from ``ttft_ms`` / ``duration_ms``; ``masked`` is ``tokens_before_sanitize -
     tokens_after_sanitize`` when the sanitizer removed anything.
     """
-    parts = [_clock(row.get("started_at")), _client(row.get("client"))]
+    parts = [_clock(row.get("started_at")), short_client(row.get("client"))]
     conv = row.get("conversation_id")
     if conv:
         title = row.get("conversation_title")
@@ -116,7 +116,7 @@ def _clock(iso: str | None) -> str:
         return iso[11:19]
 
 
-def _client(ua: str | None) -> str:
+def short_client(ua: str | None) -> str:
     """The ``client`` column without its version: ``claude-cli/2.1.3`` → ``claude-cli``,
     ``OpenAI/Python 2.54.0`` → ``OpenAI/Python``."""
     name = (ua or "").strip()
