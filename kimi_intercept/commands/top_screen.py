@@ -124,8 +124,8 @@ def _models(s: Snapshot) -> RenderableType:
 
 
 def _calls(s: Snapshot, n: int) -> RenderableType:
-    t = _table("Latest calls", ("time", -8), ("client", -12), ("provider/model", -21),
-               ("in", 6), ("out", 5), ("cost", 8), ("ttft", 5), ("", -8))  # fmt: skip
+    t = _table("Latest calls", ("time", -8), ("client", -12), ("provider/model", -20),
+               ("in", 6), ("out", 5), ("cost", 8), ("ttft", 5), ("", -9))  # fmt: skip
     for c in s.latest[:n]:
         if c["outcome"] == "ok":
             flag = Text("fallback", style="yellow") if c["fallback_used"] else Text("ok")
