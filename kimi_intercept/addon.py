@@ -12,8 +12,8 @@ notes ``mitmproxy.md`` appendix):
   mitmproxy's per-connection info lines (``client connect`` …; warnings stay). A bad config
   (any table: routing rules, ``[sanitizer]``, ``[prices]`` …) raises ``OptionsError`` naming
   the fix.
-- ``running``: prunes rows past ``[storage] retention_days``, starts the SQLite writer and the
-  relay on mitmproxy's loop.
+- ``running``: prunes rows past ``[storage] retention_days``, reads the spend so far for
+  ``[budget]``, starts the SQLite writer and the relay on mitmproxy's loop.
 - ``request``: an intercepted LLM call (any dialect) is planned (:mod:`.routing`, in a worker
   thread: it parses and serializes bodies of up to megabytes), parked in the
   relay under a one-shot id, and the flow is pointed at the relay. Any bug of ours leaves the
@@ -38,6 +38,7 @@ from kimi_intercept.accounting import tokens
 from kimi_intercept.accounting.prices import price_book
 from kimi_intercept.commands.importers import import_config
 from kimi_intercept.commands.status import status_file_for
+from kimi_intercept.config.budget import budget_settings
 from kimi_intercept.config.settings import Config, ConfigError, allow_hosts_patterns, load_config
 from kimi_intercept.relay.console import console_line
 from kimi_intercept.relay.server import ROUTE_HEADER, Relay
@@ -101,11 +102,13 @@ class KimiIntercept:
                 price_book(cfg)  # [prices]
                 retention_days(cfg)  # [storage] retention_days
                 import_config(cfg)  # [import]
+                budget = budget_settings(cfg)  # [budget]
             except ConfigError as e:
                 raise exceptions.OptionsError(f"kimi_config: {e}") from e
             self.cfg, self.preparer = cfg, preparer
             if self.relay is not None:
                 self.relay.cfg, self.relay.preparer = cfg, preparer
+                self.relay.budget.budget = budget
             changes: dict[str, Any] = {
                 "allow_hosts": allow_hosts_patterns(cfg.hosts),
                 "connection_strategy": "lazy",
@@ -153,6 +156,8 @@ class KimiIntercept:
             status_path=status_file_for(self.cfg.database),
             preparer=self.preparer,
         )
+        # spend so far today / this month, from the store (the budget counts on from there)
+        await asyncio.to_thread(self.relay.budget.reconcile, self.cfg.database)
         port = await self.relay.start()
         threading.Thread(target=_warm_tokenizer, name="kimi-tokenizer", daemon=True).start()
         log.info(

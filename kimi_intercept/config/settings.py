@@ -213,7 +213,7 @@ def _expand(value: Any, env: Mapping[str, str]) -> Any:
 def _build(raw: dict[str, Any], source: Path | None) -> Config:
     known = {
         "intercept", "routing", "storage", "models", "providers",
-        "prices", "sanitizer", "context", "import",
+        "prices", "sanitizer", "context", "import", "budget",
     }  # fmt: skip
     for key in raw:
         if key not in known:

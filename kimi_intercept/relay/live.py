@@ -7,7 +7,11 @@ health and the calls in flight, as one JSON file next to the database
      "in_flight": [{"id": "a1b2c3", "client": "claude-cli/2.1.3", "provider": "kimi",
                     "model": "kimi-k2.6", "client_model": "claude-sonnet-4-5",
                     "conversation_id": "3f2a9c…", "title": "Fix the test",
-                    "started": 1763769282.1}]}
+                    "started": 1763769282.1}],
+     "budget": {"daily_usd": 5.0, "monthly_usd": null, "spent_today_usd": 1.23,
+                "spent_month_usd": 1.23, "action": "warn"}}
+
+(``budget`` only when ``[budget]`` sets a limit.)
 
 ``started`` is a Unix time in seconds. Writes are cheap: calls starting and ending are
 published at most once per :data:`COALESCE_S` (a burst is one write), a change of a provider's
@@ -39,9 +43,10 @@ class LiveStatus:
     """The status file of one relay. Call :meth:`started` / :meth:`ended` around each call and
     :meth:`changed` after anything that may change the providers' health."""
 
-    def __init__(self, path: Path | None, health: ProviderHealth) -> None:
+    def __init__(self, path: Path | None, health: ProviderHealth, budget: Any = None) -> None:
         self.path = path
         self.health = health
+        self.budget = budget  # a .budget.BudgetTracker, or None
         self.in_flight: dict[str, dict[str, Any]] = {}
         self._published: Any = None
         self._pending: asyncio.Task[None] | None = None
@@ -96,7 +101,8 @@ class LiveStatus:
     async def _publish(self) -> None:
         if self.path is None:
             return
-        state = (self.health.snapshot(), list(self.in_flight.values()))
+        budget = self.budget.status() if self.budget is not None else None
+        state = (self.health.snapshot(), list(self.in_flight.values()), budget)
         if state == self._published:
             return
         self._published = state
@@ -107,6 +113,8 @@ class LiveStatus:
             "providers": state[0],
             "in_flight": state[1],
         }
+        if budget is not None:
+            doc["budget"] = budget
         try:
             await asyncio.to_thread(_write_json, self.path, doc)
         except OSError as e:  # a full disk or a removed folder: status is best effort

@@ -49,10 +49,12 @@ from typing import Any
 from aiohttp import web
 
 from kimi_intercept.accounting import tokens
+from kimi_intercept.config.budget import budget_settings
 from kimi_intercept.config.settings import Config
 from kimi_intercept.dialects.bridge import error_json, openai_error_body
 from kimi_intercept.relay import shadow
 from kimi_intercept.relay.answer import attempt_row, client_left, ms_since, pipe
+from kimi_intercept.relay.budget import BudgetTracker, gate
 from kimi_intercept.relay.failures import (
     Action,
     AttemptFailed,
@@ -112,7 +114,8 @@ class Relay:
         self._runner: web.AppRunner | None = None
         self.upstream = Upstream(rc, self.health)
         self._tasks: set[asyncio.Task[None]] = set()
-        self.live = LiveStatus(status_path, self.health)
+        self.budget = BudgetTracker(budget_settings(cfg))
+        self.live = LiveStatus(status_path, self.health, self.budget)
         self.chooser = Chooser()
         self._rng = random.Random()
 
@@ -164,6 +167,11 @@ class Relay:
         attempts: list[dict[str, Any]] = []
         result = Outcome()
         live_key = self.live.started(plan)
+        blocked = gate(self.budget, plan)  # may also send it to the cheaper chain
+        if blocked:
+            refused = self._refuse(plan, result, 402, blocked, "budget_exceeded")
+            self._spawn(self._finish(plan, attempts, result, None, live_key))
+            return refused
         if plan.kind == "reroute":
             await asyncio.to_thread(self.preparer.prepare, plan)
         mirrored = (
@@ -351,6 +359,14 @@ class Relay:
         body = error_json(plan.dialect, status, message, code)
         return web.json_response(body, status=status, headers=headers)
 
+    def _refuse(
+        self, plan: RoutePlan, r: Outcome, status: int, message: str, code: str
+    ) -> web.Response:
+        """Answer without trying any provider (a spent budget), in the client's dialect."""
+        r.status, r.outcome, r.error = status, "error", message
+        body = error_json(plan.dialect, status, message, code)
+        return web.json_response(body, status=status)
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -371,6 +387,8 @@ class Relay:
             )
             for a in attempts:
                 a["request_id"] = row["id"]
+            for alert in self.budget.add(row):
+                log.warning("%s", alert)
             row.update(row_fields(plan))
             extra = ledger_rows(plan, self.preparer.store_originals)
             if mirrored is not None:  # shadow mode: compare with what the client got
