@@ -26,12 +26,13 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import click
 
-from kimi_intercept.commands.options import common_options, resolve_db_path
+from kimi_intercept.commands.options import common_options, load
 
 PREFIX = "kimi"
 
@@ -61,8 +62,18 @@ order by started_at desc, id desc limit 1
 """
 
 
-def session_numbers(db_path: Path, session_id: str) -> dict[str, Any] | None:
+_SPEND_SQL = """
+select sum(case when day = ? then cost_usd end) as today, sum(cost_usd) as month
+from daily where day >= ?
+"""
+
+
+def session_numbers(
+    db_path: Path, session_id: str, limits: tuple[float | None, float | None] = (None, None)
+) -> dict[str, Any] | None:
     """The session's totals and its last call, or ``None`` if the proxy saw none of it.
+    With ``limits`` (``[budget]`` daily and monthly USD), ``budget_left`` is what is left of the
+    tighter one today (UTC), as ``(period, usd)``.
 
     :raises DatabaseNotFound: no database at ``db_path``
     :raises sqlite3.Error: the file is not a readable kimi-intercept database
@@ -80,6 +91,17 @@ def session_numbers(db_path: Path, session_id: str) -> dict[str, Any] | None:
             return None
         last = conn.execute(_LAST_SQL.format(marks=marks), ids).fetchone()
         totals["last"] = dict(last) if last else None
+        if any(limits):
+            today = datetime.now(timezone.utc).date()
+            spent = conn.execute(_SPEND_SQL, (today.isoformat(), today.isoformat()[:8] + "01"))
+            row = spent.fetchone()
+            left = [
+                (period, limit - (row[key] or 0.0))
+                for period, key, limit in (("today", "today", limits[0]),
+                                           ("this month", "month", limits[1]))
+                if limit is not None
+            ]  # fmt: skip
+            totals["budget_left"] = min(left, key=lambda p: p[1])
         return totals
     finally:
         db.close()
@@ -102,10 +124,15 @@ def render(numbers: dict[str, Any] | None) -> str:
     parts.append(f"{numbers['calls']} call{'' if numbers['calls'] == 1 else 's'}")
     if last and last.get("model"):
         parts.append(last["model"])
+    if numbers.get("budget_left"):
+        period, left = numbers["budget_left"]
+        parts.append(f"budget {_usd(left)} left {period}" if left > 0 else "BUDGET SPENT")
     return " · ".join(parts)
 
 
-def statusline(stdin_text: str, db_path: Path) -> str:
+def statusline(
+    stdin_text: str, db_path: Path, limits: tuple[float | None, float | None] = (None, None)
+) -> str:
     """The whole command: Claude Code's session JSON in, one line out; never raises."""
     from kimi_intercept.storage.schema import DatabaseNotFound
 
@@ -117,7 +144,7 @@ def statusline(stdin_text: str, db_path: Path) -> str:
     if not isinstance(session_id, str) or not session_id:
         return f"{PREFIX}: no session_id on stdin"
     try:
-        return render(session_numbers(db_path, session_id))
+        return render(session_numbers(db_path, session_id, limits))
     except DatabaseNotFound:
         return f"{PREFIX}: no database at {db_path}"
     except sqlite3.Error as e:
@@ -140,9 +167,17 @@ def statusline_command(config_path: Path, db: Path | None) -> None:
     """One line for Claude Code's statusLine setting: this session's cost, context used,
     cache-hit rate (reads Claude Code's session JSON on stdin)."""
     text = click.get_text_stream("stdin").read()
+    from kimi_intercept.config.budget import budget_settings
+    from kimi_intercept.config.settings import ConfigError
+
     try:
-        db_path = resolve_db_path(config_path, db)
+        cfg = load(config_path)
+        budget = budget_settings(cfg)
     except click.ClickException as e:  # a bad config: say so on the status line
         click.echo(f"{PREFIX}: {e.message}")
         return
-    click.echo(statusline(text, db_path))
+    except ConfigError as e:
+        click.echo(f"{PREFIX}: {config_path}: {e}")
+        return
+    db_path = db if db is not None else cfg.database
+    click.echo(statusline(text, db_path, (budget.daily_usd, budget.monthly_usd)))

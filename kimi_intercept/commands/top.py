@@ -22,7 +22,7 @@ from pathlib import Path
 
 import click
 
-from kimi_intercept.commands.options import common_options, resolve_db_path
+from kimi_intercept.commands.options import common_options, load
 from kimi_intercept.commands.status import status_file_for
 
 
@@ -36,9 +36,16 @@ def top_command(config_path: Path, db: Path | None, interval: float, once: bool)
     errors and fallbacks, latest calls, conversations, provider health (q quits)."""
     from kimi_intercept.commands.top_data import Reader
     from kimi_intercept.commands.top_screen import State, render, run
+    from kimi_intercept.config.budget import budget_settings
+    from kimi_intercept.config.settings import ConfigError
 
-    db_path = resolve_db_path(config_path, db)
-    reader = Reader(db_path, status_file_for(db_path))
+    cfg = load(config_path)
+    try:
+        budget = budget_settings(cfg)
+    except ConfigError as e:
+        raise click.ClickException(f"{config_path}: {e}") from e
+    db_path = db if db is not None else cfg.database
+    reader = Reader(db_path, status_file_for(db_path), budget=budget)
     try:
         if once:
             from rich.console import Console

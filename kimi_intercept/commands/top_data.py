@@ -32,6 +32,8 @@ class Snapshot:
     taken: float  # time.time()
     error: str | None = None  # why there are no numbers (no database yet, unreadable…)
     spend_today: float | None = None
+    daily_usd: float | None = None  # [budget] limits (shown without a client filter)
+    monthly_usd: float | None = None
     spend_month: float | None = None
     calls_today: int = 0
     tokens_per_min: int = 0
@@ -54,7 +56,10 @@ def iso(t: float) -> str:
 class Reader:
     """Keeps one read-only connection to ``db_path`` open between refreshes."""
 
-    def __init__(self, db_path: Path, status_path: Path, latest: int = 12) -> None:
+    def __init__(
+        self, db_path: Path, status_path: Path, latest: int = 12, budget: Any = None
+    ) -> None:
+        self.budget = budget  # a config.budget.Budget, or None
         self.db_path = db_path
         self.status_path = status_path
         self.latest_n = latest
@@ -78,6 +83,8 @@ class Reader:
         """Everything ``top`` shows, for one client (its ``client`` column) or all."""
         now = time.time() if now is None else now
         snap = Snapshot(taken=now)
+        if self.budget is not None and client is None:
+            snap.daily_usd, snap.monthly_usd = self.budget.daily_usd, self.budget.monthly_usd
         live = read_live(self.status_path)
         if live is not None:
             snap.providers = live.get("providers") or []

@@ -72,13 +72,22 @@ def render(snap: Snapshot, state: State) -> RenderableType:
 def _summary(s: Snapshot) -> Text:
     t = Text()
     t.append("Spend today ")
-    t.append(_usd(s.spend_today), style="bold green")
+    _spend(t, s.spend_today, s.daily_usd)
     t.append(f" ({s.calls_today:,} call{'' if s.calls_today == 1 else 's'}) · this month ")
-    t.append(_usd(s.spend_month), style="bold green")
+    _spend(t, s.spend_month, s.monthly_usd)
     t.append(f"\n{_k(s.tokens_per_min)} tokens/min · cache hit {_pct(s.cache_now)} last 5 min, ")
     t.append(f"{_pct(s.cache_hour)} last hour · ")
     t.append(f"{len(s.in_flight)} in flight", style="bold magenta" if s.in_flight else "")
     return t
+
+
+def _spend(t: Text, spent: float | None, limit: float | None) -> None:
+    """``$1.23``, or against a budget ``$1.23 of $5.00``, coloured by how much is used."""
+    share = (spent or 0) / limit if limit else 0
+    style = "bold red" if share >= 1 else "bold yellow" if share >= 0.75 else "bold green"
+    t.append(_usd(spent), style=style)
+    if limit:
+        t.append(f" of {_usd(limit)}")
 
 
 def _table(title: str, *columns: tuple[str, int]) -> Table:

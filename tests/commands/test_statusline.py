@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from reportrows import row, write_rows
@@ -92,3 +93,22 @@ def test_unknown_session_bad_input_and_no_database_print_a_line_not_a_traceback(
     )
     assert run(db, "not json").stdout == "kimi: stdin is not Claude Code's status JSON\n"
     assert run(db, "{}").stdout == "kimi: no session_id on stdin\n"
+
+
+def test_budget_left_when_a_budget_is_configured(tmp_path):
+    db = tmp_path / "kimi.db"
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    conv = conversation_key([("x-claude-code-session-id", SESSION_A)], {})
+    write_rows(db, [
+        (row("a1", now, conversation_id=conv, prompt_tokens=1000, cost_usd=0.5), []),
+        (row("o1", now, conversation_id="other", prompt_tokens=1000, cost_usd=0.25), []),
+    ])  # fmt: skip
+    config = tmp_path / "config.toml"
+    config.write_text("[budget]\ndaily_usd = 2.0\nmonthly_usd = 50\n")
+    done = subprocess.run(
+        [str(CLI), "statusline", "--config", str(config), "--db", str(db)],
+        input=claude_code_stdin(SESSION_A), capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    # the tighter limit: $2 today minus $0.75 spent today by every session
+    assert done.stdout.endswith(" · budget $1.25 left today\n"), done.stdout
+    assert done.stdout.startswith("kimi $0.5000 · ")
