@@ -99,7 +99,7 @@ def _n(v: int | None) -> str:
 def _usd(v: float | None) -> str:
     if v is None:
         return "unpriced"
-    return f"${v:.4f}" if abs(v) < 1 else f"${v:,.2f}"
+    return f"${v:.5f}" if abs(v) < 0.01 else f"${v:.4f}" if abs(v) < 1 else f"${v:,.2f}"
 
 
 def _ms(v: float) -> str:

@@ -67,7 +67,7 @@ def test_each_call_prints_one_line_and_no_flow_lines(proxied):
     # the documented Moonshot stream: 90 prompt tokens (64 cached), 50 out, priced
     assert re.search(
         r'\] \d\d:\d\d:\d\d OpenAI/Python conv [0-9a-f]{6} "Say OK\." kimi/kimi-k2\.6 '
-        r"\(asked gpt-4o\) in 90 \(64 cached\) out 50 \$0\.\d{4} ttft \d+ ms \d+ ms$",
+        r"\(asked gpt-4o\) in 90 \(64 cached\) out 50 \$0\.00023 ttft \d+ ms \d+ ms$",
         streamed,
     ), streamed
     assert "deepseek/deepseek-reasoner (asked gpt-4o) in 10 out 128" in failed_over
@@ -117,7 +117,7 @@ def test_line_from_a_row():
     line = console_line(ROW)
     assert line.split(" ", 1)[1] == (
         'claude-cli conv 3f2a9c "Fix the failing test in tests/t…" kimi/kimi-k2.6 '
-        "(asked claude-sonnet-4-5) in 12,340 (11,200 cached) out 512 $0.0042 ttft 410 ms "
+        "(asked claude-sonnet-4-5) in 12,340 (11,200 cached) out 512 $0.00421 ttft 410 ms "
         "3.2 s masked 1,830"
     )
 
