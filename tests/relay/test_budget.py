@@ -113,3 +113,28 @@ def test_budget_config(tmp_path):
     ]:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
             _budget(tmp_path, toml)
+
+
+def test_tracker_alerts_once_per_period_and_starts_over_each_day():
+    from datetime import datetime, timezone
+
+    from kimi_intercept.relay.budget import BudgetTracker, Over
+
+    t = BudgetTracker(Budget(daily_usd=1.0, monthly_usd=10.0))
+    day1 = datetime(2026, 11, 30, 12, tzinfo=timezone.utc)
+    assert t.add({"cost_usd": 0.8}, day1) == [
+        "kimi-intercept: daily budget 75% reached: $0.8000 of $1.00"
+    ]
+    assert t.add({"cost_usd": None}, day1) == []  # unpriced: nothing to add
+    assert t.add({"cost_usd": 0.3}, day1) == [
+        "kimi-intercept: daily budget 90% reached: $1.10 of $1.00",
+        "kimi-intercept: daily budget 100% reached: $1.10 of $1.00 (action: warn)",
+    ]
+    assert t.over(day1) == Over("daily", 1.0, 1.1)
+    day2 = datetime(2026, 12, 1, 0, 1, tzinfo=timezone.utc)  # a new day and a new month
+    assert t.over(day2) is None
+    assert t.add({"cost_usd": 0.9}, day2) == [
+        "kimi-intercept: daily budget 75% reached: $0.9000 of $1.00",
+        "kimi-intercept: daily budget 90% reached: $0.9000 of $1.00",
+    ]
+    assert (t.spent_day, t.spent_month) == (0.9, 0.9)
