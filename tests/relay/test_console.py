@@ -142,3 +142,19 @@ def test_line_of_an_estimated_incomplete_call_after_a_skip():
         "in ~12,340 out ~512 unpriced ttft 410 ms 3.2 s fallback after kimi skipped "
         "INCOMPLETE: upstream stalled"
     ), line
+
+
+def test_the_users_own_dumper_filter_is_kept():
+    from mitmproxy.addons.dumper import Dumper
+    from mitmproxy.test import taddons
+
+    from kimi_intercept.addon import KimiIntercept
+
+    addon = KimiIntercept()
+    with taddons.context(Dumper(), addon) as tctx:
+        tctx.options.update(dumper_filter="~d example.com")
+        assert tctx.options.dumper_filter == "(~d example.com) & !~marker kimi-intercept"
+        tctx.options.update(kimi_verbose=True)
+        assert tctx.options.dumper_filter == "~d example.com"
+        tctx.options.update(kimi_verbose=False, dumper_filter=None)
+        assert tctx.options.dumper_filter == "!~marker kimi-intercept"
