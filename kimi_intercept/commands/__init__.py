@@ -1,9 +1,10 @@
 """The command line and what it starts: ``kimi-intercept`` (:mod:`.cli`, with :mod:`.options`
 shared by every subcommand and :mod:`.sanitizer_commands`), the demo (:mod:`.demo`), the
 simulated upstream (:mod:`.simulator`), starting ``mitmdump`` with the addon
-(:mod:`.mitmdump`), provider status (:mod:`.status`), export (:mod:`.export`) and the Cline /
-Continue importers (:mod:`.importers`). The top of the dependency graph: nothing in the
-library imports it but the addon (status file, importer config).
+(:mod:`.mitmdump`), provider status (:mod:`.status`), export (:mod:`.export`), the Cline /
+Continue importers (:mod:`.importers`), the live dashboard (:mod:`.top`, :mod:`.top_screen`,
+:mod:`.top_data`) and Claude Code's status line (:mod:`.statusline`). The top of the dependency
+graph: nothing in the library imports it but the addon (status file, importer config).
 """
 
 from __future__ import annotations
