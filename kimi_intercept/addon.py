@@ -3,24 +3,31 @@
 Hooks (order on a streamed flow: ``request → responseheaders → chunks → response``, shared
 notes ``mitmproxy.md`` appendix):
 
-- ``load``: registers the option ``kimi_config`` (path of ``config.toml``) and sets
+- ``load``: registers the options ``kimi_config`` (path of ``config.toml``) and
+  ``kimi_verbose`` (also print mitmproxy's own flow lines for intercepted calls), and sets
   ``listen_host=127.0.0.1`` unless the user chose an interface, before any config is parsed.
 - ``configure``: parses and checks the config once (:func:`.commands.checks.check_config`, the
   CLI's check too); sets ``allow_hosts`` (only LLM hosts are decrypted) and
   ``connection_strategy=lazy`` (required to reroute); logs one warning when no provider of the
-  chain has its API key. A bad config (any table, any unknown key) is one line naming the fix:
-  at start, logged as an error and mitmdump exits with 1 before it listens (mitmproxy would
-  print a chained traceback, listen, then exit); once running (``:set kimi_config=…``), an
-  ``OptionsError`` that keeps the previous config.
-- ``running``: prunes rows past ``[storage] retention_days``, starts the SQLite writer and the
-  relay on mitmproxy's loop. A database that cannot be opened does not stop the proxy: the
-  writer says so in one warning line and spools rows (``[storage] spool``) until it can.
+  chain has its API key; unless ``kimi_verbose``, adds ``!~marker kimi-intercept`` to
+  ``dumper_filter`` so mitmdump prints no flow line for an intercepted call, and hides
+  mitmproxy's per-connection info lines (``client connect`` …; warnings stay). A bad config
+  (any table, any unknown key) is one line naming the fix: at start, logged as an error and
+  mitmdump exits with 1 before it listens (mitmproxy would print a chained traceback, listen,
+  then exit); once running (``:set kimi_config=…``), an ``OptionsError`` that keeps the
+  previous config.
+- ``running``: prunes rows past ``[storage] retention_days``, reads the spend so far for
+  ``[budget]``, starts the SQLite writer and the relay on mitmproxy's loop. A database that
+  cannot be opened does not stop the proxy: the writer says so in one warning line and spools
+  rows (``[storage] spool``) until it can.
 - ``request``: an intercepted LLM call (any dialect) is planned (:mod:`.routing`, in a worker
   thread: it parses and serializes bodies of up to megabytes), parked in the
   relay under a one-shot id, and the flow is pointed at the relay. Any bug of ours leaves the
   flow untouched, so the IDE's request still reaches its original host, and is logged.
 - ``responseheaders``: relay answers are streamed (``flow.response.stream = True``), never
   buffered.
+- every finished call: one console line (:func:`.relay.console.console_line`) in mitmproxy's
+  log, as its row goes to the store writer.
 - ``done``: stops the relay and flushes the writer.
 """
 
@@ -37,8 +44,10 @@ from mitmproxy import ctx, exceptions, http
 from kimi_intercept.accounting import tokens
 from kimi_intercept.commands.checks import check_config, unusable_chain_warning
 from kimi_intercept.commands.status import status_file_for
+from kimi_intercept.config.budget import budget_settings
 from kimi_intercept.config.discovery import find_config
 from kimi_intercept.config.settings import Config, ConfigError, allow_hosts_patterns
+from kimi_intercept.relay.console import console_line
 from kimi_intercept.relay.server import ROUTE_HEADER, Relay
 from kimi_intercept.routing.conversations import ConversationTracker
 from kimi_intercept.routing.plan import plan_route
@@ -48,10 +57,26 @@ from kimi_intercept.storage import StoreWriter, prune_on_start, spool_path
 log = logging.getLogger(__name__)
 
 _METADATA_KEY = "kimi_intercept_route"
+# Intercepted flows carry this marker; dumper_filter hides them unless kimi_verbose is set.
+MARKER = "kimi-intercept"
+_QUIET_FILTER = f"!~marker {MARKER}"
+
+
+class _ConnectionNoise(logging.Filter):
+    """Drops mitmproxy's per-connection info lines unless ``kimi_verbose`` is set."""
+
+    verbose = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.verbose or record.levelno >= logging.WARNING
+
+
+_CONNECTION_LOGGER = logging.getLogger("mitmproxy.proxy.server")
 
 
 class KimiIntercept:
     def __init__(self) -> None:
+        self.noise = _ConnectionNoise()
         self.cfg: Config | None = None
         self.preparer: Preparer | None = None
         self.relay: Relay | None = None
@@ -60,6 +85,7 @@ class KimiIntercept:
         self.conversations: ConversationTracker | None = None
 
     def load(self, loader: Any) -> None:
+        _CONNECTION_LOGGER.addFilter(self.noise)
         loader.add_option(
             "kimi_config",
             str,
@@ -67,11 +93,22 @@ class KimiIntercept:
             "Path of the kimi-intercept TOML configuration. Empty: $KIMI_INTERCEPT_CONFIG, then "
             "./config.toml, then the user config folder (built-in defaults if none exists).",
         )
+        loader.add_option(
+            "kimi_verbose",
+            bool,
+            False,
+            "Also print mitmproxy's own flow lines for intercepted LLM calls (by default each "
+            "call shows only kimi-intercept's one-line summary).",
+        )
         # Before the config is parsed: never listen on every interface, even briefly.
         if "listen_host" in ctx.options and not ctx.options.listen_host:
             ctx.options.update(listen_host="127.0.0.1")
 
     def configure(self, updated: set[str]) -> None:
+        if "kimi_verbose" in updated:
+            self.noise.verbose = ctx.options.kimi_verbose
+        if updated & {"kimi_verbose", "dumper_filter"} and "dumper_filter" in ctx.options:
+            self._quiet_flow_lines()
         if "kimi_config" in updated:
             try:
                 where = find_config(ctx.options.kimi_config or None, flag="kimi_config")
@@ -89,10 +126,12 @@ class KimiIntercept:
                     sys.exit(1)
                 return
             cfg, preparer = checked.cfg, checked.preparer
+            budget = budget_settings(cfg)  # checked already: [budget]
             self.cfg, self.preparer = cfg, preparer
             self.conversations = ConversationTracker(cfg.routing.conversation_idle_s)
             if self.relay is not None:
                 self.relay.cfg, self.relay.preparer = cfg, preparer
+                self.relay.budget.budget = budget
             changes: dict[str, Any] = {
                 "allow_hosts": allow_hosts_patterns(cfg.hosts),
                 "connection_strategy": "lazy",
@@ -107,6 +146,32 @@ class KimiIntercept:
                     if not p.api_key:
                         log.warning("kimi-intercept: %s; it will be skipped", p.missing_key_hint())
 
+    def _quiet_flow_lines(self) -> None:
+        """Keep the user's own ``dumper_filter``; add or drop the clause hiding our flows."""
+        current = ctx.options.dumper_filter or ""
+        user = current
+        if current == _QUIET_FILTER:
+            user = ""
+        elif current.endswith(f") & {_QUIET_FILTER}") and current.startswith("("):
+            user = current[1 : -len(f") & {_QUIET_FILTER}")]
+        if ctx.options.kimi_verbose:
+            wanted = user
+        else:
+            wanted = f"({user}) & {_QUIET_FILTER}" if user else _QUIET_FILTER
+        if wanted != current:
+            ctx.options.update(dumper_filter=wanted or None)
+
+    def _record(self, row: dict[str, Any], attempts: list[dict[str, Any]], *extra: Any) -> None:
+        """The relay's recorder: the row to the store writer, its line to the console."""
+        assert self.writer is not None
+        self.writer.put(row, attempts, *extra)
+        try:
+            line = console_line(row, attempts)
+        except Exception:  # a formatting bug must not cost the row
+            log.exception("kimi-intercept: could not format the console line of %s", row.get("id"))
+            return
+        log.info("%s", line)
+
     async def running(self) -> None:
         assert self.cfg is not None
         self.is_running = True
@@ -115,10 +180,12 @@ class KimiIntercept:
         self.writer = StoreWriter(self.cfg.database, spool=spool_path(self.cfg))
         self.relay = Relay(
             self.cfg,
-            self.writer.put,
+            self._record,
             status_path=status_file_for(self.cfg.database),
             preparer=self.preparer,
         )
+        # spend so far today / this month, from the store (the budget counts on from there)
+        await asyncio.to_thread(self.relay.budget.reconcile, self.cfg.database)
         port = await self.relay.start()
         threading.Thread(target=_warm_tokenizer, name="kimi-tokenizer", daemon=True).start()
         log.info(
@@ -133,6 +200,7 @@ class KimiIntercept:
         )
 
     async def done(self) -> None:
+        _CONNECTION_LOGGER.removeFilter(self.noise)
         if self.relay is not None:
             await self.relay.stop()
         if self.writer is not None:
@@ -175,6 +243,7 @@ class KimiIntercept:
             return
         route_id = self.relay.park(plan)
         flow.metadata[_METADATA_KEY] = route_id
+        flow.marked = MARKER
         # The plan holds the body and any keys; the hop to the relay carries neither.
         for name in ("authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie"):
             req.headers.pop(name, None)

@@ -1,7 +1,8 @@
 """``kimi-intercept status``: each provider's state, from the running proxy or the database.
 
 The running proxy publishes its circuit breakers, cooldowns and rate limits to
-``<database>.status.json`` whenever they change (:meth:`.relay.Relay._publish_status`). When no
+``<database>.status.json`` whenever they change, with the calls in flight
+(:mod:`kimi_intercept.relay.live`). When no
 proxy is running, the last hour of ``attempts`` rows tells how each provider has been doing.
 """
 

@@ -37,11 +37,12 @@ from kimi_intercept.config.rules import ChainEntry, Rule, RuleError, parse_rules
 DEFAULT_CONFIG_NAME = "default_config.toml"
 DIALECTS = ("openai", "anthropic", "gemini")
 
-# The keys each table may have. [sanitizer], [context], [prices], [import] declare theirs next to
-# their parsers (sanitizer, accounting, commands.importers); [[routing.rules]] in .rules.
+# The keys each table may have. [sanitizer], [context], [prices], [import], [budget] declare
+# theirs next to their parsers (sanitizer, accounting, commands.importers, .budget);
+# [[routing.rules]] in .rules.
 TABLES = (
     "intercept", "routing", "storage", "models", "providers",
-    "prices", "sanitizer", "context", "import", "proxy",
+    "prices", "sanitizer", "context", "import", "proxy", "budget",
 )  # fmt: skip
 INTERCEPT_KEYS = ("hosts",)
 ROUTING_KEYS = (

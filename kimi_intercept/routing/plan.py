@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from kimi_intercept.config.rules import RequestFacts, Rule, first_match
+from kimi_intercept.config.rules import ChainEntry, RequestFacts, Rule, first_match
 from kimi_intercept.config.settings import Config
 from kimi_intercept.dialects import DialectError
 from kimi_intercept.routing.conversations import ConversationTracker, title_text
@@ -318,6 +318,19 @@ def plan_route(
         rebuild=rebuild,
         dialect="anthropic" if dialect == "anthropic_count" else dialect,
     )
+
+
+def retarget(plan: RoutePlan, chain: tuple[ChainEntry, ...]) -> bool:
+    """Send a rerouted plan to another chain (a spent budget's cheaper one): its targets are
+    built again from the client's request, and no rule applies. False if it cannot be."""
+    p = plan.rebuild
+    if plan.kind != "reroute" or not isinstance(p, functools.partial) or len(p.args) != 7:
+        return False
+    plan.rebuild = functools.partial(p.func, *p.args[:5], chain, None)
+    hub, hub_error = to_hub(plan.dialect, plan.native, plan.client_model, plan.stream)
+    plan.targets = plan.rebuild(plan.native, hub, hub_error)
+    plan.rule = None
+    return True
 
 
 def _targets(
