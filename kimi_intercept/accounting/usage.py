@@ -39,6 +39,10 @@ from kimi_intercept.accounting.sse import SSEParser
 
 logger = logging.getLogger(__name__)
 
+#: Token counts are integers below 2**53 (exact in JSON doubles and in SQLite); a provider
+#: number outside ``0 <= n < MAX_TOKEN_COUNT`` (``1e30``, ``-5``, ``"12"``) is not usage.
+MAX_TOKEN_COUNT = 2**53
+
 #: Most characters of completion text a meter collects (for a tiktoken estimate when the
 #: provider sends no usage). About 4 MB of ASCII; the estimate is a lower bound past it.
 MAX_COMPLETION_TEXT_CHARS = 4 * 1024 * 1024
@@ -49,20 +53,66 @@ class Usage:
     """Provider-reported token counts for one response; ``None`` = not reported.
 
     ``completion_tokens`` includes ``reasoning_tokens``; ``prompt_tokens`` includes
-    ``cached_tokens``.
+    ``cached_tokens``. ``problem`` says why the provider's object cannot be trusted (a count
+    that is not an integer in ``0 <= n < 2**53``); such usage is not recorded as the
+    provider's (:func:`trusted`).
     """
 
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cached_tokens: int | None = None
     reasoning_tokens: int | None = None
+    problem: str | None = None
+
+
+def is_count(value: Any) -> bool:
+    """A token count: a JSON integer (not a bool) in ``0 <= n < 2**53``."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_TOKEN_COUNT
 
 
 def _count(value: Any) -> int | None:
-    """A token count: a non-negative JSON integer (not a bool), else ``None``."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
+    """``value`` if it is a token count (:func:`is_count`), else ``None``."""
+    return value if is_count(value) else None
+
+
+def count_problem(u: Any, keys: tuple[str, ...], where: str = "usage") -> str | None:
+    """Why a provider's usage object is not believable: the first of ``keys`` present with a
+    value that is neither null nor a token count, e.g. ``"usage.prompt_tokens = 1e+30 is not a
+    token count"``; ``None`` when all are fine (or absent). Dotted keys reach into objects."""
+    if not isinstance(u, dict):
+        return None
+    for key in keys:
+        value: Any = u
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None and not is_count(value):
+            return f"{where}.{key} = {json.dumps(value, default=str)[:60]} is not a token count"
     return None
+
+
+def trusted(usage: Usage | None) -> tuple[Usage | None, str | None]:
+    """``(usage, None)`` when ``usage`` can be recorded as the provider's, else ``(None, why)``:
+    it carried a :attr:`Usage.problem`, a count out of range (a sum of counts, say), or neither
+    a prompt nor a completion count. ``(None, None)`` for no usage at all."""
+    if usage is None:
+        return None, None
+    if usage.problem:
+        return None, usage.problem
+    counts = (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
+              usage.reasoning_tokens)  # fmt: skip
+    bad = next((n for n in counts if n is not None and not is_count(n)), None)
+    if bad is not None:
+        return None, f"a token count of {bad} is out of range"
+    if usage.prompt_tokens is None and usage.completion_tokens is None:
+        return None, "the usage object held no prompt or completion token count"
+    return usage, None
+
+
+_OPENAI_KEYS = (
+    "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens",
+    "prompt_cache_hit_tokens", "prompt_tokens_details.cached_tokens",
+    "completion_tokens_details.reasoning_tokens",
+)  # fmt: skip
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -79,7 +129,7 @@ def usage_from_openai(u: dict[str, Any]) -> Usage:
     ``{"prompt_tokens": 10, ..., "prompt_cache_hit_tokens": 0, "prompt_cache_miss_tokens": 10}``
     (DeepSeek). Cached tokens are taken from, in order, ``prompt_tokens_details.cached_tokens``,
     top-level ``cached_tokens``, ``prompt_cache_hit_tokens`` (the first that is an integer).
-    Missing or wrongly typed fields are ``None``; never raises.
+    Missing or wrongly typed fields are ``None`` (and ``problem`` says which); never raises.
     """
     u = _dict(u)
     cached = _count(_dict(u.get("prompt_tokens_details")).get("cached_tokens"))
@@ -92,6 +142,7 @@ def usage_from_openai(u: dict[str, Any]) -> Usage:
         completion_tokens=_count(u.get("completion_tokens")),
         cached_tokens=cached,
         reasoning_tokens=_count(_dict(u.get("completion_tokens_details")).get("reasoning_tokens")),
+        problem=count_problem(u, _OPENAI_KEYS),
     )
 
 

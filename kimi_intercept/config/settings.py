@@ -100,6 +100,10 @@ class Routing:
     continue_on_break: bool = False
     shadow_provider: str | None = None  # [routing.shadow] provider: mirrored in the background
     shadow_share: float = 0.0  # percent of requests mirrored
+    # An LLM call that cannot be parsed or planned: "error" answers it with a clear error in the
+    # client's dialect (400 / 413 / 500), "passthrough" sends it to its original host unchanged.
+    # Either way it gets a row.
+    on_plan_error: str = "error"
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,7 @@ class Config:
     # [context], [import]); they validate their own keys with ConfigError.
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
     rules: tuple[Rule, ...] = ()  # [[routing.rules]], first match wins
+    max_body_mb: float = 64.0  # [proxy] max_body_mb: larger request bodies get a 413
 
     @property
     def default_chain(self) -> tuple[ChainEntry, ...]:
@@ -213,7 +218,7 @@ def _expand(value: Any, env: Mapping[str, str]) -> Any:
 def _build(raw: dict[str, Any], source: Path | None) -> Config:
     known = {
         "intercept", "routing", "storage", "models", "providers",
-        "prices", "sanitizer", "context", "import",
+        "prices", "sanitizer", "context", "import", "proxy",
     }  # fmt: skip
     for key in raw:
         if key not in known:
@@ -236,6 +241,7 @@ def _build(raw: dict[str, Any], source: Path | None) -> Config:
         cooldown_s=_number(r, "routing.cooldown_s", 0, 86400),
         auth_cooldown_s=_number(r, "routing.auth_cooldown_s", 0, 86400),
         continue_on_break=_bool(r, "routing.continue_on_break"),
+        on_plan_error=_choice(r, "routing.on_plan_error", ("error", "passthrough")),
         **_shadow(r),
     )
     for name in (routing.primary, *routing.fallbacks, *filter(None, [routing.shadow_provider])):
@@ -254,7 +260,10 @@ def _build(raw: dict[str, Any], source: Path | None) -> Config:
         raise ConfigError(str(e)) from e
     hosts = tuple(_str_list(_table(raw, "intercept"), "intercept.hosts"))
     database = Path(_str(_table(raw, "storage"), "storage.database")).expanduser()
-    return Config(hosts, routing, database, providers, dict(models), source, raw, rules)
+    max_body_mb = _number(_table(raw, "proxy"), "proxy.max_body_mb", 0.001, 4096)
+    return Config(
+        hosts, routing, database, providers, dict(models), source, raw, rules, max_body_mb
+    )
 
 
 def _provider(name: str, t: Any) -> Provider:
@@ -336,6 +345,14 @@ def _shadow(r: Mapping[str, Any]) -> dict[str, Any]:
         "shadow_provider": _str(t, "routing.shadow.provider"),
         "shadow_share": _number({"share": t.get("share", 10)}, "routing.shadow.share", 0, 100),
     }
+
+
+def _choice(t: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str:
+    value = t.get(_leaf(key))
+    if value not in choices:
+        wanted = " or ".join(f'"{c}"' for c in choices)
+        raise ConfigError(f"{key} must be {wanted}, got {value!r}")
+    return str(value)
 
 
 def _bool(t: Mapping[str, Any], key: str) -> bool:

@@ -53,7 +53,7 @@ from aiohttp import web
 from kimi_intercept.accounting import tokens
 from kimi_intercept.config.settings import Config
 from kimi_intercept.dialects.bridge import error_json, openai_error_body
-from kimi_intercept.relay import shadow
+from kimi_intercept.relay import refusal, shadow
 from kimi_intercept.relay.answer import attempt_row, client_left, ms_since, pipe
 from kimi_intercept.relay.failures import (
     Action,
@@ -62,7 +62,7 @@ from kimi_intercept.relay.failures import (
     redact,
 )
 from kimi_intercept.relay.health import ProviderHealth, RateLimiter
-from kimi_intercept.relay.rows import Outcome, build_row
+from kimi_intercept.relay.rows import Outcome, build_row, clean_row
 from kimi_intercept.relay.upstream import Upstream
 from kimi_intercept.routing.choice import Chooser
 from kimi_intercept.routing.plan import (
@@ -152,6 +152,19 @@ class Relay:
 
     def discard(self, route_id: str) -> None:
         self._routes.pop(route_id, None)
+
+    def reject(self, plan: RoutePlan) -> tuple[int, dict[str, str], bytes]:
+        """``(status, headers, body)`` answering a ``rejected`` plan in the client's dialect
+        (:mod:`.refusal`); its row is recorded in the background. Call on the relay's loop."""
+        status, headers, body, outcome = refusal.answer(plan)
+        self._spawn(self._finish(plan, [], outcome))
+        return status, headers, body
+
+    def record_passed(self, plan: RoutePlan, status: int | None, error: str | None) -> None:
+        """Record the row of an unplanned call that went to its original host unchanged
+        (``[routing] on_plan_error = "passthrough"``). Call on the relay's loop."""
+        plan.kind = "passthrough"
+        self._spawn(self._finish(plan, [], refusal.passed_through(status, error)))
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         parked = self._routes.pop(request.headers.get(ROUTE_HEADER, ""), None)
@@ -368,8 +381,8 @@ class Relay:
             row = await build_row(
                 plan, attempts, r, ms_since(plan.received), self.cfg, self.preparer.cache
             )
-            for a in attempts:
-                a["request_id"] = row["id"]
+            for i, a in enumerate(attempts):
+                attempts[i] = clean_row({**a, "request_id": row["id"]})
             row.update(row_fields(plan))
             extra = ledger_rows(plan, self.preparer.store_originals)
             if mirrored is not None:  # shadow mode: compare with what the client got
