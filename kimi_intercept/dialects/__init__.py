@@ -23,20 +23,23 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 logger = logging.getLogger(__name__)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def text_of(value: str) -> str:
-    """``value`` with every lone UTF-16 surrogate (a JavaScript client's cut emoji, ``"\\ud83d"``
-    in JSON; or a header byte that was not UTF-8) replaced by U+FFFD, so that it can be encoded
-    as UTF-8, stored in SQLite and logged. Text without surrogates is returned as is."""
+    """``value`` with every lone UTF-16 surrogate — a JavaScript client's cut emoji
+    (``"\\ud83d"`` in JSON), or a header byte that was not UTF-8 (mitmproxy decodes those with
+    ``surrogateescape``) — replaced by one U+FFFD, so that it can be encoded as UTF-8, stored in
+    SQLite and logged. Text without surrogates is returned as is."""
     try:
         value.encode("utf-8")
         return value
     except UnicodeEncodeError:
-        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        return _SURROGATE.sub("\ufffd", value)
 
 
 def list_of(value: Any) -> list[Any]:
