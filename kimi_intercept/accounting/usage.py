@@ -35,13 +35,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kimi_intercept.accounting.counts import MAX_TOKEN_COUNT, count_problem, is_count
 from kimi_intercept.accounting.sse import SSEParser
 
-logger = logging.getLogger(__name__)
+__all__ = ["MAX_TOKEN_COUNT", "count_problem", "is_count"]  # re-exported for the meters
 
-#: Token counts are integers below 2**53 (exact in JSON doubles and in SQLite); a provider
-#: number outside ``0 <= n < MAX_TOKEN_COUNT`` (``1e30``, ``-5``, ``"12"``) is not usage.
-MAX_TOKEN_COUNT = 2**53
+logger = logging.getLogger(__name__)
 
 #: Most characters of completion text a meter collects (for a tiktoken estimate when the
 #: provider sends no usage). About 4 MB of ASCII; the estimate is a lower bound past it.
@@ -65,29 +64,9 @@ class Usage:
     problem: str | None = None
 
 
-def is_count(value: Any) -> bool:
-    """A token count: a JSON integer (not a bool) in ``0 <= n < 2**53``."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_TOKEN_COUNT
-
-
 def _count(value: Any) -> int | None:
     """``value`` if it is a token count (:func:`is_count`), else ``None``."""
     return value if is_count(value) else None
-
-
-def count_problem(u: Any, keys: tuple[str, ...], where: str = "usage") -> str | None:
-    """Why a provider's usage object is not believable: the first of ``keys`` present with a
-    value that is neither null nor a token count, e.g. ``"usage.prompt_tokens = 1e+30 is not a
-    token count"``; ``None`` when all are fine (or absent). Dotted keys reach into objects."""
-    if not isinstance(u, dict):
-        return None
-    for key in keys:
-        value: Any = u
-        for part in key.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        if value is not None and not is_count(value):
-            return f"{where}.{key} = {json.dumps(value, default=str)[:60]} is not a token count"
-    return None
 
 
 def trusted(usage: Usage | None) -> tuple[Usage | None, str | None]:

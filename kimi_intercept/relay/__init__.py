@@ -7,7 +7,8 @@ streaming it event by event; breaks and continuation), :mod:`.failures` and
 :mod:`.retry_after` (what a failure means and how long to wait), :mod:`.health` (circuit
 breakers, cooldowns, local rate limits), :mod:`.validate` (empty, JSON-mode and repetition
 checks), :mod:`.shadow` (mirroring a share to a second provider), :mod:`.rows` (the
-``requests`` row of one call). Depends on every package below it; nothing but the addon
+``requests`` row of one call), :mod:`.refusal` (the proxy's own error answer, in the client's
+dialect, to a call it could not plan). Depends on every package below it; nothing but the addon
 imports it.
 """
 

@@ -302,3 +302,33 @@ def test_on_plan_error_passthrough_sends_it_on_unchanged_and_records_it(tmp_path
         assert s.kimi.received == []
     finally:
         s.stop()
+
+
+def test_a_plausible_but_wrong_stream_reaches_an_anthropic_client_as_a_valid_stream(env):
+    before = env.row_count()
+    head = {"id": "chatcmpl-w", "object": "chat.completion.chunk", "model": "kimi-k2.6"}
+    events = [
+        {**head, "choices": True},
+        {**head, "choices": [{"index": 0, "delta": {"content": "O", "tool_calls": {"a": 1}}}]},
+        {**head, "choices": [{"index": 0, "delta": None, "finish_reason": None}]},
+        {**head, "choices": [{"index": 0, "delta": {"content": "K"}, "finish_reason": ["stop"]}]},
+        {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+         "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}},
+    ]  # fmt: skip
+    raw = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
+    env.kimi.enqueue(Reply.sse_file(raw + b"data: [DONE]\n\n"))
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 50, "stream": True,
+            "messages": [{"role": "user", "content": "Say OK."}]}  # fmt: skip
+    r = env.post("/v1/messages", json.dumps(body).encode())
+    assert r.status_code == 200
+    kinds, text = [], ""
+    for block in r.text.strip().split("\n\n"):
+        name, data = block.split("\n", 1)
+        event = json.loads(data.removeprefix("data: "))
+        kinds.append(event["type"])
+        if event["type"] == "content_block_delta":
+            text += event["delta"].get("text", "")
+    assert text == "OK"
+    assert kinds[0] == "message_start" and kinds[-2:] == ["message_delta", "message_stop"]
+    [row] = env.new_rows(before, 1)
+    assert (row["outcome"], row["usage_source"], row["prompt_tokens"]) == ("ok", "provider", 5)

@@ -17,7 +17,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from mitmproxy import http
 from mitmproxy.addons.proxyserver import Proxyserver
@@ -166,7 +166,28 @@ def db(tmp_path_factory):
     return open_db(tmp_path_factory.mktemp("fuzz") / "k.db")
 
 
+# The inputs of issue #11, always run whatever the profile draws.
+KNOWN = [
+    ("/v1/chat/completions", encoded({"messages": [{"role": "user", "content": "\ud83d"}]}), []),
+    ("/v1/chat/completions", encoded({"model": "m", "stop": ["\ud800"]}), []),
+    ("/v1/chat/completions", encoded({"messages": [{"content": [{"type": []}]}]}), []),
+    ("/v1/chat/completions", encoded({"messages": [{"content": [{"type": {}}]}]}), []),
+    ("/v1/messages", encoded({"messages": [{"role": "user", "content": [{"type": ["x"]}]}]}), []),
+    ("/v1/chat/completions", b"{}", [("user-agent", " \t\x0b")]),
+    ("/v1/chat/completions", b"{}", [("user-agent", "\x00\x01")]),
+    ("/v1/chat/completions", b"{}", [("x-kimi-session", "\udcff")]),
+]
+
+
 @given(request=requests(), roll=st.floats(min_value=0, max_value=99.99))
+@example(request=KNOWN[0], roll=0.0)
+@example(request=KNOWN[1], roll=0.0)
+@example(request=KNOWN[2], roll=0.0)
+@example(request=KNOWN[3], roll=0.0)
+@example(request=KNOWN[4], roll=0.0)
+@example(request=KNOWN[5], roll=0.0)
+@example(request=KNOWN[6], roll=0.0)
+@example(request=KNOWN[7], roll=0.0)
 def test_planning_routes_or_rejects_every_llm_call(request, roll, db):
     path, body, headers = request
     plan = plan_or_reject(
@@ -224,6 +245,9 @@ def flow_for(path: str, body: bytes, headers: list[tuple[str, str]]) -> http.HTT
 
 
 @given(request=requests())
+@example(request=KNOWN[0])
+@example(request=KNOWN[2])
+@example(request=KNOWN[5])
 def test_the_addon_never_lets_an_llm_call_through_unplanned(request, hooked):
     a, recorded = hooked
     path, body, headers = request
