@@ -128,7 +128,7 @@ class KimiIntercept:
             await self._route(flow)
         except Exception as e:  # a bug of ours after planning: never fail open silently
             log.exception("kimi-intercept: could not route %s %s", flow.request.method,
-                          flow.request.pretty_url)  # fmt: skip
+                          _logged_url(flow))  # fmt: skip
             if flow.response is None and _METADATA_KEY not in flow.metadata:
                 try:
                     self._unplanned(flow, self._rejected(flow, internal_problem(e)))
@@ -155,12 +155,12 @@ class KimiIntercept:
         if self.cfg.routing.on_plan_error == "passthrough":
             log.warning("kimi-intercept: %s %s cannot be planned (%s); passed through unchanged "
                         "(on_plan_error = passthrough)", flow.request.method,
-                        flow.request.pretty_url, reason)  # fmt: skip
+                        _logged_url(flow), reason)  # fmt: skip
             flow.metadata[_UNPLANNED_KEY] = plan
             return
         status, headers, body = self.relay.reject(plan)
         log.warning("kimi-intercept: %s %s answered %d: %s", flow.request.method,
-                    flow.request.pretty_url, status, reason)  # fmt: skip
+                    _logged_url(flow), status, reason)  # fmt: skip
         flow.response = http.Response.make(status, body, headers)
 
     async def _route(self, flow: http.HTTPFlow) -> None:
@@ -233,6 +233,11 @@ class KimiIntercept:
         if plan is not None and self.relay is not None:
             status = flow.response.status_code if flow.response is not None else None
             self.relay.record_passed(plan, status, flow.error.msg if flow.error else "error")
+
+
+def _logged_url(flow: http.HTTPFlow) -> str:
+    """The URL without its query: Gemini clients may carry their key there (``?key=…``)."""
+    return flow.request.pretty_url.partition("?")[0]
 
 
 def _warm_tokenizer() -> None:

@@ -25,6 +25,7 @@ from kimi_intercept.commands.simulator import FakeUpstream, Reply
 
 PROMPT = [{"role": "user", "content": "Say OK."}]
 MAX_BODY_MB = 0.5
+GEMINI_KEY = "AIza-client-key-in-the-query"
 
 
 class Setup:
@@ -204,7 +205,7 @@ def test_bodies_that_are_not_json_objects_get_a_400_in_each_dialect(env):
     before = env.row_count()
     r = env.post("/v1/chat/completions", b"{not json")
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request"
-    r = env.post("/v1beta/models/gemini-2.5-pro:generateContent", b"[1, 2]")
+    r = env.post(f"/v1beta/models/gemini-2.5-pro:generateContent?key={GEMINI_KEY}", b"[1, 2]")
     assert r.status_code == 400
     assert r.json()["error"]["status"] == "INVALID_ARGUMENT"
     assert r.json()["error"]["message"] == "the request body is a JSON list, not an object"
@@ -213,6 +214,9 @@ def test_bodies_that_are_not_json_objects_get_a_400_in_each_dialect(env):
         ("rejected", "openai"),
         ("rejected", "gemini"),
     ]
+    assert env.proxy.wait_for_log("answered 400: the request body is a JSON list")
+    assert GEMINI_KEY not in env.proxy.log_text()  # the warning names the URL without its query
+    assert all(GEMINI_KEY not in json.dumps(g) for g in got)
 
 
 def test_an_untranslatable_request_gets_a_400_not_a_502(env):
