@@ -1,10 +1,10 @@
 """Bad input end to end: a real mitmdump with the addon, fake Kimi/DeepSeek upstreams, and a fake
 "original provider" on ``localhost`` that must never see a request.
 
-Each case sends hostile or odd input the way a client would (hand-built bodies through
-``HTTP_PROXY``/``HTTPS_PROXY``; the gzip case over HTTPS with the mitmproxy CA) and asserts the
-client's outcome (the fake Kimi's answer, or a clear error in the client's own dialect), that
-requests sent equals rows stored, and that nothing reached the original host.
+Each case sends hostile or odd input the way a client would (hand-built bodies through the
+proxy; the compressed bodies over HTTPS with the mitmproxy CA) and asserts the client's outcome
+(the fake Kimi's answer, or a clear error in the client's own dialect), that requests sent
+equals rows stored, and that nothing reached the original host.
 """
 
 from __future__ import annotations
@@ -13,12 +13,15 @@ import gzip
 import json
 import socket
 import ssl
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import brotli
 import httpx
 import pytest
+import zstandard
 from proxyproc import CLIENT_KEY, clean_env, render_config, rows, start_proxy_process, wait_rows
 
 from kimi_intercept.commands.simulator import FakeUpstream, Reply
@@ -138,9 +141,18 @@ def test_a_content_part_whose_type_is_a_list_is_routed(env):
     assert (row["outcome"], row["provider"]) == ("ok", "kimi")
 
 
-def test_a_gzip_body_over_https_is_decoded_and_sent_without_its_encoding(env):
+ENCODERS = {
+    "gzip": gzip.compress,
+    "deflate": zlib.compress,
+    "br": brotli.compress,
+    "zstd": lambda data: zstandard.ZstdCompressor().compress(data),
+}
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODERS))
+def test_a_compressed_body_over_https_is_decoded_and_sent_without_its_encoding(env, encoding):
     before = env.row_count()
-    body = chat("compressed prompt")
+    body = chat(f"{encoding} compressed prompt")
     with httpx.Client(
         proxy=env.proxy.proxy_url,
         verify=ssl.create_default_context(cafile=str(env.proxy.ca_path)),
@@ -149,17 +161,17 @@ def test_a_gzip_body_over_https_is_decoded_and_sent_without_its_encoding(env):
     ) as client:
         r = client.post(
             "https://api.openai.com/v1/chat/completions",
-            content=gzip.compress(body),
+            content=ENCODERS[encoding](body),
             headers={
                 "authorization": f"Bearer {CLIENT_KEY}",
                 "content-type": "application/json",
-                "content-encoding": "gzip",
+                "content-encoding": encoding,
             },
         )
     assert r.status_code == 200, r.text
     sent = env.kimi.received[-1]
     assert "content-encoding" not in sent.headers
-    assert sent.json["messages"] == [{"role": "user", "content": "compressed prompt"}]
+    assert sent.json["messages"] == [{"role": "user", "content": f"{encoding} compressed prompt"}]
     [row] = env.new_rows(before, 1)
     assert (row["outcome"], row["host"]) == ("ok", "api.openai.com")
 
