@@ -72,6 +72,7 @@ from kimi_intercept.routing.plan import (
     requested_max_tokens,
 )
 from kimi_intercept.routing.targets import Target
+from kimi_intercept.routing.unplanned import internal_problem
 from kimi_intercept.sanitizer.prepare import Preparer, ledger_rows, row_fields
 
 log = logging.getLogger(__name__)
@@ -177,18 +178,24 @@ class Relay:
             return await self._count_tokens(plan)
         attempts: list[dict[str, Any]] = []
         result = Outcome()
-        if plan.kind == "reroute":
-            await asyncio.to_thread(self.preparer.prepare, plan)
-        mirrored = (
-            asyncio.ensure_future(shadow.mirror(self.cfg, self.upstream, plan))
-            if shadow.wanted(self.cfg.routing, plan, self._rng)
-            else None
-        )
+        mirrored = None
         try:
+            if plan.kind == "reroute":
+                await asyncio.to_thread(self.preparer.prepare, plan)
+            if shadow.wanted(self.cfg.routing, plan, self._rng):
+                mirrored = asyncio.ensure_future(shadow.mirror(self.cfg, self.upstream, plan))
             return await self._serve(request, plan, attempts, result)
         except asyncio.CancelledError:
             client_left(result)
             raise
+        except Exception as e:  # a bug of ours: a 500 in the client's dialect, and a row
+            log.exception("kimi-intercept: relaying a request failed")
+            result.outcome, result.error = "error", internal_problem(e).message
+            if result.meter is not None:  # the answer had begun: it can only be cut
+                raise
+            result.status = 500
+            body = error_json(plan.dialect, 500, result.error, "internal_error")
+            return web.json_response(body, status=500)
         finally:
             self._spawn(self._finish(plan, attempts, result, mirrored))
 
