@@ -13,11 +13,12 @@ notes ``mitmproxy.md`` appendix):
 - ``request``: an intercepted LLM call (any dialect) is planned (:mod:`.routing`, in a worker
   thread: it parses and serializes bodies of up to megabytes), parked in the
   relay under a one-shot id, and the flow is pointed at the relay. A call that cannot be
-  planned — a body over ``[proxy] max_body_mb``, one whose ``Content-Encoding`` cannot be
-  undone, not JSON, untranslatable, or a bug of ours — is never sent silently to its original
-  host: it is answered with an error in the client's dialect (:mod:`.relay.refusal`) and
-  recorded, or with ``[routing] on_plan_error = "passthrough"`` left to go there unchanged and
-  recorded when its answer ends (``response`` / ``error``).
+  planned — a body over ``[proxy] max_body_mb`` (before or after its ``Content-Encoding`` is
+  undone, :mod:`.routing.body`), one that does not decode, not JSON, untranslatable, or a bug
+  of ours — is never sent silently to its original host: it is answered with an error in the
+  client's dialect (:mod:`.relay.refusal`) and recorded, or with ``[routing] on_plan_error =
+  "passthrough"`` left to go there unchanged and recorded when its answer ends (``response`` /
+  ``error``).
 - ``responseheaders``: relay answers (and passed-through unplanned calls) are streamed
   (``flow.response.stream = True``), never buffered.
 - ``done``: stops the relay and flushes the writer.
@@ -38,6 +39,7 @@ from kimi_intercept.commands.importers import import_config
 from kimi_intercept.commands.status import status_file_for
 from kimi_intercept.config.settings import Config, ConfigError, allow_hosts_patterns, load_config
 from kimi_intercept.relay.server import ROUTE_HEADER, Relay
+from kimi_intercept.routing.body import BodyTooLarge, decoded_body
 from kimi_intercept.routing.plan import Problem, RoutePlan, detect_dialect
 from kimi_intercept.routing.unplanned import internal_problem, plan_or_reject, rejected_plan
 from kimi_intercept.sanitizer.prepare import Preparer
@@ -176,15 +178,15 @@ class KimiIntercept:
                             f"{self.cfg.max_body_mb:g} MB")  # fmt: skip
         if len(req.raw_content) > limit:
             return self._unplanned(flow, self._rejected(flow, too_large))
-        try:
-            body = req.content  # mitmproxy undoes Content-Encoding (gzip, deflate, br, zstd)
+        encoding = req.headers.get("content-encoding", "")
+        try:  # gzip, deflate, br, zstd undone, stopping at the limit (no zip bomb)
+            body = decoded_body(req.raw_content, encoding, limit)
+        except BodyTooLarge:
+            return self._unplanned(flow, self._rejected(flow, too_large))
         except ValueError as e:
-            encoding = req.headers.get("content-encoding", "")
             why = f"cannot decode the request body (Content-Encoding: {encoding}): {e}"
             bad = Problem(400, "invalid_request", why)
             return self._unplanned(flow, self._rejected(flow, bad))
-        if body is None or len(body) > limit:
-            return self._unplanned(flow, self._rejected(flow, too_large))
         peer = flow.client_conn.peername
         # Planning parses, translates and serializes bodies of up to megabytes (~7-9 ms for
         # 0.5-1 MB): a worker thread, so other streams on mitmproxy's loop never wait for it.

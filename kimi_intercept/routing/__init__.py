@@ -4,7 +4,8 @@ Modules: :mod:`.plan` (:func:`plan_route`: detect the client's dialect, identify
 conversation, apply the rollout share and the first matching routing rule, give a
 :class:`RoutePlan`), :mod:`.unplanned` (:func:`plan_or_reject`: the one rule for an LLM call
 that cannot be planned — a ``rejected`` plan with the status and reason, never a silent
-pass-through), :mod:`.targets` (one :class:`Target` per provider of the chain: URL, key,
+pass-through), :mod:`.body` (the request body with its ``Content-Encoding`` undone, within
+``[proxy] max_body_mb``), :mod:`.targets` (one :class:`Target` per provider of the chain: URL, key,
 model and the body in the provider's dialect), :mod:`.choice` (the weighted, conversation-sticky
 order of a ``strategy = "weighted"`` rule). Pure functions over dicts and the config; depends on
 :mod:`kimi_intercept.config` and :mod:`kimi_intercept.dialects`.

@@ -187,7 +187,7 @@ def test_a_body_that_cannot_be_decoded_gets_a_400_and_a_row(env):
     assert row["error"] == message
 
 
-def test_a_body_over_max_body_mb_gets_a_413_in_the_clients_dialect(env):
+def test_a_body_over_max_body_mb_gets_a_413_in_the_clients_dialect_zip_bombs_too(env):
     before = env.row_count()
     big = chat("x" * int(MAX_BODY_MB * 1024 * 1024))
     r = env.post("/v1/chat/completions", big)
@@ -206,10 +206,15 @@ def test_a_body_over_max_body_mb_gets_a_413_in_the_clients_dialect(env):
             "message": f"the request body is over [proxy] max_body_mb = {MAX_BODY_MB:g} MB",
         },
     }
-    got = env.new_rows(before, 2)
+    bomb = gzip.compress(chat("z" * 50_000_000))  # about 50 KB on the wire, 50 MB decoded
+    assert len(bomb) < MAX_BODY_MB * 1024 * 1024 / 4
+    r = env.post("/v1/chat/completions", bomb, {"content-encoding": "gzip"})
+    assert r.status_code == 413
+    got = env.new_rows(before, 3)
     assert [(g["outcome"], g["status_code"], g["dialect"]) for g in got] == [
         ("rejected", 413, "openai"),
         ("rejected", 413, "anthropic"),
+        ("rejected", 413, "openai"),
     ]
 
 
