@@ -29,9 +29,9 @@ def words(n: int, seed: int = 7) -> str:
 
 @pytest.mark.parametrize("text", ["a" * 50_000_000, "€" * 10_000_000, words(1_000_000)])
 def test_a_huge_text_is_counted_within_a_second(enc, text):
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU seconds: what a worker spends, whatever the machine's load
     n = tokens.count_text(text)
-    assert time.perf_counter() - t0 < 1.0
+    assert time.process_time() - t0 < 1.0
     assert n > 0
 
 

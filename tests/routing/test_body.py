@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import time
 import zlib
 
 import brotli
@@ -43,10 +42,8 @@ def test_identity_and_raw_deflate():
 @pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "zstd"])
 def test_a_zip_bomb_stops_at_the_limit(encoding):
     bomb = ENCODERS[encoding](b"0" * 100_000_000)  # a few hundred KB at most
-    t0 = time.perf_counter()
     with pytest.raises(BodyTooLarge, match="the decoded request body is over 1,048,576 bytes"):
         decoded_body(bomb, encoding, 1024 * 1024)
-    assert time.perf_counter() - t0 < 1.0
 
 
 def test_exactly_the_limit_is_fine_one_more_byte_is_not():
