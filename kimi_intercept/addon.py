@@ -22,10 +22,15 @@ notes ``mitmproxy.md`` appendix):
   rows (``[storage] spool``) until it can.
 - ``request``: an intercepted LLM call (any dialect) is planned (:mod:`.routing`, in a worker
   thread: it parses and serializes bodies of up to megabytes), parked in the
-  relay under a one-shot id, and the flow is pointed at the relay. Any bug of ours leaves the
-  flow untouched, so the IDE's request still reaches its original host, and is logged.
-- ``responseheaders``: relay answers are streamed (``flow.response.stream = True``), never
-  buffered.
+  relay under a one-shot id, and the flow is pointed at the relay. A call that cannot be
+  planned — a body over ``[proxy] max_body_mb`` (before or after its ``Content-Encoding`` is
+  undone, :mod:`.routing.body`), one that does not decode, not JSON, untranslatable, or a bug
+  of ours — is never sent silently to its original host: it is answered with an error in the
+  client's dialect (:mod:`.relay.refusal`) and recorded, or with ``[routing] on_plan_error =
+  "passthrough"`` left to go there unchanged and recorded when its answer ends (``response`` /
+  ``error``).
+- ``responseheaders``: relay answers (and passed-through unplanned calls) are streamed
+  (``flow.response.stream = True``), never buffered.
 - every finished call: one console line (:func:`.relay.console.console_line`) in mitmproxy's
   log, as its row goes to the store writer.
 - ``done``: stops the relay and flushes the writer.
@@ -49,8 +54,10 @@ from kimi_intercept.config.discovery import find_config
 from kimi_intercept.config.settings import Config, ConfigError, allow_hosts_patterns
 from kimi_intercept.relay.console import console_line
 from kimi_intercept.relay.server import ROUTE_HEADER, Relay
+from kimi_intercept.routing.body import BodyTooLarge, decoded_body
 from kimi_intercept.routing.conversations import ConversationTracker
-from kimi_intercept.routing.plan import plan_route
+from kimi_intercept.routing.plan import Problem, RoutePlan, detect_dialect
+from kimi_intercept.routing.unplanned import internal_problem, plan_or_reject, rejected_plan
 from kimi_intercept.sanitizer.prepare import Preparer
 from kimi_intercept.storage import StoreWriter, prune_on_start, spool_path
 
@@ -72,6 +79,12 @@ class _ConnectionNoise(logging.Filter):
 
 
 _CONNECTION_LOGGER = logging.getLogger("mitmproxy.proxy.server")
+_UNPLANNED_KEY = "kimi_intercept_unplanned"  # a rejected plan passed through (on_plan_error)
+_JSON = {"content-type": "application/json"}
+_LAST_RESORT = (
+    b'{"error": {"message": "kimi-intercept failed on this request; see its log", '
+    b'"type": "kimi_intercept_error", "param": null, "code": "internal_error"}}'
+)
 
 
 class KimiIntercept:
@@ -211,55 +224,121 @@ class KimiIntercept:
             return
         try:
             await self._route(flow)
-        except Exception:
-            log.exception(
-                "kimi-intercept: could not route %s %s; it goes to its original host untouched",
-                flow.request.method,
-                flow.request.pretty_url,
-            )
+        except Exception as e:  # a bug of ours after planning: never fail open silently
+            log.exception("kimi-intercept: could not route %s %s", flow.request.method,
+                          _logged_url(flow))  # fmt: skip
+            if flow.response is None and _METADATA_KEY not in flow.metadata:
+                try:
+                    self._unplanned(flow, self._rejected(flow, internal_problem(e)))
+                except Exception:  # not even a row: still no silent fail-open
+                    log.exception("kimi-intercept: could not answer or record the failure")
+                    if self.cfg.routing.on_plan_error == "error":
+                        flow.response = http.Response.make(500, _LAST_RESORT, _JSON)
+
+    def _rejected(self, flow: http.HTTPFlow, problem: Problem) -> RoutePlan:
+        req, peer = flow.request, flow.client_conn.peername
+        return rejected_plan(
+            problem, method=req.method, host=req.pretty_host, path=req.path,
+            headers=list(req.headers.items(multi=True)), client_host=peer[0] if peer else None,
+            started=req.timestamp_start,
+        )  # fmt: skip
+
+    def _unplanned(self, flow: http.HTTPFlow, plan: RoutePlan) -> None:
+        """Answer a ``rejected`` plan in the client's dialect and record it, or (``[routing]
+        on_plan_error = "passthrough"``) leave the flow to its original host, recorded when
+        its answer ends."""
+        assert self.relay is not None and self.cfg is not None
+        flow.marked = MARKER  # its console line is the summary; no mitmproxy flow line
+        problem = plan.problem
+        reason = problem.message if problem else "?"
+        if self.cfg.routing.on_plan_error == "passthrough":
+            log.warning("kimi-intercept: %s %s cannot be planned (%s); passed through unchanged "
+                        "(on_plan_error = passthrough)", flow.request.method,
+                        _logged_url(flow), reason)  # fmt: skip
+            flow.metadata[_UNPLANNED_KEY] = plan
+            return
+        status, headers, body = self.relay.reject(plan)
+        log.warning("kimi-intercept: %s %s answered %d: %s", flow.request.method,
+                    _logged_url(flow), status, reason)  # fmt: skip
+        flow.response = http.Response.make(status, body, headers)
 
     async def _route(self, flow: http.HTTPFlow) -> None:
         assert self.relay is not None and self.cfg is not None
         req = flow.request
-        if req.content is None or req.pretty_host not in self.cfg.hosts:
+        if req.raw_content is None or req.pretty_host not in self.cfg.hosts:
             return
+        if detect_dialect(req.method, req.path) is None:
+            return  # not an LLM call: mitmproxy's
+        limit = int(self.cfg.max_body_mb * 1024 * 1024)
+        too_large = Problem(413, "request_too_large",
+                            f"the request body is over [proxy] max_body_mb = "
+                            f"{self.cfg.max_body_mb:g} MB")  # fmt: skip
+        if len(req.raw_content) > limit:
+            return self._unplanned(flow, self._rejected(flow, too_large))
+        encoding = req.headers.get("content-encoding", "")
+        try:  # gzip, deflate, br, zstd undone, stopping at the limit (no zip bomb)
+            body = decoded_body(req.raw_content, encoding, limit)
+        except BodyTooLarge:
+            return self._unplanned(flow, self._rejected(flow, too_large))
+        except ValueError as e:
+            why = f"cannot decode the request body (Content-Encoding: {encoding}): {e}"
+            bad = Problem(400, "invalid_request", why)
+            return self._unplanned(flow, self._rejected(flow, bad))
         peer = flow.client_conn.peername
         # Planning parses, translates and serializes bodies of up to megabytes (~7-9 ms for
         # 0.5-1 MB): a worker thread, so other streams on mitmproxy's loop never wait for it.
         plan = await asyncio.to_thread(
-            plan_route,
+            plan_or_reject,
             self.cfg,
             method=req.method,
             url=req.pretty_url,
             host=req.pretty_host,
             path=req.path,
             headers=list(req.headers.items(multi=True)),
-            body=req.content,
+            body=body,
             client_host=peer[0] if peer else None,
             started=req.timestamp_start,
             tracker=self.conversations,
         )
         if plan is None:
             return
+        if plan.kind == "rejected":
+            return self._unplanned(flow, plan)
         route_id = self.relay.park(plan)
         flow.metadata[_METADATA_KEY] = route_id
         flow.marked = MARKER
         # The plan holds the body and any keys; the hop to the relay carries neither.
         for name in ("authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie"):
             req.headers.pop(name, None)
+        req.headers.pop("content-encoding", None)  # the relay hop carries no body to decode
         req.content = b""
         # no query: Gemini clients may carry their key there (?key=…), and mitmdump logs URLs
         req.url = f"http://127.0.0.1:{self.relay.port}{req.path.partition('?')[0]}"
         req.headers[ROUTE_HEADER] = route_id
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if _METADATA_KEY in flow.metadata and flow.response is not None:
+        routed = _METADATA_KEY in flow.metadata or _UNPLANNED_KEY in flow.metadata
+        if routed and flow.response is not None:
             flow.response.stream = True
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        plan = flow.metadata.pop(_UNPLANNED_KEY, None)
+        if plan is not None and self.relay is not None and flow.response is not None:
+            self.relay.record_passed(plan, flow.response.status_code, None)
 
     def error(self, flow: http.HTTPFlow) -> None:
         route_id = flow.metadata.get(_METADATA_KEY)
         if route_id and self.relay is not None:
             self.relay.discard(route_id)  # never reached the relay: drop the parked plan
+        plan = flow.metadata.pop(_UNPLANNED_KEY, None)
+        if plan is not None and self.relay is not None:
+            status = flow.response.status_code if flow.response is not None else None
+            self.relay.record_passed(plan, status, flow.error.msg if flow.error else "error")
+
+
+def _logged_url(flow: http.HTTPFlow) -> str:
+    """The URL without its query: Gemini clients may carry their key there (``?key=…``)."""
+    return flow.request.pretty_url.partition("?")[0]
 
 
 def _warm_tokenizer() -> None:

@@ -52,7 +52,7 @@ from kimi_intercept.accounting import tokens
 from kimi_intercept.config.budget import budget_settings
 from kimi_intercept.config.settings import Config
 from kimi_intercept.dialects.bridge import error_json, openai_error_body
-from kimi_intercept.relay import shadow
+from kimi_intercept.relay import refusal, shadow
 from kimi_intercept.relay.answer import attempt_row, client_left, ms_since, pipe
 from kimi_intercept.relay.budget import BudgetTracker, gate
 from kimi_intercept.relay.failures import (
@@ -63,7 +63,7 @@ from kimi_intercept.relay.failures import (
 )
 from kimi_intercept.relay.health import ProviderHealth, RateLimiter
 from kimi_intercept.relay.live import LiveStatus
-from kimi_intercept.relay.rows import SKIPPED, Outcome, build_row
+from kimi_intercept.relay.rows import SKIPPED, Outcome, build_row, clean_row
 from kimi_intercept.relay.upstream import Upstream
 from kimi_intercept.routing.choice import Chooser
 from kimi_intercept.routing.plan import (
@@ -72,6 +72,7 @@ from kimi_intercept.routing.plan import (
     requested_max_tokens,
 )
 from kimi_intercept.routing.targets import Target
+from kimi_intercept.routing.unplanned import internal_problem
 from kimi_intercept.sanitizer.prepare import Preparer, ledger_rows, row_fields
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,19 @@ class Relay:
     def discard(self, route_id: str) -> None:
         self._routes.pop(route_id, None)
 
+    def reject(self, plan: RoutePlan) -> tuple[int, dict[str, str], bytes]:
+        """``(status, headers, body)`` answering a ``rejected`` plan in the client's dialect
+        (:mod:`.refusal`); its row is recorded in the background. Call on the relay's loop."""
+        status, headers, body, outcome = refusal.answer(plan)
+        self._spawn(self._finish(plan, [], outcome))
+        return status, headers, body
+
+    def record_passed(self, plan: RoutePlan, status: int | None, error: str | None) -> None:
+        """Record the row of an unplanned call that went to its original host unchanged
+        (``[routing] on_plan_error = "passthrough"``). Call on the relay's loop."""
+        plan.kind = "passthrough"
+        self._spawn(self._finish(plan, [], refusal.passed_through(status, error)))
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         parked = self._routes.pop(request.headers.get(ROUTE_HEADER, ""), None)
         if parked is None:
@@ -171,18 +185,24 @@ class Relay:
             refused = self._refuse(plan, result, 402, blocked, "budget_exceeded")
             self._spawn(self._finish(plan, attempts, result, None, live_key))
             return refused
-        if plan.kind == "reroute":
-            await asyncio.to_thread(self.preparer.prepare, plan)
-        mirrored = (
-            asyncio.ensure_future(shadow.mirror(self.cfg, self.upstream, plan))
-            if shadow.wanted(self.cfg.routing, plan, self._rng)
-            else None
-        )
+        mirrored = None
         try:
+            if plan.kind == "reroute":
+                await asyncio.to_thread(self.preparer.prepare, plan)
+            if shadow.wanted(self.cfg.routing, plan, self._rng):
+                mirrored = asyncio.ensure_future(shadow.mirror(self.cfg, self.upstream, plan))
             return await self._serve(request, plan, attempts, result)
         except asyncio.CancelledError:
             client_left(result)
             raise
+        except Exception as e:  # a bug of ours: a 500 in the client's dialect, and a row
+            log.exception("kimi-intercept: relaying a request failed")
+            result.outcome, result.error = "error", internal_problem(e).message
+            if result.meter is not None:  # the answer had begun: it can only be cut
+                raise
+            result.status = 500
+            body = error_json(plan.dialect, 500, result.error, "internal_error")
+            return web.json_response(body, status=500)
         finally:
             self._spawn(self._finish(plan, attempts, result, mirrored, live_key))
 
@@ -384,8 +404,8 @@ class Relay:
             row = await build_row(
                 plan, attempts, r, ms_since(plan.received), self.cfg, self.preparer.cache
             )
-            for a in attempts:
-                a["request_id"] = row["id"]
+            for i, a in enumerate(attempts):
+                attempts[i] = clean_row({**a, "request_id": row["id"]})
             for alert in self.budget.add(row):
                 log.warning("%s", alert)
             row.update(row_fields(plan))

@@ -12,7 +12,10 @@ Anthropic Messages; Gemini generateContent). It is then either
   with the client's own headers, unchanged, and counted;
 - ``count_tokens``: Anthropic's ``/v1/messages/count_tokens``, answered locally.
 
-Everything else (other paths, a body that is not a JSON object) is left to mitmproxy untouched.
+An LLM call that cannot be planned — a body that is not a JSON object, a request that cannot be
+translated for any provider in the chain — raises :class:`Unplannable` with the HTTP status and
+reason the client is answered with (:mod:`.unplanned` turns it into a ``rejected`` plan).
+Everything else (other hosts, methods and paths) is left to mitmproxy untouched.
 """
 
 from __future__ import annotations
@@ -29,12 +32,32 @@ from typing import Any
 
 from kimi_intercept.config.rules import ChainEntry, RequestFacts, Rule, first_match
 from kimi_intercept.config.settings import Config
-from kimi_intercept.dialects import DialectError
+from kimi_intercept.dialects import DialectError, text_of
 from kimi_intercept.routing.conversations import ConversationTracker, title_text
 from kimi_intercept.routing.targets import Target, passthrough_target, reroute_targets
 
 CHAT_COMPLETIONS = "/chat/completions"
+_JSON_ERRORS = (ValueError, RecursionError)  # UnicodeDecodeError is a ValueError
 _GEMINI_PATH = re.compile(r"/models/([^/:]+):(generateContent|streamGenerateContent)$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why an LLM call is answered by the proxy itself: the HTTP ``status`` the client gets
+    (400 rejected input, 413 too large, 500 a bug of ours), an error ``code`` (e.g.
+    ``invalid_request``) and a ``message`` for a person."""
+
+    status: int
+    code: str
+    message: str
+
+
+class Unplannable(Exception):
+    """An LLM call that cannot be planned; ``problem`` says what the client is told."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.problem = Problem(status, code, message)
 
 
 @dataclass
@@ -45,7 +68,7 @@ class RoutePlan:
     ``started_at`` is the ISO 8601 UTC start of the request.
     """
 
-    kind: str  # "reroute" | "passthrough" | "count_tokens"
+    kind: str  # "reroute" | "passthrough" | "count_tokens" | "rejected"
     targets: list[Target]
     stream: bool
     request_json: dict[str, Any] = field(repr=False)  # the request in the OpenAI hub dialect
@@ -64,14 +87,15 @@ class RoutePlan:
     dialect: str = "openai"  # the client's: openai | anthropic | gemini
     received: float = field(default_factory=time.time)
     prompt_tokens_estimate: int | None = None  # tiktoken count, filled in only when needed
+    problem: Problem | None = None  # set when the call could not be planned (kind "rejected")
 
 
 def client_name(user_agent: str | None) -> str | None:
     """A short client name from a User-Agent: ``"OpenAI/Python 2.54.0"`` stays whole,
     ``"claude-cli/2.1.328 (external, sdk-cli)"`` becomes ``"claude-cli/2.1.328"``."""
-    if not user_agent:
+    parts = text_of(user_agent or "").split()
+    if not parts:  # missing, empty, or only whitespace / control characters
         return None
-    parts = user_agent.split()
     name = parts[0]
     if (
         "/" in name
@@ -93,7 +117,7 @@ def session_key(lower: dict[str, str], request_json: dict[str, Any]) -> str | No
     or a JSON object with ``session_id`` as newer versions do."""
     for name in SESSION_HEADERS:
         if lower.get(name):
-            return hashlib.sha256(f"{name}:{lower[name]}".encode()).hexdigest()
+            return _sha256(f"{name}:{lower[name]}")
     user = request_json.get("user")
     session = None
     if isinstance(user, str) and "_session_" in user:
@@ -104,7 +128,7 @@ def session_key(lower: dict[str, str], request_json: dict[str, Any]) -> str | No
         except (ValueError, AttributeError, RecursionError):
             found = None
         session = found if isinstance(found, str) and found else None
-    return hashlib.sha256(f"session:{session}".encode()).hexdigest() if session else None
+    return _sha256(f"session:{session}") if session else None
 
 
 def conversation_key(headers: list[tuple[str, str]], request_json: dict[str, Any]) -> str:
@@ -133,7 +157,13 @@ def conversation_key(headers: list[tuple[str, str]], request_json: dict[str, Any
             break
     ua = (lower.get("user-agent") or "").split("/")[0]
     blob = json.dumps([ua, prefix], ensure_ascii=False, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    return _sha256(blob)
+
+
+def _sha256(text: str) -> str:
+    """Hex SHA-256 of ``text``'s UTF-8 bytes; lone surrogates (a cut emoji from a JavaScript
+    client, or undecodable header bytes) are hashed as they are, never an error."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def conversation_title(request_json: dict[str, Any], limit: int = 80) -> str | None:
@@ -143,7 +173,7 @@ def conversation_title(request_json: dict[str, Any], limit: int = 80) -> str | N
     messages = request_json.get("messages")
     for m in messages if isinstance(messages, list) else []:
         if isinstance(m, dict) and m.get("role") == "user":
-            text = title_text(m.get("content"))
+            text = text_of(title_text(m.get("content")))
             if text:
                 return text if len(text) <= limit else text[: limit - 1] + "…"
     return None
@@ -243,13 +273,16 @@ def plan_route(
     started: float | None = None,
     tracker: ConversationTracker | None = None,
 ) -> RoutePlan | None:
-    """Plan a request, or return ``None`` to leave it to mitmproxy untouched.
+    """Plan a request, or return ``None`` to leave it to mitmproxy untouched (not an LLM call).
 
-    ``url`` is the original absolute URL; ``roll`` a number in [0, 100) that is compared with
-    ``[routing] share`` (below → reroute); by default :func:`share_roll` of the conversation, so
-    the choice is sticky per conversation. ``tracker`` splits fingerprinted conversations into
-    runs (:class:`~.conversations.ConversationTracker`); the share stays decided by the
-    fingerprint. Never raises on bad input: a body that is not a JSON object gives ``None``.
+    ``url`` is the original absolute URL; ``body`` the decoded request body; ``roll`` a number
+    in [0, 100) that is compared with ``[routing] share`` (below → reroute); by default
+    :func:`share_roll` of the conversation, so the choice is sticky per conversation.
+    ``tracker`` splits fingerprinted conversations into runs
+    (:class:`~.conversations.ConversationTracker`); the share stays decided by the fingerprint.
+    Raises :class:`Unplannable` (status 400) for an LLM call whose body is not a JSON object, or
+    that no provider of its chain can take (it cannot be translated); use
+    :func:`.unplanned.plan_or_reject` for a function that never raises.
     """
     rule: Rule | None = None
     rebuild = None
@@ -259,10 +292,13 @@ def plan_route(
     dialect, path_model, path_stream = found
     try:
         native = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
+    except _JSON_ERRORS as e:
+        raise Unplannable(400, "invalid_request", f"the request body is not JSON: {e}") from e
     if not isinstance(native, dict):
-        return None
+        kind = type(native).__name__
+        raise Unplannable(
+            400, "invalid_request", f"the request body is a JSON {kind}, not an object"
+        )
     model = native.get("model") if dialect != "gemini" else path_model
     client_model = model if isinstance(model, str) else None
     stream = path_stream if dialect == "gemini" else native.get("stream") is True
@@ -282,6 +318,8 @@ def plan_route(
             rule.chain if rule else cfg.default_chain, rule,
         )  # fmt: skip
         targets = rebuild(native, hub, hub_error)
+        if hub is None and not any(t.dialect == dialect for t in targets):
+            raise Unplannable(400, "invalid_request", hub_error or "cannot translate the request")
     else:
         targets = [
             passthrough_target(
@@ -391,5 +429,5 @@ def to_hub(
         from kimi_intercept.dialects import gemini
 
         return gemini.to_openai_request(native, model=model, stream=stream), None
-    except (DialectError, ValueError, TypeError, KeyError) as e:
+    except (DialectError, ValueError, TypeError, KeyError, RecursionError) as e:
         return None, f"cannot translate the {dialect} request: {e}"
