@@ -5,10 +5,14 @@ savings are priced at the requested model, and a holdout conversation is sent un
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 
+import pytest
+from click.testing import CliRunner
 from proxyproc import render_config, wait_rows
 
+from kimi_intercept.commands.cli import main as cli_main
 from kimi_intercept.commands.simulator import Reply, kimi_completion
 
 # kimi-k2.6 (render_config's primary): input 0.95, cached 0.16, output 4.00 USD / 1M tokens.
@@ -111,3 +115,54 @@ def test_a_holdout_conversation_is_measured_but_sent_unmasked(
     assert con.execute("select count(*) from masked").fetchone() == (0,)
     assert con.execute("select count(*) from savings").fetchone() == (0,)
     con.close()
+
+
+def test_holdout_half_of_the_conversations_and_the_report_compares_both_groups(
+    tmp_path, fake_upstream, start_proxy, openai_client
+):
+    kimi, deepseek = fake_upstream(), fake_upstream()
+    db = tmp_path / "kimi.db"
+    config = render_config(db, kimi.url, deepseek.url) + "\n[sanitizer]\nholdout_share = 50\n"
+    client = openai_client(start_proxy(config + GPT41))
+    for n in range(24):  # 24 conversations (distinct first messages), two turns each
+        first = [
+            {"role": "user", "content": f"Build target {n}."},
+            call(1),
+            {"role": "tool", "tool_call_id": "call_1", "content": build_log(f"t{n}", 1500)},
+        ]
+        client.chat.completions.create(model="gpt-4.1", messages=first)
+        client.chat.completions.create(
+            model="gpt-4.1", messages=first + [{"role": "user", "content": "Again."}]
+        )
+    got = wait_rows(db, 48)
+    assert len(got) == 48
+    groups = {r["conversation_id"]: r["sanitizer_holdout"] for r in got}
+    held = sum(groups.values())
+    assert len(groups) == 24 and 4 <= held <= 20  # about half, by conversation id
+    for r in got:  # a conversation stays in its group on every turn
+        assert r["sanitizer_holdout"] == groups[r["conversation_id"]]
+    sent = [q.json["messages"][2]["content"] for q in kimi.received]
+    assert sum(len(s) > 30_000 for s in sent) == 2 * held  # held-out logs went unmasked
+
+    out = tmp_path / "report"
+    done = CliRunner().invoke(cli_main, ["report", "--db", str(db), "--out", str(out),
+                                         "--config", str(tmp_path / "config.toml")])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    page = (out / "index.html").read_text()
+    masked_row = re.search(r'<tr id="holdout-masked">(.*?)</tr>', page, re.S).group(1)
+    holdout_row = re.search(r'<tr id="holdout-holdout">(.*?)</tr>', page, re.S).group(1)
+    numbers = lambda html: re.findall(r'<td class="n">([^<]*)</td>', html)  # noqa: E731
+    assert numbers(masked_row)[:2] == [str(24 - held), str(2 * (24 - held))]
+    assert numbers(holdout_row)[:2] == [str(held), str(2 * held)]
+    assert "difference (95 % CI)" in page
+    # rerouting: you asked for gpt-4.1, Kimi answered
+    rerouted = re.search(r'<table id="rerouted">(.*?)</table>', page, re.S).group(1)
+    assert "<td>gpt-4.1</td><td>kimi-k2.6</td>" in rerouted
+    con = sqlite3.connect(db)
+    requested, cost = con.execute(
+        "select sum(requested_cost_usd), sum(cost_usd) from requests"
+    ).fetchone()
+    con.close()
+    assert requested > cost > 0
+    saved = re.search(r'id="saved-rerouting" data-value="([^"]*)"', page).group(1)
+    assert float(saved) == pytest.approx(requested - cost, abs=1e-9)
