@@ -28,6 +28,7 @@ masked and held-out conversations' observed cost per turn and cache-hit rate.
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -82,11 +83,12 @@ class _Turn:
 
 class PrefixMemory:
     """The previous turn of each conversation (at most ``max_conversations``, least recently
-    used dropped); thread-safe enough for the relay: one entry per conversation, replaced."""
+    used dropped). Thread-safe: the relay prepares requests in worker threads."""
 
     def __init__(self, max_conversations: int = 4096) -> None:
         self.max = max_conversations
         self.turns: OrderedDict[str, _Turn] = OrderedDict()
+        self.lock = threading.Lock()
 
     def measure(
         self,
@@ -102,7 +104,8 @@ class PrefixMemory:
         :param originals: the client's messages; ``sent``: the messages as sent upstream
         :param count: tokens of a list of messages (an estimate)
         """
-        prev = self.turns.get(conversation) if conversation else None
+        with self.lock:
+            prev = self.turns.get(conversation) if conversation else None
         o_hash = tuple(_hash(m) for m in originals)
         s_hash = tuple(_hash(m) for m in sent)
         ids = frozenset(i.id for i in items)
@@ -120,10 +123,11 @@ class PrefixMemory:
                     rebilled = count(list(sent[j : len(prev.sent)]))
                     break
         if conversation:
-            self.turns[conversation] = _Turn(o_hash, s_hash, ids)
-            self.turns.move_to_end(conversation)
-            while len(self.turns) > self.max:
-                self.turns.popitem(last=False)
+            with self.lock:
+                self.turns[conversation] = _Turn(o_hash, s_hash, ids)
+                self.turns.move_to_end(conversation)
+                while len(self.turns) > self.max:
+                    self.turns.popitem(last=False)
         return Measured(cached, new, rebilled)
 
 
