@@ -45,7 +45,18 @@ PROBE = """
   const bars = [...document.querySelectorAll('#chart-cost-by-model g.bar')].map(g => ({
     label: g.querySelector('title').textContent,
     value: parseFloat(g.querySelector('rect').getAttribute('data-value'))}));
-  return JSON.stringify({scroll: d.scrollWidth, client: d.clientWidth,
+  const overlap = (a, b) => !(a.right <= b.left || b.right <= a.left ||
+                              a.bottom <= b.top || b.bottom <= a.top);
+  const collisions = [];
+  for (const svg of document.querySelectorAll('svg.chart')) {
+    const label = svg.querySelector('.axis.y .axis-label');
+    if (!label) continue;
+    const box = label.getBoundingClientRect();
+    for (const tick of svg.querySelectorAll('.axis.y text:not(.axis-label)'))
+      if (overlap(box, tick.getBoundingClientRect()))
+        collisions.push(svg.id + ': ' + tick.textContent);
+  }
+  return JSON.stringify({scroll: d.scrollWidth, collisions, client: d.clientWidth,
                          body: document.body.scrollWidth, charts, bars,
                          text: document.body.innerText});
 })()
@@ -108,10 +119,12 @@ def test_money_overview_fits_and_every_chart_is_titled(browser, tmp_path, width)
         assert label.upper() in text.upper()
     assert "Top conversations by cost" in text and "refactor the parser" in text
 
+    assert got["collisions"] == []  # no axis label over its tick labels
     for page in result.pages:  # every page fits too
         other = asyncio.run(probe(browser.port, page.resolve().as_uri(), width))
         assert other["scroll"] <= other["client"], f"{page.name} overflows at {width} px"
         assert all(c["title"] for c in other["charts"]), page.name
+        assert other["collisions"] == [], page.name
 
     # the bars equal the SQL sums of counted requests per provider/model
     con = sqlite3.connect(db)
@@ -127,3 +140,20 @@ def test_money_overview_fits_and_every_chart_is_titled(browser, tmp_path, width)
     assert bars.keys() == sums.keys()
     for name, value in bars.items():
         assert value == pytest.approx(sums[name], abs=1e-12), name
+
+
+def test_axis_labels_clear_long_tick_labels(browser, tmp_path):
+    # a cost axis in steps of $0.0025: the longest tick labels ("$0.0025", "$0.0075")
+    db = tmp_path / "small.db"
+    write(db, [
+        (kimi("x1", "2026-11-20T10:00:00.000Z", prompt_tokens=1000, completion_tokens=10,
+              cost_usd=0.009), [], None),
+        (kimi("x2", "2026-11-21T10:00:00.000Z", prompt_tokens=1_250_000, completion_tokens=10,
+              cost_usd=0.004), [], None),
+    ])  # fmt: skip
+    result = report.build_report(db, tmp_path / "site")
+    page = result.path.read_text()
+    assert ">$0.0075</text>" in page
+    for width in (420, 1400):
+        got = asyncio.run(probe(browser.port, result.path.resolve().as_uri(), width))
+        assert got["collisions"] == [], width
