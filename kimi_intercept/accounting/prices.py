@@ -21,6 +21,11 @@ price is the one of ``[providers.NAME.models."MODEL"]`` (:meth:`Config.model_inf
 When two entries match a day, the later ``since`` wins, then the one with a ``provider``.
 A model no table prices stays unpriced (``None``), never $0.
 
+A model name may be a glob (``fnmatch``: ``*``, ``?``, ``[...]``), e.g. ``"claude-sonnet-4-5*"``
+prices ``claude-sonnet-4-5-20250929`` too. Order of lookup: the model's exact dated entries,
+then its provider table price, then the longest glob that matches it (the most specific one:
+``"gpt-4o-mini*"`` before ``"gpt-4o*"``).
+
 Errors: :class:`~kimi_intercept.config.settings.ConfigError` naming the key and the fix.
 """
 
@@ -29,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
+from fnmatch import fnmatchcase
 from typing import Any
 
 from kimi_intercept.config.keys import unknown_key_message
@@ -54,6 +60,21 @@ class PriceBook:
     def __init__(self, cfg: Config, entries: Mapping[str, tuple[PriceEntry, ...]]) -> None:
         self.cfg = cfg
         self.entries = dict(entries)
+        #: glob names, longest (most specific) first
+        self.globs = sorted(
+            (m for m in self.entries if any(c in m for c in "*?[")), key=len, reverse=True
+        )
+
+    def entries_for(self, model: str, has_base: bool) -> tuple[PriceEntry, ...]:
+        """The dated entries of ``model``: its own, else (when no provider table prices it)
+        those of the longest matching glob."""
+        own = self.entries.get(model)
+        if own or has_base:
+            return own or ()
+        for pattern in self.globs:
+            if fnmatchcase(model, pattern):
+                return self.entries[pattern]
+        return ()
 
     def model_info_at(
         self, model: str | None, when: str | date | datetime, provider: str | None = None
@@ -67,7 +88,7 @@ class PriceBook:
         base = self.cfg.model_info(model, provider)
         day = to_day(when)
         best: PriceEntry | None = None
-        for e in self.entries.get(model, ()):
+        for e in self.entries_for(model, base is not None):
             if e.since > day or (e.provider is not None and e.provider != provider):
                 continue
             if best is None or (e.since, e.provider is not None) > (

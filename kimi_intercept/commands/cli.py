@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
-from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,8 @@ from kimi_intercept.commands.options import (
     cannot_write,
     common_options,
     day_of,
+    echo_json,
+    json_option,
     load,
     no_database,
     out_option,
@@ -36,6 +37,7 @@ from kimi_intercept.commands.options import (
     writable_dir,
 )
 from kimi_intercept.commands.sanitizer_commands import compress, masked
+from kimi_intercept.commands.stats import BY_CHOICES
 from kimi_intercept.commands.statusline import statusline_command
 from kimi_intercept.commands.top import top_command
 
@@ -109,93 +111,48 @@ def report(
     click.echo(result.totals.summary())
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """Plain-text columns: the first left-aligned, the others right-aligned."""
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-    lines = []
-    for r in [headers, *rows]:
-        cells = [
-            str(c).ljust(w) if i == 0 else str(c).rjust(w)
-            for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        ]
-        lines.append("  ".join(cells).rstrip())
-    return lines
-
-
-def _cost(value: float | None, unpriced: int) -> str:
-    from kimi_intercept.reports.pages import fmt_usd
-
-    text = "unpriced" if value is None else fmt_usd(value)
-    return text + (f" (+{unpriced:,} unpriced)" if unpriced and value is not None else "")
-
-
 @main.command()
 @common_options
 @click.option(
     "--days", type=click.IntRange(1, 36500), default=30, show_default=True,
     help="How many days, up to today (UTC)",
 )  # fmt: skip
+@since_option
 @click.option(
     "--by",
-    type=click.Choice(["provider", "model", "client", "day"]),
-    help="One row per provider, model, client or day instead of the overview",
+    type=click.Choice(list(BY_CHOICES)),
+    help="One row per provider, model, client, day, month, session (conversation) or 5-hour "
+    "block instead of the overview",
 )
-def stats(config_path: Path, db: Path | None, days: int, by: str | None) -> None:
+@json_option
+def stats(
+    config_path: Path, db: Path | None, days: int, since: str | None, by: str | None,
+    as_json: bool,
+) -> None:  # fmt: skip
     """Token, cost and cache totals as a table: today, the last 7 and the last N days
-    (--days), or per provider/model/client/day over the last N days (--by)."""
-    from kimi_intercept.reports.pages import WINDOWS, fmt_num, fmt_ratio, read_facts, windows
+    (--days, or from --since), or one row per provider/model/client/day/month/session/block
+    (--by). --json prints the same rows as JSON."""
+    from kimi_intercept.commands.stats import stats_output
 
     cfg = load(config_path)
     db_path = db if db is not None else cfg.database
     today = datetime.now(timezone.utc).date()
+    if since is not None:
+        days = max(1, (today - date.fromisoformat(since)).days + 1)
     since = (today - timedelta(days=days - 1)).isoformat()
     with reading(db_path) as ro:
-        facts = read_facts(ro, since, None, cfg)
-    if by is None:
-        rows = []
-        last = ("today", 1) if days == 1 else (f"{days} days", days)
-        spans = tuple((label, n) for label, n in WINDOWS if n < days) + (last,)
-        for (label, _), w in zip(spans, windows(facts, today, spans), strict=True):
-            rows.append(
-                [label.capitalize(), fmt_num(w["requests"]), fmt_num(w["prompt_tokens"]),
-                 fmt_num(w["completion_tokens"]), fmt_num(w["cached_tokens"]),
-                 _cost(w["cost_usd"], w["unpriced"]), fmt_num(w["saved_tokens"]),
-                 fmt_ratio(w["cache_hit_rate"], 0)]
-            )  # fmt: skip
-        headers = ["Period (UTC)", "Requests", "Tokens in", "Tokens out", "Cached", "Cost",
-                   "Saved", "Cache hit"]  # fmt: skip
-    else:
-        key = {"provider": "provider", "model": "model", "client": "client", "day": "day"}[by]
-        groups = facts.group("provider", "model") if by == "model" else facts.group(key)
-        if by == "day":
-            groups.sort(key=lambda g: g["day"])
-        rows = []
-        for g in groups:
-            name = (
-                f"{g['provider'] or '–'} / {g['model'] or '–'}" if by == "model" else g[key] or "–"
-            )
-            priced = g["priced"]
-            per = _cost(g["cost_usd"] / priced, 0) if g["cost_usd"] is not None and priced else "–"
-            rows.append(
-                [name, fmt_num(g["requests"]), f"{100 * g['ok'] / g['requests']:.0f}%",
-                 fmt_num(g["fallbacks"]), fmt_num(g["prompt_tokens"]),
-                 fmt_num(g["completion_tokens"]), fmt_num(g["cached_tokens"]),
-                 _cost(g["cost_usd"], g["unpriced"]), per]
-            )  # fmt: skip
-        headers = [by.capitalize(), "Requests", "Success", "Fallbacks", "Tokens in",
-                   "Tokens out", "Cached", "Cost", "Cost/request"]  # fmt: skip
+        out = stats_output(ro, cfg, by, since, today, days)
+    if as_json:
+        echo_json(out.json)
+        return
     click.echo(f"Last {days} days ({since} to {today.isoformat()}, UTC), {db_path}")
-    if not rows and by is not None:
+    if not out.rows and by is not None:
         click.echo("No requests in this period.")
         return
-    for line in _table(headers, rows):
+    for line in out.lines():
         click.echo(line)
-    if facts.totals().estimated:
-        t = facts.totals()
-        click.echo(
-            f"{t.estimated:,} requests have estimated usage ({t.calibrated:,} calibrated); "
-            f"{t.duplicates:,} duplicate responses not counted."
-        )
+    for line in out.notes:
+        click.echo(line)
 
 
 @main.command()
@@ -303,9 +260,12 @@ def import_(config_path: Path, db: Path | None, source: str, path: Path | None) 
     show_default=True,
     help="Window: 7d, 24h or a day YYYY-MM-DD (UTC)",
 )
-def compare(config_path: Path, db: Path | None, since: str) -> None:
+@json_option
+def compare(config_path: Path, db: Path | None, since: str, as_json: bool) -> None:
     """Shadow mode: per provider pair, success, latency, cost per request and how often the
     answers agree."""
+    from dataclasses import asdict
+
     from kimi_intercept.reports.compare import pairs, since_iso, table
 
     try:
@@ -313,18 +273,28 @@ def compare(config_path: Path, db: Path | None, since: str) -> None:
     except ValueError as e:
         raise click.BadParameter(f"use 7d, 24h or YYYY-MM-DD ({e})", param_hint="--since") from e
     with reading(resolve_db_path(config_path, db)) as ro:
-        for line in table(pairs(ro, bound)):
-            click.echo(line)
+        found = pairs(ro, bound)
+    if as_json:
+        echo_json({"since": bound, "pairs": [asdict(p) for p in found]})
+        return
+    for line in table(found):
+        click.echo(line)
 
 
 @main.command()
 @common_options
-def status(config_path: Path, db: Path | None) -> None:
+@json_option
+def status(config_path: Path, db: Path | None, as_json: bool) -> None:
     """Each provider's state (available, circuit open, cooling down, rate-limited) from the
     running proxy, and the last hour of upstream attempts from the database."""
-    from kimi_intercept.commands.status import render, status_file_for
+    from kimi_intercept.commands.status import read_live, recent_attempts, render, status_file_for
 
     db_path = resolve_db_path(config_path, db)
+    if as_json:
+        live = read_live(status_file_for(db_path))
+        echo_json({"database": str(db_path), "proxy": live,
+                   "last_hour": recent_attempts(db_path)})  # fmt: skip
+        return
     for line in render(status_file_for(db_path), db_path):
         click.echo(line)
 

@@ -1,4 +1,5 @@
-"""What every subcommand shares: ``--config`` / ``--db`` and the range options, loading the
+"""What every subcommand shares: ``--config`` / ``--db``, the range options (``--since`` takes
+``7d`` / ``24h`` as well as a day) and ``--json``, loading the
 config with a message that names the fix, and opening the database read-only.
 
 ``--config`` follows :func:`kimi_intercept.config.discovery.find_config`: the option, then
@@ -7,9 +8,11 @@ the first two must exist."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -146,12 +149,59 @@ out_option = click.option(
 
 def day_of(value: Any) -> str | None:
     """``YYYY-MM-DD`` of a ``--since``/``--until`` value, or ``None``."""
+    if isinstance(value, str):
+        return value
     return value.date().isoformat() if value else None
 
 
+def since_day(spec: str, now: datetime | None = None) -> str:
+    """The first UTC day of a ``--since`` value: ``YYYY-MM-DD`` as given; ``7d`` the last 7
+    days, today included (from 6 days ago); ``24h`` the day 24 hours ago (reports count whole
+    UTC days).
+
+    :raises ValueError: for anything else
+    """
+    now = now or datetime.now(timezone.utc)
+    m = re.fullmatch(r"\s*(\d+)\s*([dh])\s*", spec)
+    if m:
+        n = int(m[1])
+        if m[2] == "d":
+            if n < 1:
+                raise ValueError("0d selects no day; use 1d for today")
+            return (now.date() - timedelta(days=n - 1)).isoformat()
+        return (now - timedelta(hours=n)).date().isoformat()
+    return date.fromisoformat(spec.strip()).isoformat()
+
+
+def _since_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return since_day(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"use 7d, 24h or a day YYYY-MM-DD, got {value!r}", param_hint="--since"
+        ) from None
+
+
 since_option = click.option(
-    "--since", type=click.DateTime(["%Y-%m-%d"]), help="First day to include (UTC, YYYY-MM-DD)"
+    "--since",
+    callback=_since_callback,
+    help="First day to include (UTC): YYYY-MM-DD, 7d (the last 7 days, today included) or "
+    "24h (from the UTC day 24 hours ago)",
 )
 until_option = click.option(
     "--until", type=click.DateTime(["%Y-%m-%d"]), help="Last day to include (UTC, YYYY-MM-DD)"
 )
+
+
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON instead of a table (for scripts)"
+)
+
+
+def echo_json(value: Any) -> None:
+    """Print ``value`` as indented JSON (UTF-8 text kept as is)."""
+    import json
+
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))

@@ -22,6 +22,7 @@ from kimi_intercept.dialects import text_of
 from kimi_intercept.relay.failures import redact
 from kimi_intercept.routing.plan import RoutePlan
 from kimi_intercept.routing.targets import Target
+from kimi_intercept.sanitizer.measure import saved_usd
 from kimi_intercept.sanitizer.sanitize import count_prompt_tokens
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ async def build_row(
         )
     else:
         cost = pricing.cost_usd(info, usage)
+    money = _money(plan, usage, cfg, priced_model, r.target.provider if r.target else None, info)
     tried = [(a.get("provider"), a.get("model")) for a in attempts if not _skipped(a)]
     details = {
         "upstream_request_id": r.upstream_request_id,
@@ -107,6 +109,7 @@ async def build_row(
         "raw_usage": usage.raw if usage is not None else None,
         "usage_ignored": usage_ignored,  # why the provider's usage was not recorded as such
         "plan_error": plan.problem.message if plan.problem else None,
+        "sanitizer_tokens": money.pop("sanitizer_tokens", None),
     }
     return clean_row(
         {
@@ -144,6 +147,7 @@ async def build_row(
             "host": plan.host,
             "error": redact(r.error) if r.error else None,
             "details": json.dumps({k: v for k, v in details.items() if v is not None}, default=str),
+            **money,
         }
     )
 
@@ -152,6 +156,37 @@ def clean_row(row: dict[str, Any]) -> dict[str, Any]:
     """``row`` with every text made storable: SQLite cannot take a lone UTF-16 surrogate (a cut
     emoji in a model name, a header byte that was not UTF-8), so it becomes U+FFFD."""
     return {k: text_of(v) if isinstance(v, str) else v for k, v in row.items()}
+
+
+def _money(
+    plan: RoutePlan,
+    usage: Usage | None,
+    cfg: Config | None,
+    priced_model: str | None,
+    provider: str | None,
+    info: Any,
+) -> dict[str, Any]:
+    """``requested_cost_usd`` (a rerouted request's usage at the client's requested model's
+    price: "you asked for X; Kimi answered for $a instead of $b") and ``sanitizer_saved_usd``
+    (:func:`~kimi_intercept.sanitizer.measure.saved_usd` at the answering model's price; NULL
+    for a holdout, which removed nothing), plus the measured tokens for ``details``."""
+    out: dict[str, Any] = {"requested_cost_usd": None, "sanitizer_saved_usd": None}
+    if usage is None or plan.kind != "reroute":
+        return out
+    if cfg is not None and plan.client_model:
+        out["requested_cost_usd"] = pricing.cost_usd_at(
+            plan.client_model, usage, plan.started_at, cfg
+        )
+    measured = getattr(plan.prepared, "measured", None)
+    if measured is not None:
+        out["sanitizer_tokens"] = measured.as_dict()
+        if not plan.prepared.holdout:
+            if cfg is not None:
+                info = pricing.price_book(cfg).model_info_at(
+                    priced_model, plan.started_at, provider
+                )
+            out["sanitizer_saved_usd"] = saved_usd(info, measured, bool(usage.cache_write_tokens))
+    return out
 
 
 def _estimate(

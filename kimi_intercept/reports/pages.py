@@ -68,6 +68,7 @@ from kimi_intercept.reports.formatting import (
     fmt_usd,
     plural,
 )
+from kimi_intercept.reports.money import money_context
 from kimi_intercept.reports.tables import (
     LATEST_LIMIT,
     SAMPLE_ROWS,
@@ -194,6 +195,7 @@ def report_context(
     context.update(conversations=conversations, conversation_count=count)
     context.update(pairs=compare.pairs(db, since), agree_at=compare.AGREE_AT)
     context.update(sanitizer_value(db, since, until, cfg))
+    context.update(money_context(db, facts, since, until, cfg))
     return context
 
 

@@ -14,7 +14,10 @@ first attempt; the passed-through share is never changed. Steps:
    once (:meth:`Preparer.compress_for_retry`).
 
 ``[sanitizer]`` keys: :data:`.mask.SANITIZER_KEYS` plus ``store_originals`` (default ``true``:
-masked originals are kept in SQLite, retrievable with ``kimi-intercept masked show``).
+masked originals are kept in SQLite, retrievable with ``kimi-intercept masked show``) and
+``holdout_share`` (percent of conversations only measured, not masked: :mod:`.measure`).
+Every sanitized request is measured by position (:class:`.measure.PrefixMemory`): the row's
+``sanitizer_saved_usd`` is priced from it once the answering model is known.
 """
 
 from __future__ import annotations
@@ -32,18 +35,26 @@ from kimi_intercept.sanitizer.compress import (
     context_share,
     warning_level,
 )
+from kimi_intercept.sanitizer.measure import (
+    Measured,
+    PrefixMemory,
+    holdout_roll,
+    parse_holdout_share,
+)
 from kimi_intercept.sanitizer.sanitize import (
     MaskCache,
     SanitizeResult,
     SanitizeSettings,
     count_prompt_tokens,
+    leaf_tokens,
+    messages_key,
     sanitize_request,
 )
 from kimi_intercept.sanitizer.settings import SANITIZER_KEYS
 
 log = logging.getLogger(__name__)
 
-PREPARE_KEYS = frozenset({"store_originals"})
+PREPARE_KEYS = frozenset({"store_originals", "holdout_share"})
 
 
 @dataclass
@@ -55,6 +66,8 @@ class Prepared:
     share: float | None = None  # of the first provider's context window
     compression: list[str] = field(default_factory=list)
     retried_compressed: bool = False
+    measured: Measured | None = None  # the sanitizer's removal by position
+    holdout: bool | None = None  # True: measured only, the original was sent
 
 
 class Preparer:
@@ -72,7 +85,12 @@ class Preparer:
         if not isinstance(store, bool):
             raise ConfigError("sanitizer.store_originals must be true or false")
         self.store_originals = store
+        try:
+            self.holdout_share = parse_holdout_share(table.get("holdout_share", 0))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         self.cache = MaskCache()
+        self.memory = PrefixMemory()
 
     def prepare(self, plan: RoutePlan) -> Prepared:
         """Sanitize and gauge (and maybe compress) ``plan`` in place; never raises for bad
@@ -85,7 +103,17 @@ class Preparer:
             if self.settings.enabled:
                 result = sanitize_request(plan.dialect, plan.native, self.settings, self.cache)
                 done.sanitized = result
-                if result.items:
+                done.holdout = bool(
+                    self.holdout_share and holdout_roll(plan.conversation) < self.holdout_share
+                )
+                key = messages_key(plan.dialect)
+                originals = plan.native.get(key) or []
+                sent = originals if done.holdout else result.body.get(key) or []
+                done.measured = self.memory.measure(
+                    plan.conversation, originals, sent, result.items,
+                    lambda msgs: leaf_tokens(msgs, self.cache.count),
+                )  # fmt: skip
+                if result.items and not done.holdout:
                     self._rebuild(plan, result.body)
             tokens = count_prompt_tokens(plan.request_json, self.cache) if plan.request_json else 0
             plan.prompt_tokens_estimate = done.prompt_tokens_after = tokens
@@ -159,7 +187,7 @@ def ledger_rows(plan: RoutePlan, store_originals: bool) -> dict[str, list[dict[s
     """Rows for the ``masked`` and ``savings`` tables (the writer adds the request id, stores
     each original once per content hash, and sums savings per tool)."""
     done: Prepared | None = plan.prepared
-    if done is None or done.sanitized is None or not done.sanitized.items:
+    if done is None or done.sanitized is None or not done.sanitized.items or done.holdout:
         return {}
     now = iso_utc(plan.received)
     masked, savings = [], []
@@ -186,12 +214,14 @@ def row_fields(plan: RoutePlan) -> dict[str, Any]:
         return {}
     saved = 0
     memory = None
-    if done.sanitized is not None:
+    if done.sanitized is not None and not done.holdout:
         saved = done.sanitized.tokens_before - done.sanitized.tokens_after
+    if done.sanitized is not None:
         memory = done.sanitized.memory_tokens or None
     after = done.prompt_tokens_after
     return {
         "tokens_before_sanitize": after + saved if after is not None else None,
         "tokens_after_sanitize": after,
         "memory_tokens": memory,
+        "sanitizer_holdout": None if done.holdout is None else int(done.holdout),
     }

@@ -70,12 +70,22 @@ _M006_REQUEST_COLUMNS: dict[str, type] = {
     "cache_write_tokens": int,  # prompt tokens written to the provider's cache (all TTLs)
     "cache_write_1h_tokens": int,  # ... of which with Anthropic's 1-hour TTL
 }
+_M007_REQUEST_COLUMNS: dict[str, type] = {
+    # what the client's own model would have cost for the same usage, at its price (reroutes;
+    # NULL: passed through, or the requested model is unpriced)
+    "requested_cost_usd": float,
+    # the sanitizer's measured saving in USD, net of the extra cost it caused (a broken cache
+    # prefix); position-aware: removed tokens already in the previous turn at the cached price
+    "sanitizer_saved_usd": float,
+    "sanitizer_holdout": int,  # 1: a holdout conversation, measured but not masked; 0: masked
+}
 REQUEST_COLUMNS: dict[str, type] = {
     **_M001_REQUEST_COLUMNS,
     **_M002_REQUEST_COLUMNS,
     **_M003_REQUEST_COLUMNS,
     **_M005_REQUEST_COLUMNS,
     **_M006_REQUEST_COLUMNS,
+    **_M007_REQUEST_COLUMNS,
 }
 
 #: ``attempts`` columns in table order.
@@ -247,6 +257,12 @@ def m005_requests_rule(db: sqlite_utils.Database) -> None:
 @migrations()
 def m006_cache_writes(db: sqlite_utils.Database) -> None:
     for name, kind in _M006_REQUEST_COLUMNS.items():
+        db.table("requests").add_column(name, kind)
+
+
+@migrations()
+def m007_money_savings(db: sqlite_utils.Database) -> None:
+    for name, kind in _M007_REQUEST_COLUMNS.items():
         db.table("requests").add_column(name, kind)
 
 

@@ -24,7 +24,7 @@ TASKS = [
      "modelId": "kimi-k2.6"},
     {"id": "1755880998999", "ts": 1795262400000, "task": "SECRET other", "tokensIn": 1_000,
      "tokensOut": 200, "cacheWrites": 5_000, "cacheReads": 20_000, "totalCost": 0.05,
-     "modelId": "claude-sonnet-4"},
+     "modelId": "acme-private-model"},
     {"id": "no-ts", "tokensIn": 1},
     {"id": "bad", "ts": 1795262400000, "tokensIn": "many"},
 ]  # fmt: skip
@@ -105,8 +105,8 @@ def test_cline_good_file(tmp_path, cfg, cline_file):
             "id": "import:cline:1755880998999",
             "started_at": "2026-11-21T12:00:00.000Z",
             "client": "cline",
-            "model": "claude-sonnet-4",
-            "prompt_tokens": 26_000,  # Anthropic-style: input + cache reads + cache writes
+            "model": "acme-private-model",
+            "prompt_tokens": 26_000,  # Anthropic-style (reads + writes > tokensIn): all three
             "completion_tokens": 200,
             "cached_tokens": 20_000,
             "cache_write_tokens": 5_000,
@@ -129,12 +129,12 @@ def test_cline_cache_writes_are_billed_at_the_cache_write_price(tmp_path, cline_
     """Anthropic bills 5-minute cache writes at 1.25x the input price (Cline does not say the
     TTL: the default 5 minutes); https://docs.claude.com/en/docs/build-with-claude/prompt-caching"""
     (tmp_path / "c.toml").write_text(
-        '[[prices."claude-sonnet-4"]]\nsince = "2026-01-01"\ninput_per_mtok = 3.0\n'
+        '[[prices."acme-private-model"]]\nsince = "2026-01-01"\ninput_per_mtok = 3.0\n'
         "cached_input_per_mtok = 0.3\noutput_per_mtok = 15.0\n"
     )
     db = tmp_path / "kimi.db"
     import_ledger("cline", db, load_config(tmp_path / "c.toml"), cline_file)
-    claude = next(r for r in rows(db) if r["model"] == "claude-sonnet-4")
+    claude = next(r for r in rows(db) if r["model"] == "acme-private-model")
     assert (claude["prompt_tokens"], claude["cached_tokens"], claude["cache_write_tokens"]) == (
         26_000, 20_000, 5_000,
     )  # fmt: skip

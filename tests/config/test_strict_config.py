@@ -41,6 +41,10 @@ def misspell(key: str) -> str:
     return key[: len(key) // 2] + key[len(key) // 2 + 1 :]
 
 
+def _tables(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
 def shipped_keys(name: str) -> list[tuple[tuple[str, ...], str, Any]]:
     """(table path, key, value) for every key of a shipped config, sub-tables included
     (their key is the last part of the path; free-form names such as model names are not keys
@@ -49,6 +53,8 @@ def shipped_keys(name: str) -> list[tuple[tuple[str, ...], str, Any]]:
 
     def walk(path: tuple[str, ...], table: dict[str, Any]) -> None:
         for key, value in table.items():
+            if _tables(value):  # [[prices."MODEL"]]: a free-form name, entries checked below
+                continue
             if isinstance(value, dict):
                 free_form = path in (("providers",), ("models",)) or path[-1:] == ("models",)
                 if not free_form:
@@ -87,7 +93,7 @@ def test_every_misspelled_shipped_key_names_the_key_and_the_right_one(
     wrong = misspell(key)
     if isinstance(value, dict):  # a table: misspell its name, keep one of its keys
         inner = next(iter(value.items()), None)
-        body = "" if inner is None or isinstance(inner[1], dict) else (
+        body = "" if inner is None or isinstance(inner[1], dict) or _tables(inner[1]) else (
             f"{inner[0]} = {toml_value(inner[1])}\n"
         )  # fmt: skip
         text = f"{header((*path, wrong))}\n{body}"
@@ -105,6 +111,20 @@ def test_every_misspelled_shipped_key_names_the_key_and_the_right_one(
         assert message.startswith(where.replace('"', "")) or message.startswith(header(path)), (
             message
         )
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_price_entry_key_misspelled_is_named(tmp_path, name):
+    prices = tomllib.loads(SHIPPED[name].read_text())["prices"]
+    assert len(prices) > 15
+    keys = {k for entries in prices.values() for e in entries for k in e}
+    for key in sorted(keys):
+        p = tmp_path / "c.toml"
+        p.write_text(f'[[prices."m"]]\nsince = "2026-01-01"\ninput_per_mtok = 1\n'
+                     f"output_per_mtok = 1\n{misspell(key)} = 1\n")  # fmt: skip
+        with pytest.raises(ConfigError) as e:
+            check_config(p, env={})
+        assert f"`{misspell(key)}`" in str(e.value), str(e.value)
 
 
 @pytest.mark.parametrize(

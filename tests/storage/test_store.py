@@ -99,6 +99,9 @@ def test_migrate_columns(db_path):
         "rule": str,
         "cache_write_tokens": int,
         "cache_write_1h_tokens": int,
+        "requested_cost_usd": float,
+        "sanitizer_saved_usd": float,
+        "sanitizer_holdout": int,
     }
     assert db.table("attempts").columns_dict == {
         "id": int,
@@ -234,6 +237,7 @@ def test_migrations_idempotent_on_reopen(db_path):
         "m004_shadow",
         "m005_requests_rule",
         "m006_cache_writes",
+        "m007_money_savings",
     ]
     assert store.migrations.pending(db) == []
     assert db.table("requests").count == 1
