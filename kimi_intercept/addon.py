@@ -21,13 +21,18 @@ notes ``mitmproxy.md`` appendix):
   flow untouched, so the IDE's request still reaches its original host, and is logged.
 - ``responseheaders``: relay answers are streamed (``flow.response.stream = True``), never
   buffered.
-- ``done``: stops the relay and flushes the writer.
+- ``done`` (mitmproxy awaits it on SIGTERM/SIGINT, while its loop still serves connections):
+  graceful shutdown — new LLM calls get a 503 in their dialect (row outcome ``shutdown``),
+  answers in flight get ``[proxy] drain_s`` seconds, the rest are cut (outcome ``shutdown``,
+  no provider penalty; a second signal cuts at once), then the relay stops and the writer
+  flushes every row.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 import threading
 from typing import Any
@@ -134,6 +139,8 @@ class KimiIntercept:
 
     async def done(self) -> None:
         if self.relay is not None:
+            _on_second_signal(self.relay.inflight.cut_all)
+            await self.relay.drain(self.cfg.drain_s if self.cfg is not None else 0.0)
             await self.relay.stop()
         if self.writer is not None:
             self.writer.close()
@@ -191,6 +198,17 @@ class KimiIntercept:
         route_id = flow.metadata.get(_METADATA_KEY)
         if route_id and self.relay is not None:
             self.relay.discard(route_id)  # never reached the relay: drop the parked plan
+
+
+def _on_second_signal(callback: Any) -> None:
+    """While draining, SIGINT/SIGTERM again calls ``callback`` (mitmproxy's own handlers only
+    ask for the shutdown that is already under way)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, callback)
+        except (NotImplementedError, RuntimeError, ValueError):  # no such handlers here
+            pass
 
 
 def _warm_tokenizer() -> None:

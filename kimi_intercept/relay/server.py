@@ -61,7 +61,8 @@ from kimi_intercept.relay.failures import (
     Failure,
     redact,
 )
-from kimi_intercept.relay.health import ProviderHealth, RateLimiter
+from kimi_intercept.relay.health import ProviderHealth, RateLimiter, health_key
+from kimi_intercept.relay.inflight import InFlight, cut_before_answer, refused
 from kimi_intercept.relay.rows import SKIPPED, Outcome, build_row
 from kimi_intercept.relay.upstream import Upstream
 from kimi_intercept.routing.choice import Chooser
@@ -116,6 +117,7 @@ class Relay:
         self._published: Any = None
         self.chooser = Chooser()
         self._rng = random.Random()
+        self.inflight = InFlight()
 
     async def start(self) -> int:
         """Listen on ``127.0.0.1`` (an ephemeral port) and return the port."""
@@ -131,6 +133,18 @@ class Relay:
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.upstream.start()
         return self.port
+
+    async def drain(self, drain_s: float) -> None:
+        """Graceful shutdown, before :meth:`stop`: new LLM calls get a 503 in their dialect
+        (row outcome ``shutdown``), answers in flight get ``drain_s`` seconds, the rest are cut
+        (:class:`~.inflight.InFlight`); then every row is handed to the writer."""
+        busy = len(self.inflight)
+        cut = await self.inflight.drain(drain_s)
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=10)
+        if busy:
+            await asyncio.sleep(0.2)  # mitmproxy forwards the answers' last bytes
+            log.info("kimi-intercept: drained %d answer(s) in flight, %d cut", busy, cut)
 
     async def stop(self) -> None:
         if self._tasks:
@@ -163,6 +177,9 @@ class Relay:
             return await self._count_tokens(plan)
         attempts: list[dict[str, Any]] = []
         result = Outcome()
+        if self.inflight.draining:  # shutting down: take no new LLM call
+            self._spawn(self._finish(plan, attempts, result))
+            return refused(plan, result)
         if plan.kind == "reroute":
             await asyncio.to_thread(self.preparer.prepare, plan)
         mirrored = (
@@ -170,12 +187,16 @@ class Relay:
             if shadow.wanted(self.cfg.routing, plan, self._rng)
             else None
         )
+        timer = self.inflight.enter(result, plan.received, self.cfg.routing.max_answer_s)
         try:
             return await self._serve(request, plan, attempts, result)
         except asyncio.CancelledError:
-            client_left(result)
-            raise
+            if (cut := result.cut) is None:
+                client_left(result)
+                raise
+            return cut_before_answer(plan, result, cut)
         finally:
+            self.inflight.leave(timer)
             self._spawn(self._finish(plan, attempts, result, mirrored))
 
     async def _count_tokens(self, plan: RoutePlan) -> web.Response:
@@ -212,14 +233,15 @@ class Relay:
         positions = [next(i for i, t in enumerate(plan.targets) if t is o) for o in ordered]
         for position in positions:
             target = plan.targets[position]  # looked up again: a compression rebuilds them
+            key = health_key(plan, target)  # passed-through calls have their own health
             why = await self._cannot_try(target, plan, max_tokens, window_floor)
-            verdict = None if why else self.health.check(target.provider)
+            verdict = None if why else self.health.check(key)
             if verdict is not None and not verdict.ok:
                 why = verdict.reason or "unavailable"
-            if not why and not self.limiter.try_acquire(target.provider, _tokens_guess(plan)):
+            if not why and not self.limiter.try_acquire(key, _tokens_guess(plan)):
                 why = "local rpm/tpm limit reached"
                 if verdict is not None and verdict.probe:
-                    self.health.probe_abandoned(target.provider)
+                    self.health.probe_abandoned(key)
             if why:
                 log.info("kimi-intercept: skipping %s: %s", target.provider, redact(why))
                 r.skipped.append(f"{target.provider}: {why}")
@@ -245,7 +267,7 @@ class Relay:
                             ms_since(started),
                         )
                     )
-                    self.health.record_failure(target.provider, f)
+                    self.health.record_failure(key, f)
                     if f.action is Action.CONTEXT and await self._compressed(plan, target):
                         target = plan.targets[position]  # the same provider, a smaller request
                         log.warning("kimi-intercept: retrying %s compressed", target.provider)
@@ -266,7 +288,7 @@ class Relay:
                     continue
                 except asyncio.CancelledError:
                     if verdict is not None and verdict.probe:
-                        self.health.probe_abandoned(target.provider)
+                        self.health.probe_abandoned(key)
                     raise
                 waited += time.time() - started
                 attempts.append(
@@ -279,8 +301,8 @@ class Relay:
                         ms_since(started),
                     )
                 )
-                self.health.record_success(target.provider)
-                self.chooser.observe(target.provider, ms_since(started))
+                self.health.record_success(key)
+                self.chooser.observe(key, ms_since(started))
                 r.overhead_ms = round(max(ms_since(plan.received) - waited * 1000, 0.0), 2)
                 return await pipe(
                     self.upstream, request, plan, target, upstream, first, attempts, r, budget
