@@ -7,12 +7,14 @@ streaming it event by event; breaks and continuation), :mod:`.failures` and
 :mod:`.retry_after` (what a failure means and how long to wait), :mod:`.health` (circuit
 breakers, cooldowns, local rate limits), :mod:`.validate` (empty, JSON-mode and repetition
 checks), :mod:`.shadow` (mirroring a share to a second provider), :mod:`.rows` (the
-``requests`` row of one call). Depends on every package below it; nothing but the addon
-imports it.
+``requests`` row of one call), :mod:`.bounds` (what counts as data for the stall timeout; why
+the relay cut an answer) and :mod:`.inflight` (``max_answer_s`` and the graceful shutdown).
+Depends on every package below it; nothing but the addon imports it.
 """
 
 from __future__ import annotations
 
+from kimi_intercept.relay.bounds import Cut, DataClock
 from kimi_intercept.relay.failures import (
     Action,
     AttemptFailed,
@@ -20,14 +22,18 @@ from kimi_intercept.relay.failures import (
     classify_response,
     classify_transport,
 )
-from kimi_intercept.relay.health import ProviderHealth
+from kimi_intercept.relay.health import ProviderHealth, health_key
+from kimi_intercept.relay.inflight import InFlight
 from kimi_intercept.relay.rows import Outcome, build_row
 from kimi_intercept.relay.server import ROUTE_HEADER, Relay
 
 __all__ = [
     "Action",
     "AttemptFailed",
+    "Cut",
+    "DataClock",
     "Failure",
+    "InFlight",
     "Outcome",
     "ProviderHealth",
     "ROUTE_HEADER",
@@ -35,4 +41,5 @@ __all__ = [
     "build_row",
     "classify_response",
     "classify_transport",
+    "health_key",
 ]

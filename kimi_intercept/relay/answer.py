@@ -4,10 +4,12 @@ when it breaks.
 Once an upstream's answer is committed (:mod:`.server` decided), :func:`pipe` sends its status and
 headers, then each whole SSE event as it arrives (translated by :class:`~.dialects.bridge.Bridge`
 when the client speaks another dialect), while the meter reads the usage and the repetition
-check watches the text. An upstream that breaks off — reset, no byte for ``stall_timeout_s``,
-a malformed SSE event, a provider error event, a repetition loop — gets the client an in-band
-error event in its dialect and a cut connection, never a clean end; with ``continue_on_break``
-the answer is instead finished by the next provider (:func:`continue_answer`).
+check watches the text. An upstream that breaks off — reset, no data for ``stall_timeout_s``
+(keep-alives do not count, :class:`~.bounds.DataClock`), a malformed SSE event, a provider error
+event, a repetition loop — gets the client an in-band error event in its dialect and a cut
+connection, never a clean end; with ``continue_on_break`` the answer is instead finished by the
+next provider (:func:`continue_answer`). The relay's own cuts (shutdown, ``max_answer_s``:
+:mod:`.inflight`) end the answer the same way (:func:`cut_answer`), without blaming the provider.
 """
 
 from __future__ import annotations

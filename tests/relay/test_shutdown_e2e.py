@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -140,14 +141,33 @@ def test_sigterm_drains_short_streams_cuts_the_long_one_and_keeps_every_row(prox
     assert "stalled" not in proc.log_text() and "broke off" not in proc.log_text()
 
 
-def test_sigterm_with_nothing_in_flight_exits_promptly(proxy_with):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_with_nothing_in_flight_exits_promptly(proxy_with, sig):
     kimi, deepseek, proc, client, db = proxy_with()  # drain_s: the default 30 s
     client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
     t0 = time.monotonic()
-    proc.proc.send_signal(signal.SIGTERM)
+    proc.proc.send_signal(sig)
     assert proc.proc.wait(15) == 0
     assert time.monotonic() - t0 < 5
     assert [r["outcome"] for r in rows(db)] == ["ok"]
+
+
+def test_a_second_signal_cuts_at_once(proxy_with):
+    kimi, deepseek, proc, client, db = proxy_with()  # drain_s: the default 30 s
+    kimi.enqueue(stream_reply(60, 0.25))
+    call = StreamingCall(client)
+    call.start()
+    assert call.first.wait(10)
+    t0 = time.monotonic()
+    proc.proc.send_signal(signal.SIGINT)
+    assert proc.wait_for_log("get up to 30 s to finish")
+    proc.proc.send_signal(signal.SIGINT)
+    assert proc.proc.wait(15) == 0
+    assert time.monotonic() - t0 < 6
+    call.join(5)
+    assert call.error is not None
+    [row] = rows(db)
+    assert (row["outcome"], row["provider"]) == ("shutdown", "kimi")
 
 
 def test_keep_alives_do_not_reset_the_stall_timeout(proxy_with):
@@ -227,3 +247,48 @@ def test_passthrough_failures_leave_the_configured_providers_breaker_closed(
     health = live_status(db)
     assert health["kimi"]["state"] == "available"
     assert health["passthrough:localhost"]["state"] == "open"
+
+
+def test_an_anthropic_client_is_cut_and_refused_in_its_own_dialect(
+    tmp_path, fake_upstream, start_proxy, monkeypatch
+):
+    kimi, deepseek = fake_upstream(), fake_upstream()
+    db = tmp_path / "kimi.db"
+    text = render_config(db, kimi.url, deepseek.url, hosts=["api.anthropic.com"])
+    proc = start_proxy(with_keys(text, "proxy", drain_s=1))
+    for name, value in proc.client_env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
+    client = anthropic.Anthropic(api_key="sk-ant-client-key", max_retries=0)
+    kimi.enqueue(stream_reply(60, 0.25))
+    got: dict[str, Any] = {"text": "", "error": None}
+    first = threading.Event()
+
+    def run() -> None:
+        try:
+            with client.messages.stream(
+                model="claude-sonnet-4-5", max_tokens=100, messages=MESSAGES
+            ) as stream:
+                for piece in stream.text_stream:
+                    got["text"] += piece
+                    first.set()
+        except Exception as e:  # checked below
+            got["error"] = e
+        finally:
+            first.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert first.wait(10)
+    proc.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        client.messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=MESSAGES)
+    assert refused.value.status_code == 503
+    assert refused.value.body["type"] == "error"
+    assert "shutting down" in refused.value.body["error"]["message"]
+    assert proc.proc.wait(15) == 0
+    thread.join(5)
+    assert got["text"].startswith("w0 ")
+    assert "drain_s = 1 s" in str(got["error"])
+    assert sorted(r["outcome"] for r in rows(db)) == ["shutdown", "shutdown"]
