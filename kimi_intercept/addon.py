@@ -148,6 +148,7 @@ class KimiIntercept:
     async def request(self, flow: http.HTTPFlow) -> None:
         if self.relay is None or self.relay.port is None or self.cfg is None:
             return
+        self.relay.arriving += 1  # a shutdown waits for it (drain)
         try:
             await self._route(flow)
         except Exception:
@@ -156,6 +157,8 @@ class KimiIntercept:
                 flow.request.method,
                 flow.request.pretty_url,
             )
+        finally:
+            self.relay.arriving -= 1
 
     async def _route(self, flow: http.HTTPFlow) -> None:
         assert self.relay is not None and self.cfg is not None

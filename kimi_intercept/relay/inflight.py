@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -74,23 +75,31 @@ class InFlight:
         for task in list(self._active):
             self.cut(task, Cut.shutdown(self._drain_s))
 
-    async def drain(self, drain_s: float) -> int:
-        """Refuse new requests, wait up to ``drain_s`` seconds for those in flight, cut the rest
-        and wait (up to :data:`CUT_GRACE_S`) until they ended. Returns how many were cut."""
+    async def drain(
+        self, drain_s: float, coming: Callable[[], bool] = lambda: False
+    ) -> tuple[int, int]:
+        """Refuse new requests; wait up to ``drain_s`` seconds for calls still ``coming`` (they
+        get their 503 and row) and for those in flight; cut the rest and wait (up to
+        :data:`CUT_GRACE_S`) until they ended. Returns (requests in flight, requests cut)."""
         self.draining, self._drain_s = True, drain_s
-        if self._active:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + drain_s
+        while coming() and loop.time() < end:
+            await asyncio.sleep(0.05)
+        busy = len(self._active)
+        if busy:
             log.warning(
                 "kimi-intercept: shutting down: %d answer(s) in flight get up to %g s to finish "
                 "(a second signal cuts them at once)",
-                len(self._active),
+                busy,
                 drain_s,
             )
-            await asyncio.wait(set(self._active), timeout=drain_s)
+            await asyncio.wait(set(self._active), timeout=max(end - loop.time(), 0.0))
         cut = len(self._active)
         if cut:
             self.cut_all()
             await asyncio.wait(set(self._active), timeout=CUT_GRACE_S)
-        return cut
+        return busy, cut
 
 
 def refused(plan: RoutePlan, r: Outcome) -> web.Response:

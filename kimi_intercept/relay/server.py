@@ -118,6 +118,7 @@ class Relay:
         self.chooser = Chooser()
         self._rng = random.Random()
         self.inflight = InFlight()
+        self.arriving = 0  # intercepted calls the addon is planning (they will be parked)
 
     async def start(self) -> int:
         """Listen on ``127.0.0.1`` (an ephemeral port) and return the port."""
@@ -138,12 +139,11 @@ class Relay:
         """Graceful shutdown, before :meth:`stop`: new LLM calls get a 503 in their dialect
         (row outcome ``shutdown``), answers in flight get ``drain_s`` seconds, the rest are cut
         (:class:`~.inflight.InFlight`); then every row is handed to the writer."""
-        busy = len(self.inflight)
-        cut = await self.inflight.drain(drain_s)
+        busy, cut = await self.inflight.drain(drain_s, self._coming)
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=10)
+        await asyncio.sleep(0.2)  # mitmproxy forwards the last answers' last bytes
         if busy:
-            await asyncio.sleep(0.2)  # mitmproxy forwards the answers' last bytes
             log.info("kimi-intercept: drained %d answer(s) in flight, %d cut", busy, cut)
 
     async def stop(self) -> None:
@@ -163,6 +163,11 @@ class Relay:
         self._routes[rid] = (now, plan)
         return rid
 
+    def _coming(self) -> bool:
+        """Calls being planned, or parked in the last 10 s: they will reach the relay."""
+        now = time.monotonic()
+        return bool(self.arriving) or any(now - t < 10 for t, _ in self._routes.values())
+
     def discard(self, route_id: str) -> None:
         self._routes.pop(route_id, None)
 
@@ -180,15 +185,13 @@ class Relay:
         if self.inflight.draining:  # shutting down: take no new LLM call
             self._spawn(self._finish(plan, attempts, result))
             return refused(plan, result)
-        if plan.kind == "reroute":
-            await asyncio.to_thread(self.preparer.prepare, plan)
-        mirrored = (
-            asyncio.ensure_future(shadow.mirror(self.cfg, self.upstream, plan))
-            if shadow.wanted(self.cfg.routing, plan, self._rng)
-            else None
-        )
         timer = self.inflight.enter(result, plan.received, self.cfg.routing.max_answer_s)
+        mirrored = None
         try:
+            if plan.kind == "reroute":
+                await asyncio.to_thread(self.preparer.prepare, plan)
+            if shadow.wanted(self.cfg.routing, plan, self._rng):
+                mirrored = asyncio.ensure_future(shadow.mirror(self.cfg, self.upstream, plan))
             return await self._serve(request, plan, attempts, result)
         except asyncio.CancelledError:
             if (cut := result.cut) is None:
