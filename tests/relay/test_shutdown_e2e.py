@@ -213,6 +213,22 @@ def test_max_answer_s_cuts_a_long_answer(proxy_with):
     assert "max_answer_s = 1.5 s" in row["error"]
 
 
+def test_max_answer_s_before_any_answer_is_an_error_in_the_clients_dialect(proxy_with):
+    kimi, deepseek, proc, client, db = proxy_with(max_answer_s=1)
+    slow = stream_reply(3, 0.1)
+    slow.delay_before_headers_s = 4
+    kimi.enqueue(slow)
+    t0 = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as e:
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+    assert time.monotonic() - t0 < 3
+    assert e.value.status_code == 504
+    assert "max_answer_s = 1 s" in e.value.message
+    [row] = wait_rows(db, 1)
+    assert (row["outcome"], row["status_code"]) == ("incomplete", 504)
+    assert deepseek.received == []  # a cut, not a failure to fall back from
+
+
 def test_passthrough_failures_leave_the_configured_providers_breaker_closed(
     tmp_path, fake_upstream, start_proxy, openai_client
 ):
