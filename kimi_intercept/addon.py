@@ -33,13 +33,18 @@ notes ``mitmproxy.md`` appendix):
   (``flow.response.stream = True``), never buffered.
 - every finished call: one console line (:func:`.relay.console.console_line`) in mitmproxy's
   log, as its row goes to the store writer.
-- ``done``: stops the relay and flushes the writer.
+- ``done`` (mitmproxy awaits it on SIGTERM/SIGINT, while its loop still serves connections):
+  graceful shutdown — new LLM calls get a 503 in their dialect (row outcome ``shutdown``),
+  answers in flight get ``[proxy] drain_s`` seconds, the rest are cut (outcome ``shutdown``,
+  no provider penalty; a second signal cuts at once), then the relay stops and the writer
+  flushes every row.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 import threading
 from typing import Any
@@ -215,6 +220,8 @@ class KimiIntercept:
     async def done(self) -> None:
         _CONNECTION_LOGGER.removeFilter(self.noise)
         if self.relay is not None:
+            _on_second_signal(self.relay.inflight.cut_all)
+            await self.relay.drain(self.cfg.drain_s if self.cfg is not None else 0.0)
             await self.relay.stop()
         if self.writer is not None:
             self.writer.close()
@@ -222,6 +229,7 @@ class KimiIntercept:
     async def request(self, flow: http.HTTPFlow) -> None:
         if self.relay is None or self.relay.port is None or self.cfg is None:
             return
+        self.relay.arriving += 1  # a shutdown waits for it (drain)
         try:
             await self._route(flow)
         except Exception as e:  # a bug of ours after planning: never fail open silently
@@ -234,6 +242,8 @@ class KimiIntercept:
                     log.exception("kimi-intercept: could not answer or record the failure")
                     if self.cfg.routing.on_plan_error == "error":
                         flow.response = http.Response.make(500, _LAST_RESORT, _JSON)
+        finally:
+            self.relay.arriving -= 1
 
     def _rejected(self, flow: http.HTTPFlow, problem: Problem) -> RoutePlan:
         req, peer = flow.request, flow.client_conn.peername
@@ -339,6 +349,17 @@ class KimiIntercept:
 def _logged_url(flow: http.HTTPFlow) -> str:
     """The URL without its query: Gemini clients may carry their key there (``?key=…``)."""
     return flow.request.pretty_url.partition("?")[0]
+
+
+def _on_second_signal(callback: Any) -> None:
+    """While draining, SIGINT/SIGTERM again calls ``callback`` (mitmproxy's own handlers only
+    ask for the shutdown that is already under way)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, callback)
+        except (NotImplementedError, RuntimeError, ValueError):  # no such handlers here
+            pass
 
 
 def _warm_tokenizer() -> None:

@@ -94,7 +94,7 @@ def parse_continue(data: bytes, path: Path) -> tuple[list[dict[str, Any]], list[
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
+            item = _loads(line, path, f"line {n}: ")
         except json.JSONDecodeError as e:
             if n == len(lines) and not text.endswith("\n"):  # being appended right now
                 skipped.append(f"line {n}: incomplete last line")
@@ -208,9 +208,21 @@ def _text(data: bytes, path: Path) -> str:
         raise MalformedLedger(f"{path}: line {line}: not UTF-8 text") from None
 
 
+def _loads(text: str, path: Path, where: str = "") -> Any:
+    """``json.loads``, with nesting too deep for Python's parser (a RecursionError, about
+    1,000 levels; no ledger nests more than a few) as :class:`MalformedLedger`."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise MalformedLedger(
+            f"{path}: {where}JSON nested too deeply to be a ledger (arrays or objects inside "
+            "each other about a thousand times); check that this is the right file"
+        ) from None
+
+
 def _json(data: bytes, path: Path) -> Any:
     try:
-        return json.loads(_text(data, path))
+        return _loads(_text(data, path), path)
     except json.JSONDecodeError as e:
         raise MalformedLedger(
             f"{path}: line {e.lineno}, column {e.colno}: not valid JSON ({e.msg})"

@@ -73,6 +73,8 @@ class ProxyProcess:
         db = cfg.get("storage", {}).get("database")
         # as the addon resolves it: relative to the config file's folder
         self.db_path: Path | None = config_path.parent / Path(db).expanduser() if db else None
+        drain = cfg.get("proxy", {}).get("drain_s", 30)
+        self.drain_s = float(drain) if isinstance(drain, (int, float)) else 30.0
         self.args = [
             *mitmdump_command(),
             "--listen-host",
@@ -167,11 +169,12 @@ class ProxyProcess:
         }
 
     def stop(self) -> None:
-        """SIGTERM, wait up to 10 s, then SIGKILL. Safe to call more than once."""
+        """SIGTERM, wait up to ``[proxy] drain_s`` + 10 s (answers in flight may finish), then
+        SIGKILL. Safe to call more than once."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(10)
+                self.proc.wait(self.drain_s + 10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)

@@ -143,6 +143,7 @@ class Routing:
     cooldown_s: float
     auth_cooldown_s: float
     continue_on_break: bool = False
+    max_answer_s: float = 1800.0  # an answer still running this long after the request is cut
     conversation_idle_s: float = 3600.0  # a fingerprinted conversation idle this long ends
     shadow_provider: str | None = None  # [routing.shadow] provider: mirrored in the background
     shadow_share: float = 0.0  # percent of requests mirrored
@@ -169,6 +170,7 @@ class Config:
     max_body_mb: float = 64.0  # [proxy] max_body_mb: larger request bodies get a 413
     # ${VAR} name -> expanded value, only to take secrets back out of messages (redact)
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    drain_s: float = 30.0  # [proxy] drain_s: on SIGTERM/SIGINT, streams in flight get this long
 
     def redact(self, text: str) -> str:
         """``text`` with every expanded ``${VAR}`` value written back as ``${VAR}``."""
@@ -303,6 +305,7 @@ def _build(
         cooldown_s=_number(r, "routing.cooldown_s", 0, 86400),
         auth_cooldown_s=_number(r, "routing.auth_cooldown_s", 0, 86400),
         continue_on_break=_bool(r, "routing.continue_on_break"),
+        max_answer_s=_number(r, "routing.max_answer_s", 0.001, 7 * 86400),
         conversation_idle_s=_number(r, "routing.conversation_idle_s", 1, 30 * 86400),
         on_plan_error=_choice(r, "routing.on_plan_error", ("error", "passthrough")),
         **_shadow(r),
@@ -329,9 +332,10 @@ def _build(
         if not database.is_absolute() and source is not None:
             database = source.parent / database
     max_body_mb = _number(_table(raw, "proxy"), "proxy.max_body_mb", 0.001, 4096)
+    drain_s = _number(_table(raw, "proxy"), "proxy.drain_s", 0, 3600)
     return Config(
         hosts, routing, database, providers, dict(models), source, raw, rules,
-        max_body_mb=max_body_mb, secrets=secrets,
+        max_body_mb=max_body_mb, drain_s=drain_s, secrets=secrets,
     )  # fmt: skip
 
 

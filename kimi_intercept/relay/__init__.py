@@ -9,12 +9,15 @@ breakers, cooldowns, local rate limits), :mod:`.validate` (empty, JSON-mode and 
 checks), :mod:`.shadow` (mirroring a share to a second provider), :mod:`.rows` (the
 ``requests`` row of one call), :mod:`.console` (its one console line), :mod:`.live` (the
 status file: providers' health and calls in flight), :mod:`.refusal` (the proxy's own error
-answer, in the client's dialect, to a call it could not plan). Depends on every package below
-it; nothing but the addon and the commands import it.
+answer, in the client's dialect, to a call it could not plan), :mod:`.bounds` (what counts as
+data for the stall timeout; why the relay cut an answer) and :mod:`.inflight`
+(``max_answer_s`` and the graceful shutdown). Depends on every package below it; nothing but
+the addon and the commands import it.
 """
 
 from __future__ import annotations
 
+from kimi_intercept.relay.bounds import Cut, DataClock
 from kimi_intercept.relay.failures import (
     Action,
     AttemptFailed,
@@ -22,14 +25,18 @@ from kimi_intercept.relay.failures import (
     classify_response,
     classify_transport,
 )
-from kimi_intercept.relay.health import ProviderHealth
+from kimi_intercept.relay.health import ProviderHealth, health_key
+from kimi_intercept.relay.inflight import InFlight
 from kimi_intercept.relay.rows import Outcome, build_row
 from kimi_intercept.relay.server import ROUTE_HEADER, Relay
 
 __all__ = [
     "Action",
     "AttemptFailed",
+    "Cut",
+    "DataClock",
     "Failure",
+    "InFlight",
     "Outcome",
     "ProviderHealth",
     "ROUTE_HEADER",
@@ -37,4 +44,5 @@ __all__ = [
     "build_row",
     "classify_response",
     "classify_transport",
+    "health_key",
 ]

@@ -4,10 +4,12 @@ when it breaks.
 Once an upstream's answer is committed (:mod:`.server` decided), :func:`pipe` sends its status and
 headers, then each whole SSE event as it arrives (translated by :class:`~.dialects.bridge.Bridge`
 when the client speaks another dialect), while the meter reads the usage and the repetition
-check watches the text. An upstream that breaks off — reset, no byte for ``stall_timeout_s``,
-a malformed SSE event, a provider error event, a repetition loop — gets the client an in-band
-error event in its dialect and a cut connection, never a clean end; with ``continue_on_break``
-the answer is instead finished by the next provider (:func:`continue_answer`).
+check watches the text. An upstream that breaks off — reset, no data for ``stall_timeout_s``
+(keep-alives do not count, :class:`~.bounds.DataClock`), a malformed SSE event, a provider error
+event, a repetition loop — gets the client an in-band error event in its dialect and a cut
+connection, never a clean end; with ``continue_on_break`` the answer is instead finished by the
+next provider (:func:`continue_answer`). The relay's own cuts (shutdown, ``max_answer_s``:
+:mod:`.inflight`) end the answer the same way (:func:`cut_answer`), without blaming the provider.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from kimi_intercept.config.rules import Validation
 from kimi_intercept.dialects import json_bytes
 from kimi_intercept.dialects.bridge import Bridge, TranslationFailed
 from kimi_intercept.dialects.kimi import restore_tool_names
+from kimi_intercept.relay.bounds import DataClock
 from kimi_intercept.relay.failures import (
     AttemptFailed,
     classify_transport,
@@ -34,6 +37,7 @@ from kimi_intercept.relay.failures import (
     error_message,
     redact,
 )
+from kimi_intercept.relay.health import health_key
 from kimi_intercept.relay.rows import Outcome
 from kimi_intercept.relay.upstream import Upstream
 from kimi_intercept.relay.validate import RepetitionDetector
@@ -80,7 +84,7 @@ async def pipe(
         request=plan.native,
         prompt_tokens=plan.prompt_tokens_estimate,
     )
-    meter = r.meter = bridge.meter(sse)
+    r.meter = bridge.meter(sse)
     checks = plan.rule.validate if plan.rule else Validation()
     if sse and checks.repetition and target.dialect == "openai" and plan.kind == "reroute":
         r.repetition = RepetitionDetector()
@@ -94,21 +98,43 @@ async def pipe(
     out.headers["x-kimi-intercept-attempts"] = str(len(attempts))
     if r.overhead_ms is not None:
         out.headers["x-kimi-intercept-overhead-ms"] = f"{r.overhead_ms:.1f}"
-    stall = sender.routing.stall_timeout_s
+    clock = DataClock(sse)
+    clock.feed(first)
+    try:
+        return await _stream(
+            sender, request, out, plan, target, upstream, first, attempts, r, budget, sse, clock
+        )
+    except asyncio.CancelledError:
+        if r.cut is None:  # the client left (aiohttp cancels the handler)
+            raise
+        _uncancel()
+        await cut_answer(request, out, r, sse)
+        return out
+
+
+async def _stream(
+    sender: Upstream,
+    request: web.Request,
+    out: web.StreamResponse,
+    plan: RoutePlan,
+    target: Target,
+    upstream: aiohttp.ClientResponse,
+    chunk: bytes,
+    attempts: list[dict[str, Any]],
+    r: Outcome,
+    budget: float,
+    sse: bool,
+    clock: DataClock,
+) -> web.StreamResponse:
+    bridge, meter, stall = r.bridge, r.meter, sender.routing.stall_timeout_s
     events = EventSplitter() if sse else None
-    chunk = first
     try:
         await _write_or_gone(out.prepare(request))
         whole = bridge.translate and not sse  # a translated JSON answer goes out whole
         while chunk:
             for piece in events.push(chunk) if events is not None else (chunk,):
                 await forward(out, piece, meter, sse, plan, r, target, bridge, whole)
-            try:
-                chunk = await asyncio.wait_for(upstream.content.readany(), timeout=stall)
-            except asyncio.TimeoutError as e:
-                raise _StreamBroken(f"stalled: no byte for {stall:g} s") from e
-            except (aiohttp.ClientError, OSError) as e:
-                raise _StreamBroken(describe_exc(e)) from e
+            chunk = await next_chunk(upstream, clock, stall)
         rest = events.flush() if events is not None else b""
         if rest:
             await forward(out, rest, meter, sse, plan, r, target, bridge, whole)
@@ -130,7 +156,7 @@ async def pipe(
         broken = str(e)
         if attempts:  # the committed attempt: say why it did not end well
             attempts[-1]["error"] = redact(f"broke off mid-answer: {broken}")
-        sender.health.record_failure(target.provider, classify_transport("reset", broken))
+        sender.health.record_failure(health_key(plan, target), classify_transport("reset", broken))
         upstream.close()
         if may_continue(sender, plan, target, meter, sse):
             try:
@@ -241,20 +267,16 @@ async def continue_answer(
             redact(why),
         )
         r.target, r.continued_after = target, why
-        events = EventSplitter()
+        events, clock = EventSplitter(), DataClock(True)
         chunk = first
+        clock.feed(first)
         try:
             while chunk:
                 for piece in events.push(chunk):
                     await forward(out, piece, meter, True, plan, r, target, r.bridge)
-                try:
-                    chunk = await asyncio.wait_for(
-                        upstream.content.readany(), timeout=sender.routing.stall_timeout_s
-                    )
-                except asyncio.TimeoutError as e:
-                    raise _StreamBroken("the continuation stalled") from e
-                except (aiohttp.ClientError, OSError) as e:
-                    raise _StreamBroken(describe_exc(e)) from e
+                chunk = await next_chunk(
+                    upstream, clock, sender.routing.stall_timeout_s, "the continuation stalled"
+                )
             rest = events.flush()
             if rest:
                 await forward(out, rest, meter, True, plan, r, target, r.bridge)
@@ -306,6 +328,47 @@ def _translated(bridge: Bridge, piece: bytes | None) -> bytes:
         return bridge.piece(piece) if piece is not None else bridge.finish()
     except TranslationFailed as e:  # cut with an in-band error, never half-translated bytes
         raise _StreamBroken(f"cannot translate the provider's answer: {e}") from e
+
+
+async def next_chunk(
+    upstream: aiohttp.ClientResponse, clock: DataClock, stall: float, what: str = "stalled"
+) -> bytes:
+    """The next chunk of a committed answer; :class:`_StreamBroken` when ``stall`` seconds pass
+    without data (keep-alives do not count: :class:`~.bounds.DataClock`) or the read fails."""
+    try:
+        left = clock.left(stall)
+        if left <= 0:
+            raise asyncio.TimeoutError
+        chunk = await asyncio.wait_for(upstream.content.readany(), timeout=left)
+    except asyncio.TimeoutError as e:
+        only = " (keep-alives do not count)" if clock.keepalives else ""
+        raise _StreamBroken(f"{what}: no data for {stall:g} s{only}") from e
+    except (aiohttp.ClientError, OSError) as e:
+        raise _StreamBroken(describe_exc(e)) from e
+    clock.feed(chunk)
+    return chunk
+
+
+async def cut_answer(request: web.Request, out: web.StreamResponse, r: Outcome, sse: bool) -> None:
+    """The relay ends a committed answer itself (:class:`~.bounds.Cut`): an in-band error event
+    in the client's dialect when it streams, then a cut connection (never a clean end)."""
+    cut = r.cut
+    r.outcome, r.error = cut.outcome, cut.message
+    log.warning("kimi-intercept: %s", cut.message)
+    if sse and out.prepared and r.bridge is not None:
+        try:
+            await out.write(r.bridge.error_event(cut.message, cut.code))
+        except (ConnectionError, aiohttp.ClientConnectionResetError):
+            pass  # the client left too; the cut below is all that is left to do
+    if request.transport is not None:
+        request.transport.abort()
+
+
+def _uncancel() -> None:
+    """Our own cancel (a :class:`~.bounds.Cut`) was handled: the task goes on normally."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
 
 
 async def send(out: web.StreamResponse, data: bytes, plan: RoutePlan, r: Outcome) -> None:

@@ -227,6 +227,17 @@ class ProviderHealth:
             s.probe_out = False
 
 
+def health_key(plan: Any, target: Any) -> str:
+    """Whose health an attempt counts toward: the configured provider for a rerouted request;
+    for a passed-through one (the client's own request and key to its original host)
+    ``passthrough:<host>``, so its failures never open a configured provider's breaker.
+    ``plan`` is a :class:`~.routing.plan.RoutePlan`, ``target`` a
+    :class:`~.routing.targets.Target`."""
+    if plan.kind == "passthrough":
+        return f"passthrough:{plan.host}"
+    return str(target.provider)
+
+
 def _describe(failure: Failure) -> str:
     status = f" {failure.status}" if failure.status is not None else ""
     return f"{failure.kind}{status}: {failure.message}"

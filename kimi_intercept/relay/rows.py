@@ -40,7 +40,7 @@ class Outcome:
 
     target: Target | None = None
     status: int | None = None
-    outcome: str = "error"  # ok | error | incomplete | client_abort | rejected
+    outcome: str = "error"  # ok | error | incomplete | client_abort | rejected | shutdown
     error: str | None = None
     ttft_ms: float | None = None
     overhead_ms: float | None = None
@@ -52,6 +52,7 @@ class Outcome:
     repetition: Any = None  # validate.RepetitionDetector while a checked stream passes
     answer_seen: int = 0  # answer pieces already given to the detector
     continued_after: str | None = None  # why the first provider's stream broke (continue_on_break)
+    cut: Any = None  # bounds.Cut when the relay ended the request itself (shutdown, max_answer_s)
 
 
 async def build_row(

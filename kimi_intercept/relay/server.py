@@ -53,6 +53,7 @@ from kimi_intercept.config.budget import budget_settings
 from kimi_intercept.config.settings import Config
 from kimi_intercept.dialects.bridge import error_json, openai_error_body
 from kimi_intercept.relay import refusal, shadow
+from kimi_intercept.relay.admission import cannot_try, tokens_guess
 from kimi_intercept.relay.answer import attempt_row, client_left, ms_since, pipe
 from kimi_intercept.relay.budget import BudgetTracker, gate
 from kimi_intercept.relay.failures import (
@@ -61,7 +62,8 @@ from kimi_intercept.relay.failures import (
     Failure,
     redact,
 )
-from kimi_intercept.relay.health import ProviderHealth, RateLimiter
+from kimi_intercept.relay.health import ProviderHealth, RateLimiter, health_key
+from kimi_intercept.relay.inflight import InFlight, cut_before_answer, refused
 from kimi_intercept.relay.live import LiveStatus
 from kimi_intercept.relay.rows import SKIPPED, Outcome, build_row, clean_row
 from kimi_intercept.relay.upstream import Upstream
@@ -79,9 +81,6 @@ log = logging.getLogger(__name__)
 
 ROUTE_HEADER = "x-kimi-intercept-route"
 ROUTE_TTL_S = 300.0
-# UTF-8 text has at least ~2.5 bytes per token in every tokenizer we price: below this bound a
-# prompt surely fits, and the exact (tiktoken) count is skipped.
-_BYTES_PER_TOKEN_LOW = 2.5
 
 # record(request_row, attempt_rows, extra_rows_by_table): must not block (a queue put)
 Recorder = Callable[..., None]
@@ -118,6 +117,8 @@ class Relay:
         self.live = LiveStatus(status_path, self.health, self.budget)
         self.chooser = Chooser()
         self._rng = random.Random()
+        self.inflight = InFlight()
+        self.arriving = 0  # intercepted calls the addon is planning (they will be parked)
 
     async def start(self) -> int:
         """Listen on ``127.0.0.1`` (an ephemeral port) and return the port."""
@@ -133,6 +134,17 @@ class Relay:
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.upstream.start()
         return self.port
+
+    async def drain(self, drain_s: float) -> None:
+        """Graceful shutdown, before :meth:`stop`: new LLM calls get a 503 in their dialect
+        (row outcome ``shutdown``), answers in flight get ``drain_s`` seconds, the rest are cut
+        (:class:`~.inflight.InFlight`); then every row is handed to the writer."""
+        busy, cut = await self.inflight.drain(drain_s, self._coming)
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=10)
+        await asyncio.sleep(0.2)  # mitmproxy forwards the last answers' last bytes
+        if busy:
+            log.info("kimi-intercept: drained %d answer(s) in flight, %d cut", busy, cut)
 
     async def stop(self) -> None:
         if self._tasks:
@@ -151,6 +163,11 @@ class Relay:
         rid = secrets.token_urlsafe(24)
         self._routes[rid] = (now, plan)
         return rid
+
+    def _coming(self) -> bool:
+        """Calls being planned, or parked in the last 10 s: they will reach the relay."""
+        now = time.monotonic()
+        return bool(self.arriving) or any(now - t < 10 for t, _ in self._routes.values())
 
     def discard(self, route_id: str) -> None:
         self._routes.pop(route_id, None)
@@ -179,12 +196,16 @@ class Relay:
             return await self._count_tokens(plan)
         attempts: list[dict[str, Any]] = []
         result = Outcome()
+        if self.inflight.draining:  # shutting down: take no new LLM call
+            self._spawn(self._finish(plan, attempts, result))
+            return refused(plan, result)
         live_key = self.live.started(plan)
         blocked = gate(self.budget, plan)  # may also send it to the cheaper chain
         if blocked:
-            refused = self._refuse(plan, result, 402, blocked, "budget_exceeded")
+            answer = self._refuse(plan, result, 402, blocked, "budget_exceeded")
             self._spawn(self._finish(plan, attempts, result, None, live_key))
-            return refused
+            return answer
+        timer = self.inflight.enter(result, plan.received, self.cfg.routing.max_answer_s)
         mirrored = None
         try:
             if plan.kind == "reroute":
@@ -193,8 +214,10 @@ class Relay:
                 mirrored = asyncio.ensure_future(shadow.mirror(self.cfg, self.upstream, plan))
             return await self._serve(request, plan, attempts, result)
         except asyncio.CancelledError:
-            client_left(result)
-            raise
+            if (cut := result.cut) is None:
+                client_left(result)
+                raise
+            return cut_before_answer(plan, result, cut)
         except Exception as e:  # a bug of ours: a 500 in the client's dialect, and a row
             log.exception("kimi-intercept: relaying a request failed")
             result.outcome, result.error = "error", internal_problem(e).message
@@ -204,6 +227,7 @@ class Relay:
             body = error_json(plan.dialect, 500, result.error, "internal_error")
             return web.json_response(body, status=500)
         finally:
+            self.inflight.leave(timer)
             self._spawn(self._finish(plan, attempts, result, mirrored, live_key))
 
     async def _count_tokens(self, plan: RoutePlan) -> web.Response:
@@ -240,14 +264,15 @@ class Relay:
         positions = [next(i for i, t in enumerate(plan.targets) if t is o) for o in ordered]
         for position in positions:
             target = plan.targets[position]  # looked up again: a compression rebuilds them
-            why = await self._cannot_try(target, plan, max_tokens, window_floor)
-            verdict = None if why else self.health.check(target.provider)
+            key = health_key(plan, target)  # passed-through calls have their own health
+            why = await cannot_try(target, plan, max_tokens, window_floor)
+            verdict = None if why else self.health.check(key)
             if verdict is not None and not verdict.ok:
                 why = verdict.reason or "unavailable"
-            if not why and not self.limiter.try_acquire(target.provider, _tokens_guess(plan)):
+            if not why and not self.limiter.try_acquire(key, tokens_guess(plan)):
                 why = "local rpm/tpm limit reached"
                 if verdict is not None and verdict.probe:
-                    self.health.probe_abandoned(target.provider)
+                    self.health.probe_abandoned(key)
             if why:
                 log.info("kimi-intercept: skipping %s: %s", target.provider, redact(why))
                 r.skipped.append(f"{target.provider}: {why}")
@@ -273,7 +298,7 @@ class Relay:
                             ms_since(started),
                         )
                     )
-                    self.health.record_failure(target.provider, f)
+                    self.health.record_failure(key, f)
                     if f.action is Action.CONTEXT and await self._compressed(plan, target):
                         target = plan.targets[position]  # the same provider, a smaller request
                         log.warning("kimi-intercept: retrying %s compressed", target.provider)
@@ -294,7 +319,7 @@ class Relay:
                     continue
                 except asyncio.CancelledError:
                     if verdict is not None and verdict.probe:
-                        self.health.probe_abandoned(target.provider)
+                        self.health.probe_abandoned(key)
                     raise
                 waited += time.time() - started
                 attempts.append(
@@ -307,8 +332,8 @@ class Relay:
                         ms_since(started),
                     )
                 )
-                self.health.record_success(target.provider)
-                self.chooser.observe(target.provider, ms_since(started))
+                self.health.record_success(key)
+                self.chooser.observe(key, ms_since(started))
                 r.overhead_ms = round(max(ms_since(plan.received) - waited * 1000, 0.0), 2)
                 return await pipe(
                     self.upstream, request, plan, target, upstream, first, attempts, r, budget
@@ -325,35 +350,6 @@ class Relay:
             return False
         window = target.model_info.context_window if target.model_info else None
         return await asyncio.to_thread(self.preparer.compress_for_retry, plan, window)
-
-    async def _cannot_try(
-        self, target: Target, plan: RoutePlan, max_tokens: int | None, window_floor: int
-    ) -> str | None:
-        """Why ``target`` must be skipped for this request, or ``None``."""
-        if target.skip_reason:
-            return target.skip_reason
-        window = target.model_info.context_window if target.model_info else None
-        if window is None:
-            return None
-        if window_floor and window <= window_floor:
-            return f"context window {window:,} is not larger than the one that was exceeded"
-        need_out = max_tokens or 0
-        if len(target.body) / _BYTES_PER_TOKEN_LOW + need_out <= window:
-            return None  # fits for sure; no need to count
-        prompt = await self._prompt_tokens(plan)
-        if prompt + need_out > window:
-            return (
-                f"prompt ~{prompt:,} + max_tokens {need_out:,} tokens exceeds the "
-                f"context window {window:,} of {target.model}"
-            )
-        return None
-
-    async def _prompt_tokens(self, plan: RoutePlan) -> int:
-        if plan.prompt_tokens_estimate is None:
-            plan.prompt_tokens_estimate = await asyncio.to_thread(
-                tokens.estimate_prompt_tokens, plan.request_json
-            )
-        return plan.prompt_tokens_estimate
 
     def _all_failed(self, plan: RoutePlan, last: Failure | None, r: Outcome) -> web.Response:
         tried = ", ".join(t.provider for t in plan.targets)
@@ -423,9 +419,3 @@ class Relay:
             log.exception("kimi-intercept: could not record a request (the client was answered)")
         finally:
             self.live.ended(live_key)  # publishes the providers' health with it
-
-
-def _tokens_guess(plan: RoutePlan) -> int:
-    """Tokens a request may use, for local tpm limits: the prompt (bytes / 4) plus max output."""
-    body = len(plan.targets[0].body) if plan.targets else 0
-    return int(body / 4) + (requested_max_tokens(plan.request_json) or 0)

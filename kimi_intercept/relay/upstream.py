@@ -20,6 +20,7 @@ import certifi
 from kimi_intercept.accounting.usage import ChatStreamMeter, JsonBuffer
 from kimi_intercept.config.rules import Validation
 from kimi_intercept.config.settings import Routing
+from kimi_intercept.relay.bounds import DataClock
 from kimi_intercept.relay.failures import (
     Action,
     AttemptFailed,
@@ -147,7 +148,8 @@ class Upstream:
         """Read (and keep) the answer until it shows content; see :meth:`open`."""
         sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
         held, meter = [first], (ChatStreamMeter() if sse else JsonBuffer())
-        chunk = first
+        chunk, clock, stall = first, DataClock(sse), self.routing.stall_timeout_s
+        clock.feed(first)
         while chunk:
             meter.feed(chunk)
             if sse and meter.error is not None:
@@ -157,8 +159,20 @@ class Upstream:
                 )
             if sse and answer_has_content(meter):
                 return b"".join(held)
-            wait = min(max(deadline - time.monotonic(), 0.001), self.routing.stall_timeout_s)
-            chunk = await asyncio.wait_for(upstream.content.readany(), timeout=wait)
+            stalled = clock.left(stall)
+            wait = min(max(deadline - time.monotonic(), 0.001), stalled)
+            try:
+                if wait <= 0:
+                    raise asyncio.TimeoutError
+                chunk = await asyncio.wait_for(upstream.content.readany(), timeout=wait)
+            except asyncio.TimeoutError:
+                if stalled > wait:
+                    raise  # the first-content budget ran out
+                only = " (keep-alives do not count)" if clock.keepalives else ""
+                raise AttemptFailed(
+                    classify_transport("timeout", f"no data for {stall:g} s{only}")
+                ) from None
+            clock.feed(chunk)
             held.append(chunk)
         body = b"".join(held)
         meter.finish()

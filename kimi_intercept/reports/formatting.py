@@ -52,3 +52,20 @@ def plural(n: int, word: str) -> str:
 def fmt_time(iso: str | None) -> str:
     """``2026-11-21T23:54:42.123Z`` → ``2026-11-21 23:54:42``."""
     return "–" if not iso else iso[:19].replace("T", " ")
+
+
+# Unicode bidirectional embedding/override (U+202A–U+202E) and isolate (U+2066–U+2069) controls
+# reorder the text around them: a title or error carrying one can display as something other
+# than what it says ("Trojan Source", CVE-2021-42574; Unicode UAX #9). Shown as visible marks.
+_BIDI_CONTROLS = {cp: f"[U+{cp:04X}]" for cp in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+
+
+def no_bidi(value: str) -> str:
+    """``value`` with every bidi override/isolate control replaced by a visible ``[U+202E]``."""
+    return value.translate(_BIDI_CONTROLS)
+
+
+def finalize(value: object) -> object:
+    """The report's Jinja ``finalize``: every string a template shows (titles, clients, models,
+    errors…) goes through :func:`no_bidi` before it is escaped."""
+    return no_bidi(value) if isinstance(value, str) else value

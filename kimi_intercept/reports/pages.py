@@ -59,6 +59,7 @@ from kimi_intercept.reports.data import (
     windows,
 )
 from kimi_intercept.reports.formatting import (
+    finalize,
     fmt_compact,
     fmt_ms,
     fmt_num,
@@ -130,6 +131,7 @@ env = Environment(
     undefined=StrictUndefined,
     trim_blocks=True,
     lstrip_blocks=True,
+    finalize=finalize,  # bidi controls in user text are shown, not obeyed
 )
 
 env.filters.update(num=fmt_num, usd=fmt_usd, ms=fmt_ms, time=fmt_time, ratio=fmt_ratio)

@@ -29,7 +29,7 @@ _M001_REQUEST_COLUMNS: dict[str, type] = {
     "provider": str,  # the provider that answered (last attempt)
     "model": str,  # the model that answered
     "status_code": int,
-    "outcome": str,  # ok | error | incomplete | client_abort
+    "outcome": str,  # ok | error | incomplete | client_abort | shutdown
     "attempts": int,
     "fallback_used": int,  # 0/1
     "ttft_ms": float,
