@@ -19,6 +19,8 @@ notes ``mitmproxy.md`` appendix):
   thread: it parses and serializes bodies of up to megabytes), parked in the
   relay under a one-shot id, and the flow is pointed at the relay. Any bug of ours leaves the
   flow untouched, so the IDE's request still reaches its original host, and is logged.
+- ``request`` also refuses a WebSocket upgrade on ``/v1/responses`` of an intercepted host at
+  once (426, :mod:`.routing.websocket`): Codex then falls back to ``POST /v1/responses``.
 - ``responseheaders``: relay answers are streamed (``flow.response.stream = True``), never
   buffered.
 - ``done``: stops the relay and flushes the writer.
@@ -42,6 +44,7 @@ from kimi_intercept.config.settings import Config, ConfigError, allow_hosts_patt
 from kimi_intercept.relay.server import ROUTE_HEADER, Relay
 from kimi_intercept.routing.conversations import ConversationTracker
 from kimi_intercept.routing.plan import plan_route
+from kimi_intercept.routing.websocket import REFUSAL_STATUS, is_responses_websocket, refusal_body
 from kimi_intercept.sanitizer.prepare import Preparer
 from kimi_intercept.storage import StoreWriter, prune_on_start, spool_path
 
@@ -153,7 +156,15 @@ class KimiIntercept:
     async def _route(self, flow: http.HTTPFlow) -> None:
         assert self.relay is not None and self.cfg is not None
         req = flow.request
-        if req.content is None or req.pretty_host not in self.cfg.hosts:
+        if req.pretty_host not in self.cfg.hosts:
+            return
+        if is_responses_websocket(req.method, req.path, req.headers.items(multi=True)):
+            log.info("kimi-intercept: refused a Responses WebSocket upgrade (%s)", req.pretty_url)
+            flow.response = http.Response.make(
+                REFUSAL_STATUS, refusal_body(), {"content-type": "application/json"}
+            )
+            return
+        if req.content is None:
             return
         peer = flow.client_conn.peername
         # Planning parses, translates and serializes bodies of up to megabytes (~7-9 ms for

@@ -163,6 +163,9 @@ class Relay:
             return await self._count_tokens(plan)
         attempts: list[dict[str, Any]] = []
         result = Outcome()
+        if plan.refused is not None:  # input the hub cannot carry: the client's own 400
+            self._spawn(self._finish(plan, attempts, result))
+            return self._refuse(plan, plan.refused, result)
         if plan.kind == "reroute":
             await asyncio.to_thread(self.preparer.prepare, plan)
         mirrored = (
@@ -349,6 +352,17 @@ class Relay:
             headers["retry-after"] = str(max(1, round(last.retry_after_s)))
         body = error_json(plan.dialect, status, message, code)
         return web.json_response(body, status=status, headers=headers)
+
+    def _refuse(self, plan: RoutePlan, why: Any, r: Outcome) -> web.Response:
+        """A 400 in the client's dialect for a request that cannot be translated
+        (:class:`~kimi_intercept.dialects.DialectError`: message, code, param)."""
+        message, code = str(why), getattr(why, "code", None) or "invalid_request"
+        r.status, r.outcome, r.error = 400, "error", message
+        log.warning("kimi-intercept: refused a %s request: %s", plan.dialect, message)
+        body = error_json(plan.dialect, 400, message, code)
+        if getattr(why, "param", None) and isinstance(body.get("error"), dict):
+            body["error"]["param"] = why.param
+        return web.json_response(body, status=400)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

@@ -4,13 +4,17 @@ Pure functions over the request's parts; the addon feeds them, the relay execute
 
 A request is *routed* when its host is intercepted and it is an LLM call in one of the dialects
 (:func:`detect_dialect`: OpenAI chat completions, https://platform.openai.com/docs/api-reference/chat/create;
-Anthropic Messages; Gemini generateContent). It is then either
+Anthropic Messages; Gemini generateContent; OpenAI's Responses API). It is then either
 
 - ``reroute``: sent to ``[routing] primary`` with the provider's key and model, then to the
   fallbacks in order (the upstream requests themselves: :mod:`.targets`); or
 - ``passthrough`` (the ``100 - share`` percent of conversations): sent to the original URL
   with the client's own headers, unchanged, and counted;
-- ``count_tokens``: Anthropic's ``/v1/messages/count_tokens``, answered locally.
+- ``count_tokens``: Anthropic's ``/v1/messages/count_tokens``, answered locally;
+
+A rerouted Responses API request the hub cannot carry (an unknown ``previous_response_id``, a
+built-in tool …) keeps ``reroute`` with ``refused`` set: the relay answers it at once with a
+400 in its dialect, and records the row.
 
 Everything else (other paths, a body that is not a JSON object) is left to mitmproxy untouched.
 """
@@ -64,6 +68,7 @@ class RoutePlan:
     dialect: str = "openai"  # the client's: openai | anthropic | gemini
     received: float = field(default_factory=time.time)
     prompt_tokens_estimate: int | None = None  # tiktoken count, filled in only when needed
+    refused: DialectError | None = None  # answered with a 400: why (message, code, param)
 
 
 def client_name(user_agent: str | None) -> str | None:
@@ -203,7 +208,7 @@ def detect_dialect(method: str, path: str) -> tuple[str, str | None, bool | None
     ``openai``: ``POST …/chat/completions``; ``anthropic``: ``POST …/v1/messages``
     (``anthropic_count``: ``…/v1/messages/count_tokens``,
     https://docs.claude.com/en/api/messages-count-tokens); ``responses``: ``POST …/v1/responses``
-    (OpenAI's Responses API: passed through and counted, never rerouted); ``gemini``: ``POST
+    (OpenAI's Responses API, :mod:`kimi_intercept.dialects.responses`); ``gemini``: ``POST
     …/models/{model}:generateContent`` or ``:streamGenerateContent``
     (https://ai.google.dev/api/generate-content), whose model and streaming live in the path
     (streaming only as SSE, ``?alt=sse``; the JSON-array stream is left untouched).
@@ -266,13 +271,17 @@ def plan_route(
     model = native.get("model") if dialect != "gemini" else path_model
     client_model = model if isinstance(model, str) else None
     stream = path_stream if dialect == "gemini" else native.get("stream") is True
-    hub, hub_error = to_hub(dialect, native, client_model, bool(stream))
+    drop = cfg.responses_drop_builtin_tools
+    hub, hub_error = to_hub(dialect, native, client_model, bool(stream), drop_builtin_tools=drop)
     lower = [(k.lower(), v) for k, v in headers]
     ua = next((v for k, v in lower if k == "user-agent"), None)
     conversation = conversation_key(headers, hub or {})
     if roll is None:
         roll = share_roll(conversation)
-    reroute = (roll < cfg.routing.share or dialect == "anthropic_count") and dialect != "responses"
+    reroute = roll < cfg.routing.share or dialect == "anthropic_count"
+    refused = hub_error if reroute and isinstance(hub_error, DialectError) else None
+    if refused is not None and dialect != "responses":
+        refused = None  # other dialects: every target is skipped with the reason, as before
     if dialect == "anthropic_count":
         targets: list[Target] = []  # answered by the relay itself, with a local count
     elif reroute:
@@ -317,6 +326,7 @@ def plan_route(
         native=native,
         rebuild=rebuild,
         dialect="anthropic" if dialect == "anthropic_count" else dialect,
+        refused=refused,
     )
 
 
@@ -363,13 +373,30 @@ def _facts(
 
 
 def to_hub(
-    dialect: str, native: dict[str, Any], model: str | None, stream: bool
-) -> tuple[dict[str, Any] | None, str | None]:
-    """The request in the OpenAI hub dialect, or ``(None, why)`` when it cannot be translated."""
+    dialect: str,
+    native: dict[str, Any],
+    model: str | None,
+    stream: bool,
+    *,
+    drop_builtin_tools: bool = False,
+) -> tuple[dict[str, Any] | None, Any]:
+    """The request in the OpenAI hub dialect, or ``(None, why)`` when it cannot be translated
+    (``why`` a message; for the Responses API the :class:`DialectError` itself, whose ``str``
+    is the message). ``drop_builtin_tools``: ``[dialects.responses] drop_builtin_tools``."""
     if dialect == "openai":
         return native, None
     if dialect == "responses":
-        return None, "the Responses API is only passed through"
+        from kimi_intercept.dialects import responses
+
+        try:
+            hub = responses.to_openai_request(
+                native, model=model, drop_builtin_tools=drop_builtin_tools
+            )
+            return hub, None
+        except DialectError as e:
+            return None, e
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            return None, DialectError(f"cannot translate the Responses API request: {e}")
     try:
         if dialect in ("anthropic", "anthropic_count"):
             from kimi_intercept.dialects import anthropic
