@@ -60,8 +60,10 @@ class StreamTranslator:
     ``response.reasoning_summary_part.added``), streams (``response.output_text.delta``,
     ``response.function_call_arguments.delta``, ``response.reasoning_summary_text.delta``) and
     is closed (``….done`` and ``response.output_item.done``) when another item starts or the
-    answer finishes. ``response.completed`` (or ``response.incomplete``) with ``usage`` waits
-    for the provider's usage (after ``finish_reason``) or ``[DONE]`` / :meth:`finish`. Every
+    answer finishes. ``response.completed`` (or ``response.incomplete``) with ``usage`` is sent
+    on the provider's ``[DONE]`` (or :meth:`finish`): usage may come after ``finish_reason``,
+    and Codex closes the connection as soon as it reads ``response.completed``, so it must not
+    arrive before the provider's stream has ended. Every
     event carries ``sequence_number`` from 0. Tool-call deltas without ``index`` (Moonshot) go
     to the call with their ``id``, else the latest call.
     """
@@ -163,8 +165,6 @@ class StreamTranslator:
         for holder in (obj, _dict(obj.get("x_groq"))):
             if isinstance(holder.get("usage"), dict):
                 self._usage = usage_from_openai(holder["usage"])
-        if self._usage is not None and self._reason is not None:
-            out += self._final()
         return out
 
     def _delta(self, kind: str, text: str) -> bytes:

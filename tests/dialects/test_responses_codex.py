@@ -1,0 +1,88 @@
+"""The real Codex CLI (npm `@openai/codex`) through the proxy, answered by a chat-completions
+Kimi fake that first asks for a shell command (Codex's ``exec_command`` tool) and then answers.
+
+Runs only when a `codex` binary is given: ``KIMI_TEST_CODEX=/path/to/node_modules/.bin/codex``
+(``npm install @openai/codex`` in any folder; measured with 0.171.0). Started as the shared
+notes say (``clients.md``): ``OPENAI_API_KEY``, ``HTTPS_PROXY``, ``CODEX_HOME`` and
+``CODEX_CA_CERTIFICATE`` = the mitm CA. Codex sends ``web_search`` and a ``namespace`` tool,
+so the config drops built-in tools.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from proxyproc import wait_rows
+
+from kimi_intercept.commands.simulator import Reply
+
+CODEX = os.environ.get("KIMI_TEST_CODEX", "")
+WIRE = Path(__file__).resolve().parents[1] / "wire" / "documented"
+
+pytestmark = pytest.mark.skipif(
+    not (CODEX and Path(CODEX).exists()),
+    reason="set KIMI_TEST_CODEX to a codex binary to run the real Codex test",
+)
+
+
+def shell_call_stream(command: str) -> bytes:
+    """Moonshot's documented tool-call stream, calling Codex's ``exec_command`` instead."""
+    raw = (WIRE / "moonshot_tool_calls_stream.sse").read_text()
+    args = json.dumps(json.dumps({"cmd": command}))[1:-1]  # as it sits inside the JSON string
+    raw = raw.replace('"name":"get_weather"', '"name":"exec_command"')
+    return raw.replace('{\\"city\\": \\"Paris\\"}', args).encode()
+
+
+def test_codex_exec_runs_a_shell_call_and_prints_the_answer(tmp_path, fake_upstream, start_proxy):
+    kimi = fake_upstream()
+    kimi.enqueue(
+        Reply.sse_file(shell_call_stream("echo kimi-$((6*7))"), gap_s=0.01),
+        Reply.sse_file((WIRE / "moonshot_stream.sse").read_bytes()),
+    )
+    db = tmp_path / "kimi.db"
+    proxy = start_proxy(f"""
+[intercept]
+hosts = ["api.openai.com"]
+[routing]
+primary = "kimi"
+fallbacks = []
+max_retries = 0
+[storage]
+database = "{db}"
+[dialects.responses]
+drop_builtin_tools = true
+[providers.kimi]
+base_url = "{kimi.url}/v1"
+api_key = "${{MOONSHOT_API_KEY}}"
+model = "kimi-k2.6"
+""")
+    home, work = tmp_path / "codex-home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env.update(
+        OPENAI_API_KEY="sk-client-codex", HTTPS_PROXY=proxy.proxy_url, HOME=str(tmp_path),
+        CODEX_HOME=str(home), CODEX_CA_CERTIFICATE=str(proxy.ca_path),
+    )  # fmt: skip
+    done = subprocess.run(
+        [CODEX, "exec", "--skip-git-repo-check", "-s", "danger-full-access", "-m", "gpt-5.1",
+         "Print 6*7 with the shell."],
+        env=env, capture_output=True, text=True, timeout=120, cwd=work, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == "OK"
+    first, second = kimi.received
+    assert first.path == "/v1/chat/completions"
+    assert "exec_command" in [t["function"]["name"] for t in first.json["tools"]]
+    tool_output = [m for m in second.json["messages"] if m["role"] == "tool"]
+    assert len(tool_output) == 1 and "kimi-42" in tool_output[0]["content"]
+    assert "refused a Responses WebSocket upgrade" in proxy.log_text()
+    a, b = wait_rows(db, 2)
+    assert [(r["dialect"], r["provider"], r["outcome"]) for r in (a, b)] == [
+        ("responses", "kimi", "ok"), ("responses", "kimi", "ok"),
+    ]  # fmt: skip
+    assert (a["prompt_tokens"], a["completion_tokens"]) == (213, 99)
+    assert (b["prompt_tokens"], b["completion_tokens"]) == (90, 50)
