@@ -251,7 +251,12 @@ class StreamTranslator:
         else:
             done = call_item(item["id"], item["call_id"], item["name"], text)
             out = self._emit(
-                {"type": "response.function_call_arguments.done", **where, "arguments": text}
+                {
+                    "type": "response.function_call_arguments.done",
+                    **where,
+                    "name": item["name"],
+                    "arguments": text,
+                }
             )
         out += self._emit(
             {"type": "response.output_item.done", "item": done, "output_index": len(self._output)}

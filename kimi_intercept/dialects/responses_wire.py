@@ -30,14 +30,18 @@ def _dict(v: Any) -> dict[str, Any]:
 
 def response_usage(usage: Usage | None) -> dict[str, Any] | None:
     """Hub usage as the Responses ``usage`` object: ``input_tokens`` (cached included),
-    ``input_tokens_details.cached_tokens``, ``output_tokens`` (reasoning included),
-    ``output_tokens_details.reasoning_tokens``, ``total_tokens``; counts not reported are 0."""
+    ``input_tokens_details.cached_tokens`` (and ``cache_write_tokens``), ``output_tokens``
+    (reasoning included), ``output_tokens_details.reasoning_tokens``, ``total_tokens``; counts
+    not reported are 0."""
     if usage is None:
         return None
     inp, out = usage.prompt_tokens or 0, usage.completion_tokens or 0
     return {
         "input_tokens": inp,
-        "input_tokens_details": {"cached_tokens": usage.cached_tokens or 0},
+        "input_tokens_details": {
+            "cached_tokens": usage.cached_tokens or 0,
+            "cache_write_tokens": usage.cache_write_tokens or 0,
+        },
         "output_tokens": out,
         "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens or 0},
         "total_tokens": inp + out,
