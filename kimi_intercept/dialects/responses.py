@@ -14,7 +14,9 @@ as text and ``input_image`` (URL or data URL) as ``image_url``; ``function_call`
 → a ``tool`` message; ``reasoning`` items → ``reasoning_content`` of the next assistant
 message (summary and reasoning text; ``encrypted_content`` dropped). ``previous_response_id``
 → the stored items of that response first (:mod:`.responses_store`; unknown or expired: the
-API's own 400 ``previous_response_not_found``). ``tools`` of type ``function`` → functions;
+API's own 400 ``previous_response_not_found``). ``tools`` of type ``function`` → functions,
+and the functions inside a ``namespace`` tool (Codex's sub-agent tools) → functions named
+``<namespace>__<name>``, given back as ``name`` + ``namespace`` in the answer;
 ``tool_choice`` auto/none/required/a function; ``text.format`` ``json_schema``/``json_object``
 → ``response_format``; ``max_output_tokens`` → ``max_tokens``; ``reasoning.effort``
 ``none``/``minimal`` → Kimi ``thinking: disabled``, any other effort → ``enabled``;
@@ -45,6 +47,7 @@ from kimi_intercept.dialects.responses_stream import (
     error_body,
     from_openai_response,
 )
+from kimi_intercept.dialects.responses_wire import NAMESPACE_SEP
 
 __all__ = [
     "BUILTIN_TOOLS",
@@ -141,10 +144,13 @@ def items_to_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             out.append({"role": role, "content": _content(item.get("content"), n, role)})
         elif kind == "function_call":
+            name = item.get("name")
+            if isinstance(item.get("namespace"), str) and isinstance(name, str):
+                name = item["namespace"] + NAMESPACE_SEP + name
             call = {
                 "id": item.get("call_id") or item.get("id"),
                 "type": "function",
-                "function": {"name": item.get("name"), "arguments": item.get("arguments") or ""},
+                "function": {"name": name, "arguments": item.get("arguments") or ""},
             }
             if not calls_open:
                 out.append({"role": "assistant", "content": None})
@@ -229,14 +235,16 @@ def _tools(tools: Any, drop: bool) -> list[dict[str, Any]]:
     for tool in tools if isinstance(tools, list) else []:
         tool = _dict(tool)
         kind = tool.get("type")
+        children = tool.get("tools") if isinstance(tool.get("tools"), list) else None
         if kind == "function":
-            fn = {"name": tool.get("name")}
-            if tool.get("description"):
-                fn["description"] = tool["description"]
-            fn["parameters"] = tool.get("parameters") or {"type": "object", "properties": {}}
-            if isinstance(tool.get("strict"), bool):
-                fn["strict"] = tool["strict"]
-            out.append({"type": "function", "function": fn})
+            out.append(_function(tool))
+            continue
+        if (
+            kind == "namespace"
+            and children
+            and all(_dict(t).get("type") == "function" for t in children)
+        ):
+            out += [_function(_dict(t), tool) for t in children]
             continue
         what = f"{kind!r}" + (f" ({tool['server_label']})" if tool.get("server_label") else "")
         if drop:
@@ -251,6 +259,23 @@ def _tools(tools: Any, drop: bool) -> list[dict[str, Any]]:
             param="tools",
         )
     return out
+
+
+def _function(tool: dict[str, Any], namespace: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A Responses function tool as a chat ``function``; inside a ``namespace`` tool its name
+    is ``<namespace>__<name>`` and the namespace's description comes first."""
+    name = tool.get("name")
+    described = [tool.get("description")]
+    if namespace is not None:
+        name = f"{namespace.get('name')}{NAMESPACE_SEP}{name}"
+        described.insert(0, namespace.get("description"))
+    fn: dict[str, Any] = {"name": name}
+    if any(isinstance(d, str) and d for d in described):
+        fn["description"] = "\n\n".join(d for d in described if isinstance(d, str) and d)
+    fn["parameters"] = tool.get("parameters") or {"type": "object", "properties": {}}
+    if isinstance(tool.get("strict"), bool):
+        fn["strict"] = tool["strict"]
+    return {"type": "function", "function": fn}
 
 
 def _tool_choice(choice: Any, drop: bool) -> str | dict[str, Any] | None:

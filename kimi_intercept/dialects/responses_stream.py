@@ -30,6 +30,7 @@ from kimi_intercept.dialects.responses_wire import (
     error_body,
     finish_status,
     message_item,
+    namespaced_names,
     new_id,
     reasoning_item,
     remember,
@@ -78,6 +79,7 @@ class StreamTranslator:
         self.model = model
         self._request = request
         self._inputs = _inputs(request)
+        self._namespaces = namespaced_names(request)
         self._parser = SSEParser()
         self._id = new_id("resp")
         self._created = int(time.time())
@@ -207,7 +209,9 @@ class StreamTranslator:
                 "type": "function_call", "id": new_id("fc"), "call_id": call_id,
                 "name": fn.get("name") if isinstance(fn.get("name"), str) else "", "text": [],
             }  # fmt: skip
-            added = call_item(item["id"], call_id, item["name"], "", status="in_progress")
+            added = call_item(
+                item["id"], call_id, item["name"], "", "in_progress", self._namespaces
+            )
             out += self._added(added)
         args = fn.get("arguments")
         if isinstance(args, str) and args and item is self._open:
@@ -249,12 +253,14 @@ class StreamTranslator:
                  "part": done["content"][0]}
             )  # fmt: skip
         else:
-            done = call_item(item["id"], item["call_id"], item["name"], text)
+            done = call_item(
+                item["id"], item["call_id"], item["name"], text, namespaces=self._namespaces
+            )
             out = self._emit(
                 {
                     "type": "response.function_call_arguments.done",
                     **where,
-                    "name": item["name"],
+                    "name": done["name"],
                     "arguments": text,
                 }
             )
@@ -295,6 +301,7 @@ def from_openai_response(
     choice = _dict(choices[0]) if choices else {}
     msg = _dict(choice.get("message"))
     output: list[dict[str, Any]] = []
+    namespaces = namespaced_names(request)
     if isinstance(msg.get("reasoning_content"), str) and msg["reasoning_content"]:
         output.append(reasoning_item(new_id("rs"), msg["reasoning_content"]))
     if isinstance(msg.get("content"), str) and msg["content"]:
@@ -304,7 +311,7 @@ def from_openai_response(
         call_id = call.get("id") if isinstance(call.get("id"), str) else new_id("call")
         name = fn.get("name") if isinstance(fn.get("name"), str) else ""
         args = fn.get("arguments") if isinstance(fn.get("arguments"), str) else ""
-        output.append(call_item(new_id("fc"), call_id, name, args))
+        output.append(call_item(new_id("fc"), call_id, name, args, namespaces=namespaces))
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else choice.get("usage")
     status, incomplete = finish_status(choice.get("finish_reason"))
     response_id = new_id("resp")

@@ -104,9 +104,16 @@ def message_item(item_id: str, text: str, status: str = "completed") -> dict[str
 
 
 def call_item(
-    item_id: str, call_id: str, name: str, arguments: str, status: str = "completed"
+    item_id: str,
+    call_id: str,
+    name: str,
+    arguments: str,
+    status: str = "completed",
+    namespaces: dict[str, tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
-    return {
+    """A ``function_call`` item; a hub name in ``namespaces`` (:func:`namespaced_names`) is
+    given back as the client's ``name`` plus ``namespace``."""
+    item = {
         "id": item_id,
         "type": "function_call",
         "status": status,
@@ -114,6 +121,28 @@ def call_item(
         "call_id": call_id,
         "name": name,
     }
+    if namespaces and name in namespaces:
+        item["namespace"], item["name"] = namespaces[name]
+    return item
+
+
+#: Between a namespace and a function name in the flat name the hub sees.
+NAMESPACE_SEP = "__"
+
+
+def namespaced_names(request: dict[str, Any] | None) -> dict[str, tuple[str, str]]:
+    """``{"multi_agent_v1__spawn_agent": ("multi_agent_v1", "spawn_agent"), …}`` for the
+    function tools inside the request's ``namespace`` tools (Codex groups its sub-agent tools
+    so); the hub sees each under the flat name."""
+    out: dict[str, tuple[str, str]] = {}
+    for tool in _dict(request).get("tools") or []:
+        tool = _dict(tool)
+        if tool.get("type") != "namespace" or not isinstance(tool.get("name"), str):
+            continue
+        for child in map(_dict, tool.get("tools") or []):
+            if isinstance(child.get("name"), str):
+                out[tool["name"] + NAMESPACE_SEP + child["name"]] = (tool["name"], child["name"])
+    return out
 
 
 def reasoning_item(item_id: str, text: str | None) -> dict[str, Any]:

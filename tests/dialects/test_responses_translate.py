@@ -202,3 +202,22 @@ def test_length_finish_is_incomplete():
     assert (answer.status, answer.incomplete_details.reason, answer.output_text) == (
         "incomplete", "max_output_tokens", "Once upon",
     )  # fmt: skip
+
+
+def test_namespace_tools_are_flattened_and_calls_given_back_with_their_namespace():
+    ns = {"type": "namespace", "name": "multi_agent_v1", "description": "Sub-agents.",
+          "tools": [{"type": "function", "name": "spawn_agent", "description": "Spawn one.",
+                     "parameters": {"type": "object"}}]}  # fmt: skip
+    request = {"model": "m", "tools": [ns], "input": [
+        {"type": "function_call", "namespace": "multi_agent_v1", "name": "spawn_agent",
+         "call_id": "c1", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "agent 7"},
+    ]}  # fmt: skip
+    hub = to_openai_request(request, model=None, store=ResponseStore())
+    assert hub["tools"] == [{"type": "function", "function": {
+        "name": "multi_agent_v1__spawn_agent", "description": "Sub-agents.\n\nSpawn one.",
+        "parameters": {"type": "object"}}}]  # fmt: skip
+    assert hub["messages"][0]["tool_calls"][0]["function"]["name"] == "multi_agent_v1__spawn_agent"
+    raw = TOOL_STREAM.replace(b'"name":"get_weather"', b'"name":"multi_agent_v1__spawn_agent"')
+    final = events(translate(raw, request))[-1]["response"]["output"][-1]
+    assert (final["namespace"], final["name"]) == ("multi_agent_v1", "spawn_agent")
