@@ -12,11 +12,13 @@ import ssl
 from pathlib import Path
 
 import aiohttp
+import httpx
 import openai
 import pytest
 from proxyproc import rows, wait_rows
 
 from kimi_intercept.commands.simulator import Reply, kimi_completion
+from kimi_intercept.routing.websocket import is_responses_websocket, refusal_body
 
 WIRE = Path(__file__).resolve().parents[1] / "wire"
 TOOL_STREAM = (WIRE / "documented" / "moonshot_tool_calls_stream.sse").read_bytes()
@@ -210,3 +212,29 @@ def test_websocket_upgrade_on_responses_is_refused_at_once(proxied, tmp_path):
     assert asyncio.run(asyncio.wait_for(connect(), 20)) == 426
     assert kimi.received == []
     assert rows(db, "requests") == []
+
+
+def test_a_stream_broken_mid_answer_ends_with_response_failed(proxied):
+    kimi, _, client, db = proxied()
+    reply = Reply.sse_file(KIMI_STREAM, gap_s=0.05)
+    reply.abort_after_chunks = 5  # after the first text delta, no finish and no usage
+    kimi.enqueue(reply)
+    seen = []
+    with pytest.raises((openai.APIError, httpx.HTTPError)):
+        for event in client.responses.create(model="gpt-5", input="hi", stream=True):
+            seen.append(event)
+    kinds = [e.type for e in seen]
+    assert "response.output_text.delta" in kinds and kinds[-2:] == ["error", "response.failed"]
+    assert seen[-1].response.status == "failed" and seen[-1].response.error.code
+    [row] = wait_rows(db, 1)
+    assert (row["dialect"], row["outcome"]) == ("responses", "incomplete")
+
+
+def test_only_a_websocket_upgrade_of_the_responses_endpoint_is_refused():
+    upgrade = [("Upgrade", "websocket"), ("Connection", "Upgrade")]
+    assert is_responses_websocket("GET", "/v1/responses", upgrade)
+    assert is_responses_websocket("GET", "/v1/responses?x=1", upgrade)
+    assert not is_responses_websocket("GET", "/v1/responses", [])
+    assert not is_responses_websocket("GET", "/v1/responses/resp_1", upgrade)
+    assert not is_responses_websocket("POST", "/v1/responses", upgrade)
+    assert json.loads(refusal_body())["error"]["code"] == "websocket_not_supported"
