@@ -14,9 +14,12 @@ as text and ``input_image`` (URL or data URL) as ``image_url``; ``function_call`
 → a ``tool`` message; ``reasoning`` items → ``reasoning_content`` of the next assistant
 message (summary and reasoning text; ``encrypted_content`` dropped). ``previous_response_id``
 → the stored items of that response first (:mod:`.responses_store`; unknown or expired: the
-API's own 400 ``previous_response_not_found``). ``tools`` of type ``function`` → functions,
-and the functions inside a ``namespace`` tool (Codex's sub-agent tools) → functions named
-``<namespace>__<name>``, given back as ``name`` + ``namespace`` in the answer;
+API's own 400 ``previous_response_not_found``). ``tools`` (and those of ``additional_tools``
+input items, as Codex's code mode sends them) of type ``function`` → functions; ``custom``
+(free-form text) → a function taking ``{"input": str}``, answered back as a
+``custom_tool_call``; the tools inside a ``namespace`` tool → functions named
+``<namespace>__<name>``, answered back as ``name`` + ``namespace``; ``configuration_update``
+items are skipped;
 ``tool_choice`` auto/none/required/a function; ``text.format`` ``json_schema``/``json_object``
 → ``response_format``; ``max_output_tokens`` → ``max_tokens``; ``reasoning.effort``
 ``none``/``minimal`` → Kimi ``thinking: disabled``, any other effort → ``enabled``;
@@ -47,7 +50,7 @@ from kimi_intercept.dialects.responses_stream import (
     error_body,
     from_openai_response,
 )
-from kimi_intercept.dialects.responses_wire import NAMESPACE_SEP
+from kimi_intercept.dialects.responses_wire import NAMESPACE_SEP, request_tools
 
 __all__ = [
     "BUILTIN_TOOLS",
@@ -93,7 +96,8 @@ def to_openai_request(
     messages: list[dict[str, Any]] = []
     if isinstance(body.get("instructions"), str) and body["instructions"]:
         messages.append({"role": "system", "content": body["instructions"]})
-    messages += items_to_messages(expand_input(body, store))
+    items = expand_input(body, store)
+    messages += items_to_messages(items)
     if not messages:
         raise DialectError("the request has no input", param="input")
     out: dict[str, Any] = {"model": model, "messages": messages}
@@ -102,7 +106,7 @@ def to_openai_request(
             out[key] = body[key]
     if isinstance(body.get("max_output_tokens"), int):
         out["max_tokens"] = body["max_output_tokens"]
-    tools = _tools(body.get("tools"), drop_builtin_tools)
+    tools = _tools(request_tools(body, items), drop_builtin_tools)
     if tools:
         out["tools"] = tools
         choice = _tool_choice(body.get("tool_choice"), drop_builtin_tools)
@@ -143,14 +147,16 @@ def items_to_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 calls_open = True
                 continue
             out.append({"role": role, "content": _content(item.get("content"), n, role)})
-        elif kind == "function_call":
+        elif kind in ("additional_tools", "configuration_update"):
+            continue  # tools (read by to_openai_request) and Codex's settings: not messages
+        elif kind in ("function_call", "custom_tool_call"):
             name = item.get("name")
             if isinstance(item.get("namespace"), str) and isinstance(name, str):
                 name = item["namespace"] + NAMESPACE_SEP + name
             call = {
                 "id": item.get("call_id") or item.get("id"),
                 "type": "function",
-                "function": {"name": name, "arguments": item.get("arguments") or ""},
+                "function": {"name": name, "arguments": _arguments(item)},
             }
             if not calls_open:
                 out.append({"role": "assistant", "content": None})
@@ -162,7 +168,7 @@ def items_to_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 reasoning = []
             out[-1].setdefault("tool_calls", []).append(call)
             continue
-        elif kind == "function_call_output":
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             output = item.get("output")
             if isinstance(output, list):
                 output = "".join(_part_text(p) for p in output if isinstance(p, dict))
@@ -184,6 +190,13 @@ def items_to_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             raise DialectError(f"input[{n}] has type {kind!r}, which cannot be sent as chat")
         calls_open = False
     return out
+
+
+def _arguments(item: dict[str, Any]) -> str:
+    """A call's arguments for the hub: a custom tool's raw ``input`` as ``{"input": …}``."""
+    if item.get("type") == "custom_tool_call":
+        return json.dumps({"input": item.get("input") or ""}, ensure_ascii=False)
+    return item.get("arguments") or ""
 
 
 def _part_text(part: dict[str, Any]) -> str:
@@ -236,13 +249,14 @@ def _tools(tools: Any, drop: bool) -> list[dict[str, Any]]:
         tool = _dict(tool)
         kind = tool.get("type")
         children = tool.get("tools") if isinstance(tool.get("tools"), list) else None
-        if kind == "function":
+        if kind in ("function", "custom"):
             out.append(_function(tool))
             continue
+        callable_ = ("function", "custom")
         if (
             kind == "namespace"
             and children
-            and all(_dict(t).get("type") == "function" for t in children)
+            and all(_dict(t).get("type") in callable_ for t in children)
         ):
             out += [_function(_dict(t), tool) for t in children]
             continue
@@ -272,6 +286,14 @@ def _function(tool: dict[str, Any], namespace: dict[str, Any] | None = None) -> 
     fn: dict[str, Any] = {"name": name}
     if any(isinstance(d, str) and d for d in described):
         fn["description"] = "\n\n".join(d for d in described if isinstance(d, str) and d)
+    if tool.get("type") == "custom":  # free-form text (e.g. a grammar): one string argument
+        fmt = _dict(tool.get("format"))
+        about = "The tool's whole input, as raw text"
+        if fmt.get("type") == "grammar" and isinstance(fmt.get("definition"), str):
+            about += f" in this {fmt.get('syntax', '')} grammar:\n{fmt['definition']}"
+        text = {"type": "string", "description": about}
+        fn["parameters"] = {"type": "object", "properties": {"input": text}, "required": ["input"]}
+        return {"type": "function", "function": fn}
     fn["parameters"] = tool.get("parameters") or {"type": "object", "properties": {}}
     if isinstance(tool.get("strict"), bool):
         fn["strict"] = tool["strict"]

@@ -30,13 +30,14 @@ from kimi_intercept.dialects.responses_wire import (
     error_body,
     finish_status,
     message_item,
-    namespaced_names,
     new_id,
     reasoning_item,
     remember,
+    request_tools,
     response_object,
     response_usage,
     sse,
+    tool_names,
 )
 
 __all__ = ["StreamTranslator", "error_body", "from_openai_response"]
@@ -79,7 +80,7 @@ class StreamTranslator:
         self.model = model
         self._request = request
         self._inputs = _inputs(request)
-        self._namespaces = namespaced_names(request)
+        self._names = tool_names(request_tools(request, self._inputs))
         self._parser = SSEParser()
         self._id = new_id("resp")
         self._created = int(time.time())
@@ -209,12 +210,13 @@ class StreamTranslator:
                 "type": "function_call", "id": new_id("fc"), "call_id": call_id,
                 "name": fn.get("name") if isinstance(fn.get("name"), str) else "", "text": [],
             }  # fmt: skip
-            added = call_item(
-                item["id"], call_id, item["name"], "", "in_progress", self._namespaces
-            )
+            added = call_item(item["id"], call_id, item["name"], "", "in_progress", self._names)
+            item["custom"] = added["type"] == "custom_tool_call"
             out += self._added(added)
         args = fn.get("arguments")
-        if isinstance(args, str) and args and item is self._open:
+        if isinstance(args, str) and args and item is self._open and item["custom"]:
+            item["text"].append(args)  # sent whole when the call ends: the input is inside JSON
+        elif isinstance(args, str) and args and item is self._open:
             item["text"].append(args)
             out += self._emit(
                 {"type": "response.function_call_arguments.delta", "item_id": item["id"],
@@ -253,17 +255,13 @@ class StreamTranslator:
                  "part": done["content"][0]}
             )  # fmt: skip
         else:
-            done = call_item(
-                item["id"], item["call_id"], item["name"], text, namespaces=self._namespaces
-            )
-            out = self._emit(
-                {
-                    "type": "response.function_call_arguments.done",
-                    **where,
-                    "name": done["name"],
-                    "arguments": text,
-                }
-            )
+            done = call_item(item["id"], item["call_id"], item["name"], text, names=self._names)
+            if item["custom"]:
+                event = {"type": "response.custom_tool_call_input.done", "input": done["input"]}
+            else:
+                event = {"type": "response.function_call_arguments.done", "name": done["name"]}
+                event["arguments"] = text
+            out = self._emit({**event, **where})
         out += self._emit(
             {"type": "response.output_item.done", "item": done, "output_index": len(self._output)}
         )
@@ -301,7 +299,7 @@ def from_openai_response(
     choice = _dict(choices[0]) if choices else {}
     msg = _dict(choice.get("message"))
     output: list[dict[str, Any]] = []
-    namespaces = namespaced_names(request)
+    names = tool_names(request_tools(request, _inputs(request)))
     if isinstance(msg.get("reasoning_content"), str) and msg["reasoning_content"]:
         output.append(reasoning_item(new_id("rs"), msg["reasoning_content"]))
     if isinstance(msg.get("content"), str) and msg["content"]:
@@ -311,7 +309,7 @@ def from_openai_response(
         call_id = call.get("id") if isinstance(call.get("id"), str) else new_id("call")
         name = fn.get("name") if isinstance(fn.get("name"), str) else ""
         args = fn.get("arguments") if isinstance(fn.get("arguments"), str) else ""
-        output.append(call_item(new_id("fc"), call_id, name, args, namespaces=namespaces))
+        output.append(call_item(new_id("fc"), call_id, name, args, names=names))
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else choice.get("usage")
     status, incomplete = finish_status(choice.get("finish_reason"))
     response_id = new_id("resp")

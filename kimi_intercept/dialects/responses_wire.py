@@ -109,39 +109,63 @@ def call_item(
     name: str,
     arguments: str,
     status: str = "completed",
-    namespaces: dict[str, tuple[str, str]] | None = None,
+    names: dict[str, tuple[str | None, str, str]] | None = None,
 ) -> dict[str, Any]:
-    """A ``function_call`` item; a hub name in ``namespaces`` (:func:`namespaced_names`) is
+    """A ``function_call`` item, or a ``custom_tool_call`` (``input`` = the ``input`` argument
+    the hub's function got) for a custom tool; a hub name in ``names`` (:func:`tool_names`) is
     given back as the client's ``name`` plus ``namespace``."""
-    item = {
-        "id": item_id,
-        "type": "function_call",
-        "status": status,
-        "arguments": arguments,
-        "call_id": call_id,
-        "name": name,
-    }
-    if namespaces and name in namespaces:
-        item["namespace"], item["name"] = namespaces[name]
+    namespace, client_name, kind = (names or {}).get(name, (None, name, "function"))
+    item: dict[str, Any] = {"id": item_id, "type": "function_call", "status": status}
+    if kind == "custom":
+        item.update(type="custom_tool_call", input=custom_input(arguments) if arguments else "")
+    else:
+        item["arguments"] = arguments
+    item.update(call_id=call_id, name=client_name)
+    if namespace is not None:
+        item["namespace"] = namespace
     return item
+
+
+def custom_input(arguments: str) -> str:
+    """The raw input of a custom tool call from the hub's ``{"input": …}`` arguments (the text
+    itself when they are not that JSON)."""
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        return arguments
+    got = value.get("input") if isinstance(value, dict) else None
+    return got if isinstance(got, str) else arguments
 
 
 #: Between a namespace and a function name in the flat name the hub sees.
 NAMESPACE_SEP = "__"
 
 
-def namespaced_names(request: dict[str, Any] | None) -> dict[str, tuple[str, str]]:
-    """``{"multi_agent_v1__spawn_agent": ("multi_agent_v1", "spawn_agent"), …}`` for the
-    function tools inside the request's ``namespace`` tools (Codex groups its sub-agent tools
-    so); the hub sees each under the flat name."""
-    out: dict[str, tuple[str, str]] = {}
-    for tool in _dict(request).get("tools") or []:
-        tool = _dict(tool)
+def request_tools(body: dict[str, Any] | None, items: list[dict[str, Any]] | None) -> list[Any]:
+    """The request's ``tools`` plus those of its ``additional_tools`` input items (Codex's
+    code mode sends its tools so)."""
+    tools = list(_dict(body).get("tools") or [])
+    for item in items or []:
+        if _dict(item).get("type") == "additional_tools":
+            tools += item.get("tools") or []
+    return tools
+
+
+def tool_names(tools: list[Any]) -> dict[str, tuple[str | None, str, str]]:
+    """``hub name -> (namespace or None, client name, "function" | "custom")`` for the tools
+    the hub sees under another name or kind: the tools inside ``namespace`` tools (flat name
+    ``<namespace>__<name>``) and ``custom`` tools (a function taking ``{"input": str}``)."""
+    out: dict[str, tuple[str | None, str, str]] = {}
+    for tool in map(_dict, tools):
+        if tool.get("type") == "custom" and isinstance(tool.get("name"), str):
+            out[tool["name"]] = (None, tool["name"], "custom")
         if tool.get("type") != "namespace" or not isinstance(tool.get("name"), str):
             continue
         for child in map(_dict, tool.get("tools") or []):
             if isinstance(child.get("name"), str):
-                out[tool["name"] + NAMESPACE_SEP + child["name"]] = (tool["name"], child["name"])
+                kind = "custom" if child.get("type") == "custom" else "function"
+                flat = tool["name"] + NAMESPACE_SEP + child["name"]
+                out[flat] = (tool["name"], child["name"], kind)
     return out
 
 

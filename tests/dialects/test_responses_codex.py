@@ -29,18 +29,32 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def shell_call_stream(command: str) -> bytes:
-    """Moonshot's documented tool-call stream, calling Codex's ``exec_command`` instead."""
+def call_stream(name: str, arguments: dict) -> bytes:
+    """Moonshot's documented tool-call stream, calling ``name`` with ``arguments`` instead."""
     raw = (WIRE / "moonshot_tool_calls_stream.sse").read_text()
-    args = json.dumps(json.dumps({"cmd": command}))[1:-1]  # as it sits inside the JSON string
-    raw = raw.replace('"name":"get_weather"', '"name":"exec_command"')
+    args = json.dumps(json.dumps(arguments))[1:-1]  # as it sits inside the JSON string
+    raw = raw.replace('"name":"get_weather"', f'"name":"{name}"')
     return raw.replace('{\\"city\\": \\"Paris\\"}', args).encode()
 
 
-def test_codex_exec_runs_a_shell_call_and_prints_the_answer(tmp_path, fake_upstream, start_proxy):
+#: (model flag, the tool call Kimi makes): an explicit older model gets plain function tools
+#: (``exec_command``); Codex's default model runs in "code mode": one free-form ``exec`` tool
+#: (JavaScript, in the ``functions`` namespace of an ``additional_tools`` input item).
+MODES = {
+    "gpt-5.1": (["-m", "gpt-5.1"], "exec_command", {"cmd": "echo kimi-$((6*7))"}),
+    "default": ([], "functions__exec", {
+        "input": 'const r = await tools.exec_command({cmd: "echo kimi-$((6*7))"});\ntext(r);'}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_codex_exec_runs_a_shell_call_and_prints_the_answer(
+    mode, tmp_path, fake_upstream, start_proxy
+):
+    flags, tool, arguments = MODES[mode]
     kimi = fake_upstream()
     kimi.enqueue(
-        Reply.sse_file(shell_call_stream("echo kimi-$((6*7))"), gap_s=0.01),
+        Reply.sse_file(call_stream(tool, arguments), gap_s=0.01),
         Reply.sse_file((WIRE / "moonshot_stream.sse").read_bytes()),
     )
     db = tmp_path / "kimi.db"
@@ -68,7 +82,7 @@ model = "kimi-k2.6"
         CODEX_HOME=str(home), CODEX_CA_CERTIFICATE=str(proxy.ca_path),
     )  # fmt: skip
     done = subprocess.run(
-        [CODEX, "exec", "--skip-git-repo-check", "-s", "danger-full-access", "-m", "gpt-5.1",
+        [CODEX, "exec", "--skip-git-repo-check", "-s", "danger-full-access", *flags,
          "Print 6*7 with the shell."],
         env=env, capture_output=True, text=True, timeout=120, cwd=work, stdin=subprocess.DEVNULL,
     )  # fmt: skip
@@ -76,7 +90,7 @@ model = "kimi-k2.6"
     assert done.stdout.strip() == "OK"
     first, second = kimi.received
     assert first.path == "/v1/chat/completions"
-    assert "exec_command" in [t["function"]["name"] for t in first.json["tools"]]
+    assert tool in [t["function"]["name"] for t in first.json["tools"]]
     tool_output = [m for m in second.json["messages"] if m["role"] == "tool"]
     assert len(tool_output) == 1 and "kimi-42" in tool_output[0]["content"]
     # one WebSocket attempt, refused with 426, then straight to POST (no WebSocket retries)

@@ -221,3 +221,41 @@ def test_namespace_tools_are_flattened_and_calls_given_back_with_their_namespace
     raw = TOOL_STREAM.replace(b'"name":"get_weather"', b'"name":"multi_agent_v1__spawn_agent"')
     final = events(translate(raw, request))[-1]["response"]["output"][-1]
     assert (final["namespace"], final["name"]) == ("multi_agent_v1", "spawn_agent")
+
+
+def test_codex_code_mode_custom_tool_in_additional_tools_round_trips():
+    """Codex's default model sends its tools in an ``additional_tools`` input item: a
+    ``namespace`` holding a free-form ``custom`` tool; a ``configuration_update`` item too."""
+    exec_tool = {"type": "custom", "name": "exec", "description": "Run JavaScript.",
+                 "format": {"type": "text"}}  # fmt: skip
+    request = {"model": "m", "stream": True, "input": [
+        {"type": "additional_tools", "role": "developer", "tools": [
+            {"type": "namespace", "name": "functions", "description": "", "tools": [exec_tool]}]},
+        {"role": "user", "content": "list files"},
+        {"type": "custom_tool_call", "namespace": "functions", "name": "exec", "call_id": "c1",
+         "input": "ls()"},
+        {"type": "custom_tool_call_output", "call_id": "c1", "output": "a.txt"},
+        {"type": "configuration_update", "reasoning": {"effort": "low"}},
+    ]}  # fmt: skip
+    hub = to_openai_request(request, model=None, store=ResponseStore())
+    [tool] = hub["tools"]
+    assert tool["function"]["name"] == "functions__exec"
+    assert tool["function"]["parameters"]["required"] == ["input"]
+    assert hub["messages"] == [
+        {"role": "user", "content": "list files"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+         "function": {"name": "functions__exec", "arguments": '{"input": "ls()"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "a.txt"},
+    ]  # fmt: skip
+    args = json.dumps(json.dumps({"input": "await tools.exec_command({cmd: 'ls'})"}))[1:-1]
+    raw = TOOL_STREAM.replace(b'"name":"get_weather"', b'"name":"functions__exec"')
+    raw = raw.replace(b'{\\"city\\": \\"Paris\\"}', args.encode())
+    out = events(translate(raw, request))
+    [EVENT.validate_python(e) for e in out]
+    assert "response.function_call_arguments.delta" not in [e["type"] for e in out]
+    done = [e for e in out if e["type"] == "response.custom_tool_call_input.done"]
+    assert done[0]["input"] == "await tools.exec_command({cmd: 'ls'})"
+    call = out[-1]["response"]["output"][-1]
+    assert (call["type"], call["namespace"], call["name"], call["call_id"]) == (
+        "custom_tool_call", "functions", "exec", "get_weather_0",
+    )  # fmt: skip
