@@ -12,9 +12,23 @@ from pathlib import Path
 
 import openai
 import pytest
+from hypothesis import HealthCheck, settings
 from proxyproc import CLIENT_KEY, REPO, ProxyProcess, clean_env, start_proxy_process
 
 from kimi_intercept.commands.simulator import FakeUpstream
+
+# Property tests: a bounded run by default (each test a few seconds), and a long one on demand:
+# ``pytest --hypothesis-profile=fuzz tests/routing tests/dialects``.
+settings.register_profile(
+    "bounded",
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.register_profile(
+    "fuzz", max_examples=5000, deadline=None, suppress_health_check=list(HealthCheck)
+)
+settings.load_profile("bounded")
 
 # Variables that would send a test's own clients somewhere else, or change the openai SDK's target.
 _CLIENT_ENV_NOISE = (

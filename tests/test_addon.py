@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 
 import pytest
@@ -10,9 +12,9 @@ from mitmproxy import exceptions, http
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons, tflow, tutils
 
-from kimi_intercept import addon as addon_mod
 from kimi_intercept.addon import KimiIntercept
 from kimi_intercept.relay.server import ROUTE_HEADER, Relay
+from kimi_intercept.routing import unplanned as unplanned_mod
 
 
 def chat_flow(body: bytes = b'{"model": "gpt-4o", "messages": []}') -> http.HTTPFlow:
@@ -80,25 +82,83 @@ def test_error_before_the_relay_drops_the_parked_plan(configured):
     assert a.relay._routes == {}
 
 
-def test_our_bug_leaves_the_request_untouched_and_logs_it(configured, monkeypatch, caplog):
+def test_our_bug_answers_500_in_the_clients_dialect_and_records_it(configured, monkeypatch, caplog):
+    """A bug in planning never sends the request to its original host silently."""
     a, _ = configured
+    recorded = []
+    a.relay.record = lambda row, attempts, *extra: recorded.append(row)
 
     def broken(*args, **kwargs):
         raise RuntimeError("bug in the planner")
 
-    monkeypatch.setattr(addon_mod, "plan_route", broken)
+    monkeypatch.setattr(unplanned_mod, "plan_route", broken)
     f = chat_flow()
-    before = f.request.copy()
+
+    async def run():
+        await a.request(f)
+        await asyncio.gather(*a.relay._tasks)
+
     with caplog.at_level(logging.ERROR):
-        asyncio.run(a.request(f))
-    assert f.request.url == before.url and f.request.content == before.content
-    assert f.request.headers["authorization"] == "Bearer sk-client-secret"
-    assert "goes to its original host untouched" in caplog.text
+        asyncio.run(run())
+    assert f.response is not None and f.response.status_code == 500
+    assert json.loads(f.response.content) == {
+        "error": {
+            "message": "kimi-intercept could not handle this request (a bug; please report it): "
+            "RuntimeError: bug in the planner",
+            "type": "kimi_intercept_error",
+            "param": None,
+            "code": "internal_error",
+        }
+    }
+    [row] = recorded
+    assert (row["outcome"], row["status_code"], row["route"], row["dialect"]) == (
+        "error",
+        500,
+        "rejected",
+        "openai",
+    )
+    assert "RuntimeError: bug in the planner" in row["error"]
+    assert "bug in the planner" in caplog.text
 
 
-def test_non_json_body_is_left_for_mitmproxy(configured):
+def test_non_json_body_gets_a_400_and_a_row(configured):
     a, _ = configured
+    recorded = []
+    a.relay.record = lambda row, attempts, *extra: recorded.append(row)
     f = chat_flow(body=b"\x00\xffnot json")
-    asyncio.run(a.request(f))
+
+    async def run():
+        await a.request(f)
+        await asyncio.gather(*a.relay._tasks)
+
+    asyncio.run(run())
+    assert f.response.status_code == 400
+    assert json.loads(f.response.content)["error"]["message"].startswith(
+        "the request body is not JSON"
+    )
     assert f.request.host == "api.openai.com" and ROUTE_HEADER not in f.request.headers
+    [row] = recorded
+    assert (row["outcome"], row["status_code"]) == ("rejected", 400)
+
+
+def test_on_plan_error_passthrough_leaves_the_flow_and_records_it(configured):
+    a, _ = configured
+    a.cfg = dataclasses.replace(
+        a.cfg, routing=dataclasses.replace(a.cfg.routing, on_plan_error="passthrough")
+    )
+    recorded = []
+    a.relay.record = lambda row, attempts, *extra: recorded.append(row)
+    f = chat_flow(body=b"not json")
+
+    async def run():
+        await a.request(f)
+        assert f.response is None  # goes to its original host, as the user chose
+        f.response = tutils.tresp(status_code=200)
+        a.response(f)
+        await asyncio.gather(*a.relay._tasks)
+
+    asyncio.run(run())
     assert f.request.headers["authorization"] == "Bearer sk-client-secret"
+    [row] = recorded
+    assert (row["route"], row["outcome"], row["status_code"]) == ("passthrough", "ok", 200)
+    assert json.loads(row["details"])["plan_error"].startswith("the request body is not JSON")

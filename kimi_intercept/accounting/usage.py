@@ -40,7 +40,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kimi_intercept.accounting.counts import MAX_TOKEN_COUNT, count_problem, is_count
 from kimi_intercept.accounting.sse import SSEParser
+
+__all__ = ["MAX_TOKEN_COUNT", "count_problem", "is_count"]  # re-exported for the meters
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +61,8 @@ class Usage:
     provider's cache on this request: Anthropic's ``cache_creation_input_tokens``, of which
     ``cache_write_1h_tokens`` were written with the 1-hour TTL, the rest with the default
     5-minute one — https://docs.claude.com/en/docs/build-with-claude/prompt-caching).
+    ``problem`` says why the provider's object cannot be trusted (a count that is not an integer
+    in ``0 <= n < 2**53``); such usage is not recorded as the provider's (:func:`trusted`).
     """
 
     prompt_tokens: int | None = None
@@ -69,13 +74,37 @@ class Usage:
     #: The provider's own usage object when it had to be normalised (e.g. reasoning reported
     #: outside ``completion_tokens``), kept for the row's ``details``; ``None`` otherwise.
     raw: dict[str, Any] | None = field(default=None, compare=False)
+    problem: str | None = None
 
 
 def _count(value: Any) -> int | None:
-    """A token count: a non-negative JSON integer (not a bool), else ``None``."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
+    """``value`` if it is a token count (:func:`is_count`), else ``None``."""
+    return value if is_count(value) else None
+
+
+def trusted(usage: Usage | None) -> tuple[Usage | None, str | None]:
+    """``(usage, None)`` when ``usage`` can be recorded as the provider's, else ``(None, why)``:
+    it carried a :attr:`Usage.problem`, a count out of range (a sum of counts, say), or neither
+    a prompt nor a completion count. ``(None, None)`` for no usage at all."""
+    if usage is None:
+        return None, None
+    if usage.problem:
+        return None, usage.problem
+    counts = (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
+              usage.reasoning_tokens)  # fmt: skip
+    bad = next((n for n in counts if n is not None and not is_count(n)), None)
+    if bad is not None:
+        return None, f"a token count of {bad} is out of range"
+    if usage.prompt_tokens is None and usage.completion_tokens is None:
+        return None, "the usage object held no prompt or completion token count"
+    return usage, None
+
+
+_OPENAI_KEYS = (
+    "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens",
+    "prompt_cache_hit_tokens", "prompt_tokens_details.cached_tokens",
+    "completion_tokens_details.reasoning_tokens",
+)  # fmt: skip
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -92,7 +121,7 @@ def usage_from_openai(u: dict[str, Any]) -> Usage:
     ``{"prompt_tokens": 10, ..., "prompt_cache_hit_tokens": 0, "prompt_cache_miss_tokens": 10}``
     (DeepSeek). Cached tokens are taken from, in order, ``prompt_tokens_details.cached_tokens``,
     top-level ``cached_tokens``, ``prompt_cache_hit_tokens`` (the first that is an integer).
-    Missing or wrongly typed fields are ``None``; never raises.
+    Missing or wrongly typed fields are ``None`` (and ``problem`` says which); never raises.
     """
     u = _dict(u)
     cached = _count(_dict(u.get("prompt_tokens_details")).get("cached_tokens"))
@@ -120,6 +149,7 @@ def usage_from_openai(u: dict[str, Any]) -> Usage:
         cached_tokens=cached,
         reasoning_tokens=reasoning,
         raw=raw,
+        problem=count_problem(u, _OPENAI_KEYS),
     )
 
 

@@ -36,6 +36,8 @@ from kimi_intercept.commands.options import (
     writable_dir,
 )
 from kimi_intercept.commands.sanitizer_commands import compress, masked
+from kimi_intercept.commands.statusline import statusline_command
+from kimi_intercept.commands.top import top_command
 
 
 class _Group(click.Group):
@@ -65,6 +67,8 @@ main.add_command(masked)
 main.add_command(compress)
 for _command in (proxy, init, run, env, doctor):
     main.add_command(_command)
+main.add_command(statusline_command)
+main.add_command(top_command)
 
 
 @main.command()

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from kimi_intercept.commands.mitmdump import (
     LISTENING,
@@ -85,7 +86,10 @@ def locked(config: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def pid_alive(pid: int) -> bool:
+def pid_alive(pid: Any) -> bool:
+    """True when ``pid`` is a live process (ours or another user's)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

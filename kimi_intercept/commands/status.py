@@ -1,19 +1,21 @@
 """``kimi-intercept status``: each provider's state, from the running proxy or the database.
 
 The running proxy publishes its circuit breakers, cooldowns and rate limits to
-``<database>.status.json`` whenever they change (:meth:`.relay.Relay._publish_status`). When no
+``<database>.status.json`` whenever they change, with the calls in flight
+(:mod:`kimi_intercept.relay.live`). When no
 proxy is running, the last hour of ``attempts`` rows tells how each provider has been doing.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+
+from kimi_intercept.commands.proxyrecord import pid_alive
 
 
 def status_file_for(database: Path) -> Path:
@@ -27,7 +29,7 @@ def read_live(status_file: Path) -> dict[str, Any] | None:
         doc = json.loads(status_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(doc, dict) or not _alive(doc.get("pid")):
+    if not isinstance(doc, dict) or not pid_alive(doc.get("pid")):
         return None
     return doc
 
@@ -101,15 +103,3 @@ def render(status_file: Path, database: Path) -> Iterator[str]:
             f" {r['skipped'] or 0:>7}  {r['last_success'] or '–':<25}"
             f" {(r['last_error'] or '–')[:80]}"
         )
-
-
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -33,15 +33,28 @@ from kimi_intercept.config.dirs import default_database
 from kimi_intercept.config.env import env_refs, expand, redact
 from kimi_intercept.config.keys import suggestion, unknown_key_message
 from kimi_intercept.config.rules import ChainEntry, Rule, RuleError, parse_rules
+from kimi_intercept.config.values import (  # noqa: F401 (ConfigError: re-exported)
+    ConfigError,
+    _bool,
+    _choice,
+    _leaf,
+    _number,
+    _opt_int,
+    _opt_price,
+    _str,
+    _str_list,
+    _table,
+)
 
 DEFAULT_CONFIG_NAME = "default_config.toml"
 DIALECTS = ("openai", "anthropic", "gemini")
 
-# The keys each table may have. [sanitizer], [context], [prices], [import] declare theirs next to
-# their parsers (sanitizer, accounting, commands.importers); [[routing.rules]] in .rules.
+# The keys each table may have. [sanitizer], [context], [prices], [import], [budget] declare
+# theirs next to their parsers (sanitizer, accounting, commands.importers, .budget);
+# [[routing.rules]] in .rules.
 TABLES = (
     "intercept", "routing", "storage", "models", "providers",
-    "prices", "sanitizer", "context", "import", "proxy", "dialects",
+    "prices", "sanitizer", "context", "import", "proxy", "budget", "dialects",
 )  # fmt: skip
 INTERCEPT_KEYS = ("hosts",)
 ROUTING_KEYS = (
@@ -60,10 +73,6 @@ MODEL_KEYS = (
     "context_window", "input_per_mtok", "cached_input_per_mtok", "output_per_mtok",
     "cache_write_per_mtok", "cache_write_1h_per_mtok",
 )  # fmt: skip
-
-
-class ConfigError(ValueError):
-    """The configuration cannot be used; the message says which key and how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +148,10 @@ class Routing:
     conversation_idle_s: float = 3600.0  # a fingerprinted conversation idle this long ends
     shadow_provider: str | None = None  # [routing.shadow] provider: mirrored in the background
     shadow_share: float = 0.0  # percent of requests mirrored
+    # An LLM call that cannot be parsed or planned: "error" answers it with a clear error in the
+    # client's dialect (400 / 413 / 500), "passthrough" sends it to its original host unchanged.
+    # Either way it gets a row.
+    on_plan_error: str = "error"
 
 
 @dataclass(frozen=True)
@@ -155,6 +168,7 @@ class Config:
     # [context], [import]); they validate their own keys with ConfigError.
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
     rules: tuple[Rule, ...] = ()  # [[routing.rules]], first match wins
+    max_body_mb: float = 64.0  # [proxy] max_body_mb: larger request bodies get a 413
     # ${VAR} name -> expanded value, only to take secrets back out of messages (redact)
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     # [dialects.responses] drop_builtin_tools: drop (logged) the Responses API's hosted tools
@@ -297,6 +311,7 @@ def _build(
         auth_cooldown_s=_number(r, "routing.auth_cooldown_s", 0, 86400),
         continue_on_break=_bool(r, "routing.continue_on_break"),
         conversation_idle_s=_number(r, "routing.conversation_idle_s", 1, 30 * 86400),
+        on_plan_error=_choice(r, "routing.on_plan_error", ("error", "passthrough")),
         **_shadow(r),
     )
     for name in (routing.primary, *routing.fallbacks, *filter(None, [routing.shadow_provider])):
@@ -320,8 +335,10 @@ def _build(
         database = Path(_str(storage, "storage.database")).expanduser()
         if not database.is_absolute() and source is not None:
             database = source.parent / database
+    max_body_mb = _number(_table(raw, "proxy"), "proxy.max_body_mb", 0.001, 4096)
     return Config(
-        hosts, routing, database, providers, dict(models), source, raw, rules, secrets,
+        hosts, routing, database, providers, dict(models), source, raw, rules,
+        max_body_mb=max_body_mb, secrets=secrets,
         responses_drop_builtin_tools=_bool(responses, "dialects.responses.drop_builtin_tools"),
     )  # fmt: skip
 
@@ -374,38 +391,6 @@ def _provider(name: str, t: Any, api_key_ref: str) -> Provider:
     )
 
 
-def _table(raw: Mapping[str, Any], key: str) -> dict[str, Any]:
-    v = raw.get(key, {})
-    if not isinstance(v, dict):
-        raise ConfigError(f"[{key}] must be a table")
-    return v
-
-
-def _leaf(key: str) -> str:
-    return key.rsplit(".", 1)[-1]
-
-
-def _str(t: Mapping[str, Any], key: str) -> str:
-    v = t.get(_leaf(key))
-    if not isinstance(v, str) or not v:
-        raise ConfigError(f"{key} must be a non-empty string, got {v!r}")
-    return v
-
-
-def _str_list(t: Mapping[str, Any], key: str) -> list[str]:
-    v = t.get(_leaf(key), [])
-    if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
-        raise ConfigError(f"{key} must be a list of strings, got {v!r}")
-    return v
-
-
-def _number(t: Mapping[str, Any], key: str, lo: float, hi: float) -> float:
-    v = t.get(_leaf(key))
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
-        raise ConfigError(f"{key} must be a number from {lo:g} to {hi:g}, got {v!r}")
-    return float(v)
-
-
 def _shadow(r: Mapping[str, Any]) -> dict[str, Any]:
     t = r.get("shadow", {})
     if not isinstance(t, dict):
@@ -417,28 +402,3 @@ def _shadow(r: Mapping[str, Any]) -> dict[str, Any]:
         "shadow_provider": _str(t, "routing.shadow.provider"),
         "shadow_share": _number({"share": t.get("share", 10)}, "routing.shadow.share", 0, 100),
     }
-
-
-def _bool(t: Mapping[str, Any], key: str) -> bool:
-    v = t.get(_leaf(key), False)
-    if not isinstance(v, bool):
-        raise ConfigError(f"{key} must be true or false, got {v!r}")
-    return v
-
-
-def _opt_int(t: Mapping[str, Any], key: str) -> int | None:
-    v = t.get(_leaf(key))
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise ConfigError(f"{key} must be a positive whole number, got {v!r}")
-    return v
-
-
-def _opt_price(t: Mapping[str, Any], key: str) -> float | None:
-    v = t.get(_leaf(key))
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-        raise ConfigError(f"{key} must be a price in USD per million tokens (>= 0), got {v!r}")
-    return float(v)

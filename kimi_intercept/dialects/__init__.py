@@ -24,9 +24,40 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 logger = logging.getLogger(__name__)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def text_of(value: str) -> str:
+    """``value`` with every lone UTF-16 surrogate — a JavaScript client's cut emoji
+    (``"\\ud83d"`` in JSON), or a header byte that was not UTF-8 (mitmproxy decodes those with
+    ``surrogateescape``) — replaced by one U+FFFD, so that it can be encoded as UTF-8, stored in
+    SQLite and logged. Text without surrogates is returned as is."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", value)
+
+
+def list_of(value: Any) -> list[Any]:
+    """``value`` if it is a list, else ``[]``: a provider's ``choices``, ``tool_calls`` or
+    ``parts`` of the wrong type (``true``, ``5``, an object) read as none, never an error."""
+    return value if isinstance(value, list) else []
+
+
+def json_bytes(obj: Any, separators: tuple[str, str] | None = None) -> bytes:
+    """``obj`` as compact-enough JSON in UTF-8 (non-ASCII kept as is). A string holding a lone
+    surrogate cannot be UTF-8: the body is then written with ``\\uXXXX`` escapes
+    (``ensure_ascii``), which JSON allows and which carries exactly what the client sent."""
+    text = json.dumps(obj, ensure_ascii=False, separators=separators)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, separators=separators).encode("ascii")
 
 
 class DialectError(ValueError):

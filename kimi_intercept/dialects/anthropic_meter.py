@@ -8,6 +8,7 @@ events https://platform.claude.com/docs/en/build-with-claude/streaming .
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -16,6 +17,8 @@ from kimi_intercept.accounting.usage import (
     ChatStreamMeter,
     JsonMeter,
     Usage,
+    count_problem,
+    is_count,
 )
 from kimi_intercept.dialects.anthropic_wire import _blocks, _dict, _str
 
@@ -25,9 +28,7 @@ _CREATION_KEYS = ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens")
 
 
 def _count(value: Any) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
+    return value if is_count(value) else None
 
 
 def _native_usage(u: dict[str, int | None]) -> Usage | None:
@@ -86,7 +87,11 @@ class StreamMeter(ChatStreamMeter):
         self._counts: dict[str, int | None] = {}
 
     def _take_usage(self, u: Any) -> None:
+        problem = count_problem(u, (*_USAGE_KEYS, "output_tokens"))
+        self._problem = getattr(self, "_problem", None) or problem
         self.usage = _native_usage(_counts(u, self._counts))
+        if self.usage is not None and self._problem:
+            self.usage = dataclasses.replace(self.usage, problem=self._problem)
 
     def _on_chunk(self, obj: dict[str, Any]) -> None:
         kind = obj.get("type")
@@ -137,8 +142,12 @@ def meter_json(body: bytes) -> JsonMeter:
             text += [_str(block.get("name")), json.dumps(block.get("input", {}))]
         else:
             text.append(_str(block.get("text")) or _str(block.get("thinking")))
+    usage = _native_usage(_counts(obj.get("usage"), {}))
+    problem = count_problem(obj.get("usage"), (*_USAGE_KEYS, "output_tokens"))
+    if usage is not None and problem:
+        usage = dataclasses.replace(usage, problem=problem)
     return JsonMeter(
-        usage=_native_usage(_counts(obj.get("usage"), {})),
+        usage=usage,
         response_id=_str(obj.get("id")) or None,
         model=_str(obj.get("model")) or None,
         finish_reason=_str(obj.get("stop_reason")) or None,

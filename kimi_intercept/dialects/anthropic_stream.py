@@ -18,7 +18,7 @@ from typing import Any
 
 from kimi_intercept.accounting.sse import SSEParser
 from kimi_intercept.accounting.usage import Usage, usage_from_openai
-from kimi_intercept.dialects import event_object
+from kimi_intercept.dialects import event_object, json_bytes, list_of
 from kimi_intercept.dialects.anthropic_wire import _dict, _str
 
 #: OpenAI ``finish_reason`` → Anthropic ``stop_reason`` (default ``end_turn``).
@@ -93,8 +93,8 @@ def error_body(status: int, message: str, code: str) -> dict[str, Any]:
 
 
 def _sse(kind: str, data: dict[str, Any]) -> bytes:
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"event: {kind}\ndata: {payload}\n\n".encode()
+    payload = json_bytes(data, (",", ":"))
+    return f"event: {kind}\ndata: ".encode() + payload + b"\n\n"
 
 
 def _tool_input(arguments: str) -> tuple[dict[str, Any], bool]:
@@ -111,11 +111,13 @@ def from_openai_response(
     """A non-streamed chat.completion as an Anthropic message (first choice): a ``thinking``
     block from ``reasoning_content`` (``signature: ""``), a ``text`` block, ``tool_use`` blocks.
     Tool arguments that are not a JSON object give ``input: {}`` and the raw string under the
-    block's ``raw_arguments`` key. An ``{"error": …}`` body becomes an Anthropic error body."""
+    block's ``raw_arguments`` key. An ``{"error": …}`` body becomes an Anthropic error body.
+    Fields of the wrong type read as missing; never raises."""
+    body = _dict(body)
     if isinstance(body.get("error"), dict):
         err = body["error"]
         return _error(_str(err.get("message")), _str(err.get("type")) or _str(err.get("code")))
-    choices = [c for c in body.get("choices") or [] if isinstance(c, dict)]
+    choices = [c for c in list_of(body.get("choices")) if isinstance(c, dict)]
     choice = choices[0] if choices else {}
     msg = _dict(choice.get("message"))
     content: list[dict[str, Any]] = []
@@ -123,7 +125,7 @@ def from_openai_response(
         content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
     if text := _str(msg.get("content")) or _str(msg.get("refusal")):
         content.append({"type": "text", "text": text})
-    for call in msg.get("tool_calls") or []:
+    for call in list_of(msg.get("tool_calls")):
         call = _dict(call)
         fn = _dict(call.get("function"))
         raw = _str(fn.get("arguments"))
@@ -243,7 +245,7 @@ class StreamTranslator:
             code = _str(err.get("type")) or _str(err.get("code"))
             return self.error_event(_str(err.get("message")) or str(err), code)
         out = [] if self._started else [self._start(obj)]
-        choices = [c for c in obj.get("choices") or [] if isinstance(c, dict)]
+        choices = [c for c in list_of(obj.get("choices")) if isinstance(c, dict)]
         choice = next((c for c in choices if c.get("index", 0) == 0), {})
         delta = _dict(choice.get("delta"))
         if reasoning := _str(delta.get("reasoning_content")) or _str(delta.get("reasoning")):

@@ -9,11 +9,21 @@ event, for the closing bytes, and for errors in the client's dialect.
 from __future__ import annotations
 
 import json
+import logging
 from types import ModuleType
 from typing import Any
 
 from kimi_intercept.accounting.usage import ChatStreamMeter, JsonBuffer, meter_chat_json
+from kimi_intercept.dialects import json_bytes
 from kimi_intercept.dialects.errors import error_message
+
+log = logging.getLogger(__name__)
+
+
+class TranslationFailed(Exception):
+    """A provider's answer (plausible, but wrong somewhere the translator did not foresee)
+    could not be put in the client's dialect; the relay cuts the stream with an in-band error
+    in the client's dialect instead of sending half-translated bytes."""
 
 
 def module(dialect: str) -> ModuleType | None:
@@ -88,32 +98,52 @@ class Bridge:
         return "text/event-stream; charset=utf-8" if sse else "application/json"
 
     def piece(self, raw_event: bytes) -> bytes:
-        """Client bytes for one whole upstream SSE event (itself when not translating)."""
-        return self._translator.feed(raw_event) if self._translator else raw_event
+        """Client bytes for one whole upstream SSE event (itself when not translating).
+        Raises :class:`TranslationFailed` if the translator failed on it."""
+        if self._translator is None:
+            return raw_event
+        try:
+            return self._translator.feed(raw_event)
+        except Exception as e:
+            log.exception("kimi-intercept: cannot translate an event for a %s client", self.client)
+            raise TranslationFailed(f"{type(e).__name__}: {e}") from e
 
     def finish(self) -> bytes:
-        """Client bytes that close a translated stream the upstream ended."""
-        return self._translator.finish() if self._translator else b""
+        """Client bytes that close a translated stream the upstream ended (raises
+        :class:`TranslationFailed` like :meth:`piece`)."""
+        if self._translator is None:
+            return b""
+        try:
+            return self._translator.finish()
+        except Exception as e:
+            log.exception("kimi-intercept: cannot close the stream for a %s client", self.client)
+            raise TranslationFailed(f"{type(e).__name__}: {e}") from e
 
     def body(self, status: int, raw: bytes) -> bytes:
-        """A whole non-streamed answer in the client's dialect."""
-        if not self.translate or self._client_mod is None:
+        """A whole non-streamed answer in the client's dialect; an answer that is not a JSON
+        object, or that cannot be translated, becomes an error body (``bad_upstream``)."""
+        mod = self._client_mod
+        if not self.translate or mod is None:
             return raw
         if status >= 400:
-            return json.dumps(
-                self._client_mod.error_body(status, error_message(raw), "upstream_error")
-            ).encode()
+            return json_bytes(mod.error_body(status, error_message(raw), "upstream_error"))
         try:
             answer = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            message = "kimi-intercept: the provider's answer was not JSON"
-            return json.dumps(self._client_mod.error_body(502, message, "bad_upstream")).encode()
-        answer = self._client_mod.from_openai_response(answer, request=self._request)
-        return json.dumps(answer).encode()
+        except (ValueError, RecursionError):
+            answer = None
+        if not isinstance(answer, dict):
+            message = "kimi-intercept: the provider's answer was not a JSON object"
+            return json_bytes(mod.error_body(502, message, "bad_upstream"))
+        try:
+            return json_bytes(mod.from_openai_response(answer, request=self._request))
+        except Exception as e:
+            log.exception("kimi-intercept: cannot translate an answer for a %s client", self.client)
+            message = f"kimi-intercept could not translate the provider's answer: {e}"
+            return json_bytes(mod.error_body(502, message, "bad_upstream"))
 
     def error_event(self, message: str, code: str) -> bytes:
         """An in-band error event in the client's dialect (the stream is cut after it)."""
         if not hasattr(self._client_mod, "StreamTranslator"):  # OpenAI chat / Responses API
-            return b"data: " + json.dumps(openai_error_body(message, code)).encode() + b"\n\n"
+            return b"data: " + json_bytes(openai_error_body(message, code)) + b"\n\n"
         translator = self._translator or self._client_mod.StreamTranslator(None)
         return translator.error_event(message, code)

@@ -17,12 +17,21 @@ from kimi_intercept.accounting.usage import (
     ChatStreamMeter,
     JsonMeter,
     Usage,
+    count_problem,
+    is_count,
 )
+from kimi_intercept.dialects import list_of
 from kimi_intercept.dialects.gemini_wire import _dict, _dumps
 
 
 def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    return value if is_count(value) else None
+
+
+_GEMINI_KEYS = (
+    "promptTokenCount", "toolUsePromptTokenCount", "candidatesTokenCount", "thoughtsTokenCount",
+    "cachedContentTokenCount", "totalTokenCount",
+)  # fmt: skip
 
 
 def usage_from_gemini(meta: dict[str, Any]) -> Usage:
@@ -40,7 +49,8 @@ def usage_from_gemini(meta: dict[str, Any]) -> Usage:
     completion = None
     if candidates is not None or thoughts is not None:
         completion = (candidates or 0) + (thoughts or 0)
-    return Usage(prompt, completion, _int(meta.get("cachedContentTokenCount")), thoughts)
+    problem = count_problem(meta, _GEMINI_KEYS, "usageMetadata")
+    return Usage(prompt, completion, _int(meta.get("cachedContentTokenCount")), thoughts, problem)
 
 
 class StreamMeter(ChatStreamMeter):
@@ -74,10 +84,10 @@ class StreamMeter(ChatStreamMeter):
         if isinstance(blocked, str):
             self.finish_reason, self.saw_done = blocked, True
         found: list[str] = []
-        for cand in map(_dict, obj.get("candidates") or []):
+        for cand in map(_dict, list_of(obj.get("candidates"))):
             if isinstance(cand.get("finishReason"), str):
                 self.finish_reason, self.saw_done = cand["finishReason"], True
-            for part in map(_dict, _dict(cand.get("content")).get("parts") or []):
+            for part in map(_dict, list_of(_dict(cand.get("content")).get("parts"))):
                 text = part.get("text")
                 if isinstance(text, str) and text:
                     found.append(text)

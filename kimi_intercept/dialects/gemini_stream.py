@@ -21,7 +21,7 @@ from typing import Any
 
 from kimi_intercept.accounting.sse import SSEParser
 from kimi_intercept.accounting.usage import Usage, usage_from_openai
-from kimi_intercept.dialects import event_object
+from kimi_intercept.dialects import event_object, json_bytes, list_of
 from kimi_intercept.dialects.gemini_wire import _dict
 
 # Logged under the dialect's name, as before the answers had a module of their own.
@@ -43,8 +43,7 @@ _CODE_STATUS = {"context_length_exceeded": 400, "not_found": 404, "rate_limit_ex
 
 def _sse(obj: dict[str, Any]) -> bytes:
     """One Gemini SSE event: ``data: <json>`` and a CRLF blank line, as in the captures."""
-    data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-    return b"data: " + data.encode() + b"\r\n\r\n"
+    return b"data: " + json_bytes(obj, (",", ":")) + b"\r\n\r\n"
 
 
 def _text_parts(msg: dict[str, Any], thoughts: bool = True) -> list[dict[str, Any]]:
@@ -111,6 +110,7 @@ def _candidate(
 ) -> dict[str, Any]:
     """The last candidate of an answer; an empty text part when there is nothing else, so
     that clients reading ``parts[0]`` do not break."""
+    reason = reason if isinstance(reason, str) else None  # a list or object: not a reason
     finish = "MALFORMED_FUNCTION_CALL" if malformed else _FINISH.get(reason or "stop", "OTHER")
     content = {"parts": parts or [{"text": ""}], "role": "model"}
     return {"content": content, "finishReason": finish, "index": index}
@@ -181,13 +181,13 @@ class StreamTranslator:
         if self._upstream_model is None and isinstance(obj.get("model"), str):
             self._upstream_model = obj["model"]
         candidates = []
-        for choice in obj.get("choices") or []:
+        for choice in list_of(obj.get("choices")):
             choice = _dict(choice)
             idx = choice["index"] if isinstance(choice.get("index"), int) else 0
             self._finish.setdefault(idx, None)
             delta = _dict(choice.get("delta"))
             parts = _text_parts(delta, self._thoughts)
-            for tc in delta.get("tool_calls") or []:
+            for tc in list_of(delta.get("tool_calls")):
                 self._add_call(idx, _dict(tc))
             if isinstance(choice.get("finish_reason"), str):
                 self._finish[idx] = choice["finish_reason"]
@@ -209,7 +209,8 @@ class StreamTranslator:
         calls = self._calls.setdefault(choice, {})
         key = tc.get("index")
         if not isinstance(key, int):
-            key = tc.get("id") or self._last_key.get(choice, 0)
+            call_id = tc.get("id")
+            key = call_id if isinstance(call_id, str) and call_id else self._last_key.get(choice, 0)
         self._last_key[choice] = key
         call = calls.setdefault(key, [None, "", []])
         fn = _dict(tc.get("function"))
@@ -261,7 +262,7 @@ def from_openai_response(
     for pos, choice in enumerate(map(_dict, choices)):
         msg = _dict(choice.get("message"))
         calls = []
-        for call in map(_dict, msg.get("tool_calls") or []):
+        for call in map(_dict, list_of(msg.get("tool_calls"))):
             fn = _dict(call.get("function"))
             calls.append((call.get("id"), fn.get("name"), fn.get("arguments") or ""))
         call_parts, malformed = _call_parts(calls)

@@ -42,6 +42,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from kimi_intercept.dialects import json_bytes
+
 NAME_PATTERN = re.compile(r"^[a-zA-Z_][a-zA-Z0-9-_]{2,63}$")
 PART_TYPES = frozenset({"text", "image_url", "video_url"})
 MAX_N, MAX_STOP, MAX_STOP_BYTES = 5, 5, 32
@@ -211,6 +213,7 @@ def _messages(msgs: list, changes: list[str]) -> None:
         new, done = [], []
         for part in content:
             kind = part.get("type") if isinstance(part, dict) else None
+            kind = kind if isinstance(kind, str) else None  # a list or object is no part type
             if not isinstance(part, dict) or kind in PART_TYPES:
                 new.append(part)
             elif (text := _part_text(part)) is not None:
@@ -264,7 +267,11 @@ def _caps(out: dict, changes: list[str]) -> None:
     entries = [stop] if isinstance(stop, str) else stop
     if not isinstance(entries, list):
         return
-    ok = [s for s in entries if not isinstance(s, str) or len(s.encode()) <= MAX_STOP_BYTES]
+    ok = [
+        s
+        for s in entries
+        if not isinstance(s, str) or len(s.encode("utf-8", "surrogatepass")) <= MAX_STOP_BYTES
+    ]
     kept, why = ok[:MAX_STOP], []
     if len(ok) < len(entries):
         why.append(f"{len(entries) - len(ok)} over {MAX_STOP_BYTES} bytes")
@@ -301,7 +308,7 @@ def restore_tool_names(raw: bytes, renamed: dict[str, str]) -> bytes:
                 changed = True
     if not changed:
         return raw
-    text = json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    text = json_bytes(obj)
     if not is_sse:
         return text
     return b"data: " + text + raw[len(raw.rstrip(b"\r\n")) :]
@@ -346,7 +353,7 @@ def _anthropic_blocks(blocks: list, changes: list[str]) -> list:
         if not isinstance(block, dict):
             kept.append(block)
             continue
-        if block.get("type") in ANTHROPIC_REJECTED_BLOCKS:
+        if isinstance(block.get("type"), str) and block["type"] in ANTHROPIC_REJECTED_BLOCKS:
             source = block.get("source") if isinstance(block.get("source"), dict) else {}
             text = source.get("data") if source.get("type") == "text" else block.get("text")
             if isinstance(text, str) and text:

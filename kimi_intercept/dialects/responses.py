@@ -59,6 +59,7 @@ __all__ = [
     "error_body",
     "expand_input",
     "from_openai_response",
+    "hub_or_error",
     "meter_json",
     "to_openai_request",
     "usage_from_responses",
@@ -125,6 +126,19 @@ def to_openai_request(
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}
     return out
+
+
+def hub_or_error(
+    body: dict[str, Any], model: str | None, drop_builtin_tools: bool = False
+) -> tuple[dict[str, Any] | None, DialectError | None]:
+    """:func:`to_openai_request`, or ``(None, the error)``: never raises (an unexpected shape
+    becomes a :class:`DialectError` too)."""
+    try:
+        return to_openai_request(body, model=model, drop_builtin_tools=drop_builtin_tools), None
+    except DialectError as e:
+        return None, e
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+        return None, DialectError(f"cannot translate the Responses API request: {e}")
 
 
 def items_to_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:

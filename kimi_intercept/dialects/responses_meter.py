@@ -15,7 +15,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from kimi_intercept.accounting.usage import ChatStreamMeter, JsonMeter, Usage
+from kimi_intercept.accounting.usage import (
+    ChatStreamMeter,
+    JsonMeter,
+    Usage,
+    count_problem,
+    is_count,
+)
+from kimi_intercept.dialects import list_of
 
 _FINAL = ("response.completed", "response.incomplete", "response.failed")
 
@@ -25,7 +32,7 @@ def usage_from_responses(u: Any) -> Usage | None:
         return None
 
     def count(v: Any) -> int | None:
-        return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+        return v if is_count(v) else None
 
     inp = u.get("input_tokens_details") if isinstance(u.get("input_tokens_details"), dict) else {}
     out = u.get("output_tokens_details") if isinstance(u.get("output_tokens_details"), dict) else {}
@@ -34,6 +41,16 @@ def usage_from_responses(u: Any) -> Usage | None:
         completion_tokens=count(u.get("output_tokens")),
         cached_tokens=count(inp.get("cached_tokens")),
         reasoning_tokens=count(out.get("reasoning_tokens")),
+        problem=count_problem(
+            u,
+            (
+                "input_tokens",
+                "output_tokens",
+                "total_tokens",
+                "input_tokens_details.cached_tokens",
+                "output_tokens_details.reasoning_tokens",
+            ),
+        ),  # fmt: skip
     )
 
 
@@ -76,11 +93,13 @@ def meter_json(body: bytes) -> JsonMeter:
     if not isinstance(obj, dict):
         return JsonMeter()
     text = [
-        part.get("text", "")
-        for item in obj.get("output") or []
+        part["text"]
+        for item in list_of(obj.get("output"))
         if isinstance(item, dict)
-        for part in item.get("content") or []
-        if isinstance(part, dict) and part.get("type") == "output_text"
+        for part in list_of(item.get("content"))
+        if isinstance(part, dict)
+        and part.get("type") == "output_text"
+        and isinstance(part.get("text"), str)
     ]
     return JsonMeter(
         usage=usage_from_responses(obj.get("usage")),

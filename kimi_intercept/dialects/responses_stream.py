@@ -22,7 +22,7 @@ from typing import Any
 
 from kimi_intercept.accounting.sse import SSEParser
 from kimi_intercept.accounting.usage import Usage, usage_from_openai
-from kimi_intercept.dialects import DialectError, event_object
+from kimi_intercept.dialects import DialectError, event_object, list_of
 from kimi_intercept.dialects.responses_store import expand_input
 from kimi_intercept.dialects.responses_wire import (
     _dict,
@@ -150,7 +150,7 @@ class StreamTranslator:
         out = self._start()
         if self.model is None and isinstance(obj.get("model"), str):
             self.model = obj["model"]
-        for choice in obj.get("choices") or []:
+        for choice in list_of(obj.get("choices")):
             choice = _dict(choice)
             if choice.get("index", 0) != 0:
                 continue  # n > 1 has no Responses equivalent: the first choice is the answer
@@ -159,7 +159,7 @@ class StreamTranslator:
                 out += self._delta("reasoning", delta["reasoning_content"])
             if isinstance(delta.get("content"), str) and delta["content"]:
                 out += self._delta("message", delta["content"])
-            for tc in delta.get("tool_calls") or []:
+            for tc in list_of(delta.get("tool_calls")):
                 out += self._tool_delta(_dict(tc))
             if isinstance(choice.get("finish_reason"), str):
                 self._reason = choice["finish_reason"]
@@ -295,7 +295,7 @@ def from_openai_response(
         err = _dict(body["error"]) or {"message": str(body["error"])}
         code = str(err.get("code") or err.get("type") or "upstream_error")
         return error_body(500, str(err.get("message", "upstream error")), code)
-    choices = body.get("choices") if isinstance(body.get("choices"), list) else []
+    choices = list_of(body.get("choices"))
     choice = _dict(choices[0]) if choices else {}
     msg = _dict(choice.get("message"))
     output: list[dict[str, Any]] = []
@@ -304,7 +304,7 @@ def from_openai_response(
         output.append(reasoning_item(new_id("rs"), msg["reasoning_content"]))
     if isinstance(msg.get("content"), str) and msg["content"]:
         output.append(message_item(new_id("msg"), msg["content"]))
-    for call in map(_dict, msg.get("tool_calls") or []):
+    for call in map(_dict, list_of(msg.get("tool_calls"))):
         fn = _dict(call.get("function"))
         call_id = call.get("id") if isinstance(call.get("id"), str) else new_id("call")
         name = fn.get("name") if isinstance(fn.get("name"), str) else ""

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from kimi_intercept.accounting.usage import Usage
+from kimi_intercept.dialects import json_bytes, list_of
 from kimi_intercept.dialects.responses_store import STORE, ResponseStore
 
 # fmt: off
@@ -144,10 +145,10 @@ NAMESPACE_SEP = "__"
 def request_tools(body: dict[str, Any] | None, items: list[dict[str, Any]] | None) -> list[Any]:
     """The request's ``tools`` plus those of its ``additional_tools`` input items (Codex's
     code mode sends its tools so)."""
-    tools = list(_dict(body).get("tools") or [])
+    tools = list(list_of(_dict(body).get("tools")))
     for item in items or []:
         if _dict(item).get("type") == "additional_tools":
-            tools += item.get("tools") or []
+            tools += list_of(item.get("tools"))
     return tools
 
 
@@ -161,7 +162,7 @@ def tool_names(tools: list[Any]) -> dict[str, tuple[str | None, str, str]]:
             out[tool["name"]] = (None, tool["name"], "custom")
         if tool.get("type") != "namespace" or not isinstance(tool.get("name"), str):
             continue
-        for child in map(_dict, tool.get("tools") or []):
+        for child in map(_dict, list_of(tool.get("tools"))):
             if isinstance(child.get("name"), str):
                 kind = "custom" if child.get("type") == "custom" else "function"
                 flat = tool["name"] + NAMESPACE_SEP + child["name"]
@@ -208,5 +209,5 @@ def error_body(status: int, message: str, code: str, param: str | None = None) -
 
 def sse(obj: dict[str, Any]) -> bytes:
     """One Responses SSE event: ``event: <type>`` then ``data: <json>``, as captured."""
-    data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-    return f"event: {obj['type']}\ndata: {data}\n\n".encode()
+    head = f"event: {obj['type']}\ndata: ".encode()
+    return head + json_bytes(obj, (",", ":")) + b"\n\n"

@@ -7,8 +7,10 @@ streaming it event by event; breaks and continuation), :mod:`.failures` and
 :mod:`.retry_after` (what a failure means and how long to wait), :mod:`.health` (circuit
 breakers, cooldowns, local rate limits), :mod:`.validate` (empty, JSON-mode and repetition
 checks), :mod:`.shadow` (mirroring a share to a second provider), :mod:`.rows` (the
-``requests`` row of one call). Depends on every package below it; nothing but the addon
-imports it.
+``requests`` row of one call), :mod:`.console` (its one console line), :mod:`.live` (the
+status file: providers' health and calls in flight), :mod:`.refusal` (the proxy's own error
+answer, in the client's dialect, to a call it could not plan). Depends on every package below
+it; nothing but the addon and the commands import it.
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ from aiohttp import web
 
 from kimi_intercept.accounting.sse import EventSplitter
 from kimi_intercept.config.rules import Validation
-from kimi_intercept.dialects.bridge import Bridge
+from kimi_intercept.dialects import json_bytes
+from kimi_intercept.dialects.bridge import Bridge, TranslationFailed
 from kimi_intercept.dialects.kimi import restore_tool_names
 from kimi_intercept.relay.failures import (
     AttemptFailed,
@@ -116,7 +117,7 @@ async def pipe(
             raw = restore_tool_names(meter.body_bytes(), target.renamed)
             await send(out, bridge.body(upstream.status, raw), plan, r)
         elif sse:
-            await send(out, bridge.finish(), plan, r)
+            await send(out, _translated(bridge, None), plan, r)
         await _write_or_gone(out.write_eof())
         r.outcome = "ok" if upstream.status < 400 else "error"
         if upstream.status >= 400:
@@ -201,7 +202,7 @@ async def continue_answer(
             continue
         body = json.loads(target.body)
         body["messages"] = [*body.get("messages", []), prefix]
-        cont = dataclasses.replace(target, body=json.dumps(body, ensure_ascii=False).encode())
+        cont = dataclasses.replace(target, body=json_bytes(body))
         started = time.time()
         try:
             upstream, first = await sender.open(cont, budget)
@@ -257,7 +258,7 @@ async def continue_answer(
             rest = events.flush()
             if rest:
                 await forward(out, rest, meter, True, plan, r, target, r.bridge)
-            await send(out, r.bridge.finish(), plan, r)
+            await send(out, _translated(r.bridge, None), plan, r)
             await _write_or_gone(out.write_eof())
         except BaseException:
             upstream.close()
@@ -294,9 +295,17 @@ async def forward(
     if not whole:
         if sse and target.renamed:
             piece = restore_tool_names(piece, target.renamed)
-        await send(out, bridge.piece(piece) if sse else piece, plan, r)
+        await send(out, _translated(bridge, piece) if sse else piece, plan, r)
     if sse and meter.error is not None:  # forwarded as the provider sent it, then cut
         raise _StreamBroken(f"provider error event: {json.dumps(meter.error)[:300]}")
+
+
+def _translated(bridge: Bridge, piece: bytes | None) -> bytes:
+    """The client's bytes for one upstream event (``None``: the closing bytes)."""
+    try:
+        return bridge.piece(piece) if piece is not None else bridge.finish()
+    except TranslationFailed as e:  # cut with an in-band error, never half-translated bytes
+        raise _StreamBroken(f"cannot translate the provider's answer: {e}") from e
 
 
 async def send(out: web.StreamResponse, data: bytes, plan: RoutePlan, r: Outcome) -> None:

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kimi_intercept.accounting import pricing, tokens
-from kimi_intercept.accounting.usage import Usage
+from kimi_intercept.accounting.usage import Usage, trusted
 from kimi_intercept.config.settings import Config
+from kimi_intercept.dialects import text_of
 from kimi_intercept.relay.failures import redact
 from kimi_intercept.routing.plan import RoutePlan
 from kimi_intercept.routing.targets import Target
@@ -38,7 +39,7 @@ class Outcome:
 
     target: Target | None = None
     status: int | None = None
-    outcome: str = "error"  # ok | error | incomplete | client_abort
+    outcome: str = "error"  # ok | error | incomplete | client_abort | rejected
     error: str | None = None
     ttft_ms: float | None = None
     overhead_ms: float | None = None
@@ -67,7 +68,8 @@ async def build_row(
     estimate-only rows from the pairs. Cost: the price valid on the request's day
     (:func:`.pricing.cost_usd_at`; unpriced → NULL)."""
     meter = r.meter
-    usage: Usage | None = meter.usage if meter is not None else None
+    # provider usage with a count that is not an integer in 0..2**53 is not the provider's truth
+    usage, usage_ignored = trusted(meter.usage if meter is not None else None)
     source = "provider" if usage is not None else None
     estimate: Usage | None = None
     if r.status is not None and r.status < 400 and meter is not None:
@@ -103,43 +105,53 @@ async def build_row(
         "continued_after_break": r.continued_after,
         "request_changes": list(target.notes) if target and target.notes else None,
         "raw_usage": usage.raw if usage is not None else None,
+        "usage_ignored": usage_ignored,  # why the provider's usage was not recorded as such
+        "plan_error": plan.problem.message if plan.problem else None,
     }
-    return {
-        "id": uuid.uuid4().hex,
-        "started_at": plan.started_at,
-        "client": plan.client,
-        "client_host": plan.client_host,
-        "client_model": plan.client_model,
-        "provider": target.provider if target else None,
-        "model": model,
-        "status_code": r.status,
-        "outcome": r.outcome,
-        "attempts": len(tried),
-        "fallback_used": int(len(set(tried)) > 1),
-        "ttft_ms": _round(r.ttft_ms),
-        "duration_ms": _round(duration_ms),
-        "prompt_tokens": usage.prompt_tokens if usage else None,
-        "completion_tokens": usage.completion_tokens if usage else None,
-        "cached_tokens": usage.cached_tokens if usage else None,
-        "reasoning_tokens": usage.reasoning_tokens if usage else None,
-        "cache_write_tokens": usage.cache_write_tokens if usage else None,
-        "cache_write_1h_tokens": usage.cache_write_1h_tokens if usage else None,
-        "usage_source": source,
-        "cost_usd": cost,
-        "prompt_tokens_estimate": estimate.prompt_tokens if estimate else None,
-        "completion_tokens_estimate": estimate.completion_tokens if estimate else None,
-        "context_window": info.context_window if info else None,
-        "route": plan.kind,
-        "dialect": plan.dialect,
-        "conversation_id": plan.conversation or None,
-        "conversation_title": plan.title,
-        "rule": plan.rule.name if plan.rule else None,
-        "stream": int(plan.stream),
-        "response_id": getattr(meter, "response_id", None),
-        "host": plan.host,
-        "error": redact(r.error) if r.error else None,
-        "details": json.dumps({k: v for k, v in details.items() if v is not None}),
-    }
+    return clean_row(
+        {
+            "id": uuid.uuid4().hex,
+            "started_at": plan.started_at,
+            "client": plan.client,
+            "client_host": plan.client_host,
+            "client_model": plan.client_model,
+            "provider": target.provider if target else None,
+            "model": model,
+            "status_code": r.status,
+            "outcome": r.outcome,
+            "attempts": len(tried),
+            "fallback_used": int(len(set(tried)) > 1),
+            "ttft_ms": _round(r.ttft_ms),
+            "duration_ms": _round(duration_ms),
+            "prompt_tokens": usage.prompt_tokens if usage else None,
+            "completion_tokens": usage.completion_tokens if usage else None,
+            "cached_tokens": usage.cached_tokens if usage else None,
+            "reasoning_tokens": usage.reasoning_tokens if usage else None,
+            "cache_write_tokens": usage.cache_write_tokens if usage else None,
+            "cache_write_1h_tokens": usage.cache_write_1h_tokens if usage else None,
+            "usage_source": source,
+            "cost_usd": cost,
+            "prompt_tokens_estimate": estimate.prompt_tokens if estimate else None,
+            "completion_tokens_estimate": estimate.completion_tokens if estimate else None,
+            "context_window": info.context_window if info else None,
+            "route": plan.kind,
+            "dialect": plan.dialect,
+            "conversation_id": plan.conversation or None,
+            "conversation_title": plan.title,
+            "rule": plan.rule.name if plan.rule else None,
+            "stream": int(plan.stream),
+            "response_id": getattr(meter, "response_id", None),
+            "host": plan.host,
+            "error": redact(r.error) if r.error else None,
+            "details": json.dumps({k: v for k, v in details.items() if v is not None}, default=str),
+        }
+    )
+
+
+def clean_row(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with every text made storable: SQLite cannot take a lone UTF-16 surrogate (a cut
+    emoji in a model name, a header byte that was not UTF-8), so it becomes U+FFFD."""
+    return {k: text_of(v) if isinstance(v, str) else v for k, v in row.items()}
 
 
 def _estimate(

@@ -38,9 +38,7 @@ open proxy to anything on the machine.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import random
 import secrets
 import time
@@ -51,10 +49,12 @@ from typing import Any
 from aiohttp import web
 
 from kimi_intercept.accounting import tokens
+from kimi_intercept.config.budget import budget_settings
 from kimi_intercept.config.settings import Config
 from kimi_intercept.dialects.bridge import error_json, openai_error_body
-from kimi_intercept.relay import shadow
+from kimi_intercept.relay import refusal, shadow
 from kimi_intercept.relay.answer import attempt_row, client_left, ms_since, pipe
+from kimi_intercept.relay.budget import BudgetTracker, gate
 from kimi_intercept.relay.failures import (
     Action,
     AttemptFailed,
@@ -62,16 +62,17 @@ from kimi_intercept.relay.failures import (
     redact,
 )
 from kimi_intercept.relay.health import ProviderHealth, RateLimiter
-from kimi_intercept.relay.rows import SKIPPED, Outcome, build_row
+from kimi_intercept.relay.live import LiveStatus
+from kimi_intercept.relay.rows import SKIPPED, Outcome, build_row, clean_row
 from kimi_intercept.relay.upstream import Upstream
 from kimi_intercept.routing.choice import Chooser
 from kimi_intercept.routing.plan import (
     RoutePlan,
     first_byte_timeout,
-    iso_utc,
     requested_max_tokens,
 )
 from kimi_intercept.routing.targets import Target
+from kimi_intercept.routing.unplanned import internal_problem
 from kimi_intercept.sanitizer.prepare import Preparer, ledger_rows, row_fields
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,8 @@ class Relay:
         self._runner: web.AppRunner | None = None
         self.upstream = Upstream(rc, self.health)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._published: Any = None
+        self.budget = BudgetTracker(budget_settings(cfg))
+        self.live = LiveStatus(status_path, self.health, self.budget)
         self.chooser = Chooser()
         self._rng = random.Random()
 
@@ -135,6 +137,7 @@ class Relay:
     async def stop(self) -> None:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=10)
+        await self.live.flush()
         await self.upstream.close()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -152,6 +155,19 @@ class Relay:
     def discard(self, route_id: str) -> None:
         self._routes.pop(route_id, None)
 
+    def reject(self, plan: RoutePlan) -> tuple[int, dict[str, str], bytes]:
+        """``(status, headers, body)`` answering a ``rejected`` plan in the client's dialect
+        (:mod:`.refusal`); its row is recorded in the background. Call on the relay's loop."""
+        status, headers, body, outcome = refusal.answer(plan)
+        self._spawn(self._finish(plan, [], outcome))
+        return status, headers, body
+
+    def record_passed(self, plan: RoutePlan, status: int | None, error: str | None) -> None:
+        """Record the row of an unplanned call that went to its original host unchanged
+        (``[routing] on_plan_error = "passthrough"``). Call on the relay's loop."""
+        plan.kind = "passthrough"
+        self._spawn(self._finish(plan, [], refusal.passed_through(status, error)))
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         parked = self._routes.pop(request.headers.get(ROUTE_HEADER, ""), None)
         if parked is None:
@@ -163,23 +179,32 @@ class Relay:
             return await self._count_tokens(plan)
         attempts: list[dict[str, Any]] = []
         result = Outcome()
-        if plan.refused is not None:  # input the hub cannot carry: the client's own 400
-            self._spawn(self._finish(plan, attempts, result))
-            return self._refuse(plan, plan.refused, result)
-        if plan.kind == "reroute":
-            await asyncio.to_thread(self.preparer.prepare, plan)
-        mirrored = (
-            asyncio.ensure_future(shadow.mirror(self.cfg, self.upstream, plan))
-            if shadow.wanted(self.cfg.routing, plan, self._rng)
-            else None
-        )
+        live_key = self.live.started(plan)
+        blocked = gate(self.budget, plan)  # may also send it to the cheaper chain
+        if blocked:
+            refused = self._refuse(plan, result, 402, blocked, "budget_exceeded")
+            self._spawn(self._finish(plan, attempts, result, None, live_key))
+            return refused
+        mirrored = None
         try:
+            if plan.kind == "reroute":
+                await asyncio.to_thread(self.preparer.prepare, plan)
+            if shadow.wanted(self.cfg.routing, plan, self._rng):
+                mirrored = asyncio.ensure_future(shadow.mirror(self.cfg, self.upstream, plan))
             return await self._serve(request, plan, attempts, result)
         except asyncio.CancelledError:
             client_left(result)
             raise
+        except Exception as e:  # a bug of ours: a 500 in the client's dialect, and a row
+            log.exception("kimi-intercept: relaying a request failed")
+            result.outcome, result.error = "error", internal_problem(e).message
+            if result.meter is not None:  # the answer had begun: it can only be cut
+                raise
+            result.status = 500
+            body = error_json(plan.dialect, 500, result.error, "internal_error")
+            return web.json_response(body, status=500)
         finally:
-            self._spawn(self._finish(plan, attempts, result, mirrored))
+            self._spawn(self._finish(plan, attempts, result, mirrored, live_key))
 
     async def _count_tokens(self, plan: RoutePlan) -> web.Response:
         """Anthropic ``/v1/messages/count_tokens``, answered locally with the tiktoken estimate
@@ -353,16 +378,13 @@ class Relay:
         body = error_json(plan.dialect, status, message, code)
         return web.json_response(body, status=status, headers=headers)
 
-    def _refuse(self, plan: RoutePlan, why: Any, r: Outcome) -> web.Response:
-        """A 400 in the client's dialect for a request that cannot be translated
-        (:class:`~kimi_intercept.dialects.DialectError`: message, code, param)."""
-        message, code = str(why), getattr(why, "code", None) or "invalid_request"
-        r.status, r.outcome, r.error = 400, "error", message
-        log.warning("kimi-intercept: refused a %s request: %s", plan.dialect, message)
-        body = error_json(plan.dialect, 400, message, code)
-        if getattr(why, "param", None) and isinstance(body.get("error"), dict):
-            body["error"]["param"] = why.param
-        return web.json_response(body, status=400)
+    def _refuse(
+        self, plan: RoutePlan, r: Outcome, status: int, message: str, code: str
+    ) -> web.Response:
+        """Answer without trying any provider (a spent budget), in the client's dialect."""
+        r.status, r.outcome, r.error = status, "error", message
+        body = error_json(plan.dialect, status, message, code)
+        return web.json_response(body, status=status)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -375,14 +397,17 @@ class Relay:
         attempts: list[dict[str, Any]],
         r: Outcome,
         mirrored: asyncio.Future[dict[str, Any]] | None = None,
+        live_key: str = "",
     ) -> None:
         """Build and hand over the ``requests`` row. Never raises (a bug here is only logged)."""
         try:
             row = await build_row(
                 plan, attempts, r, ms_since(plan.received), self.cfg, self.preparer.cache
             )
-            for a in attempts:
-                a["request_id"] = row["id"]
+            for i, a in enumerate(attempts):
+                attempts[i] = clean_row({**a, "request_id": row["id"]})
+            for alert in self.budget.add(row):
+                log.warning("%s", alert)
             row.update(row_fields(plan))
             extra = ledger_rows(plan, self.preparer.store_originals)
             if mirrored is not None:  # shadow mode: compare with what the client got
@@ -394,31 +419,10 @@ class Relay:
                 self.record(row, attempts, extra)
             else:
                 self.record(row, attempts)
-            await self._publish_status()
         except Exception:
             log.exception("kimi-intercept: could not record a request (the client was answered)")
-
-    async def _publish_status(self) -> None:
-        """Write the providers' health to ``status_path`` (for ``kimi-intercept status``)."""
-        if self.status_path is None:
-            return
-        providers = self.health.snapshot()
-        if providers == self._published:
-            return
-        self._published = providers
-        doc = {"pid": os.getpid(), "updated_at": iso_utc(time.time()), "providers": providers}
-        try:
-            await asyncio.to_thread(_write_json, self.status_path, doc)
-        except OSError as e:  # a read-only or deleted folder: the status is only informative
-            log.warning(
-                "kimi-intercept: could not write the status file %s: %s", self.status_path, e
-            )
-
-
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+        finally:
+            self.live.ended(live_key)  # publishes the providers' health with it
 
 
 def _tokens_guess(plan: RoutePlan) -> int:

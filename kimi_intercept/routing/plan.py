@@ -4,19 +4,18 @@ Pure functions over the request's parts; the addon feeds them, the relay execute
 
 A request is *routed* when its host is intercepted and it is an LLM call in one of the dialects
 (:func:`detect_dialect`: OpenAI chat completions, https://platform.openai.com/docs/api-reference/chat/create;
-Anthropic Messages; Gemini generateContent; OpenAI's Responses API). It is then either
+Anthropic Messages; Gemini generateContent). It is then either
 
 - ``reroute``: sent to ``[routing] primary`` with the provider's key and model, then to the
   fallbacks in order (the upstream requests themselves: :mod:`.targets`); or
 - ``passthrough`` (the ``100 - share`` percent of conversations): sent to the original URL
   with the client's own headers, unchanged, and counted;
-- ``count_tokens``: Anthropic's ``/v1/messages/count_tokens``, answered locally;
+- ``count_tokens``: Anthropic's ``/v1/messages/count_tokens``, answered locally.
 
-A rerouted Responses API request the hub cannot carry (an unknown ``previous_response_id``, a
-built-in tool …) keeps ``reroute`` with ``refused`` set: the relay answers it at once with a
-400 in its dialect, and records the row.
-
-Everything else (other paths, a body that is not a JSON object) is left to mitmproxy untouched.
+An LLM call that cannot be planned — a body that is not a JSON object, a request that cannot be
+translated for any provider in the chain — raises :class:`Unplannable` with the HTTP status and
+reason the client is answered with (:mod:`.unplanned` turns it into a ``rejected`` plan).
+Everything else (other hosts, methods and paths) is left to mitmproxy untouched.
 """
 
 from __future__ import annotations
@@ -31,14 +30,34 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from kimi_intercept.config.rules import RequestFacts, Rule, first_match
+from kimi_intercept.config.rules import ChainEntry, RequestFacts, Rule, first_match
 from kimi_intercept.config.settings import Config
-from kimi_intercept.dialects import DialectError
+from kimi_intercept.dialects import DialectError, text_of
 from kimi_intercept.routing.conversations import ConversationTracker, title_text
 from kimi_intercept.routing.targets import Target, passthrough_target, reroute_targets
 
 CHAT_COMPLETIONS = "/chat/completions"
+_JSON_ERRORS = (ValueError, RecursionError)  # UnicodeDecodeError is a ValueError
 _GEMINI_PATH = re.compile(r"/models/([^/:]+):(generateContent|streamGenerateContent)$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why an LLM call is answered by the proxy itself: the HTTP ``status`` the client gets
+    (400 rejected input, 413 too large, 500 a bug of ours), an error ``code`` (e.g.
+    ``invalid_request``) and a ``message`` for a person."""
+
+    status: int
+    code: str
+    message: str
+
+
+class Unplannable(Exception):
+    """An LLM call that cannot be planned; ``problem`` says what the client is told."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.problem = Problem(status, code, message)
 
 
 @dataclass
@@ -49,7 +68,7 @@ class RoutePlan:
     ``started_at`` is the ISO 8601 UTC start of the request.
     """
 
-    kind: str  # "reroute" | "passthrough" | "count_tokens"
+    kind: str  # "reroute" | "passthrough" | "count_tokens" | "rejected"
     targets: list[Target]
     stream: bool
     request_json: dict[str, Any] = field(repr=False)  # the request in the OpenAI hub dialect
@@ -68,15 +87,15 @@ class RoutePlan:
     dialect: str = "openai"  # the client's: openai | anthropic | gemini
     received: float = field(default_factory=time.time)
     prompt_tokens_estimate: int | None = None  # tiktoken count, filled in only when needed
-    refused: DialectError | None = None  # answered with a 400: why (message, code, param)
+    problem: Problem | None = None  # set when the call could not be planned (kind "rejected")
 
 
 def client_name(user_agent: str | None) -> str | None:
     """A short client name from a User-Agent: ``"OpenAI/Python 2.54.0"`` stays whole,
     ``"claude-cli/2.1.328 (external, sdk-cli)"`` becomes ``"claude-cli/2.1.328"``."""
-    if not user_agent:
+    parts = text_of(user_agent or "").split()
+    if not parts:  # missing, empty, or only whitespace / control characters
         return None
-    parts = user_agent.split()
     name = parts[0]
     if (
         "/" in name
@@ -98,7 +117,7 @@ def session_key(lower: dict[str, str], request_json: dict[str, Any]) -> str | No
     or a JSON object with ``session_id`` as newer versions do."""
     for name in SESSION_HEADERS:
         if lower.get(name):
-            return hashlib.sha256(f"{name}:{lower[name]}".encode()).hexdigest()
+            return _sha256(f"{name}:{lower[name]}")
     user = request_json.get("user")
     session = None
     if isinstance(user, str) and "_session_" in user:
@@ -109,7 +128,7 @@ def session_key(lower: dict[str, str], request_json: dict[str, Any]) -> str | No
         except (ValueError, AttributeError, RecursionError):
             found = None
         session = found if isinstance(found, str) and found else None
-    return hashlib.sha256(f"session:{session}".encode()).hexdigest() if session else None
+    return _sha256(f"session:{session}") if session else None
 
 
 def conversation_key(headers: list[tuple[str, str]], request_json: dict[str, Any]) -> str:
@@ -138,7 +157,13 @@ def conversation_key(headers: list[tuple[str, str]], request_json: dict[str, Any
             break
     ua = (lower.get("user-agent") or "").split("/")[0]
     blob = json.dumps([ua, prefix], ensure_ascii=False, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    return _sha256(blob)
+
+
+def _sha256(text: str) -> str:
+    """Hex SHA-256 of ``text``'s UTF-8 bytes; lone surrogates (a cut emoji from a JavaScript
+    client, or undecodable header bytes) are hashed as they are, never an error."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def conversation_title(request_json: dict[str, Any], limit: int = 80) -> str | None:
@@ -148,7 +173,7 @@ def conversation_title(request_json: dict[str, Any], limit: int = 80) -> str | N
     messages = request_json.get("messages")
     for m in messages if isinstance(messages, list) else []:
         if isinstance(m, dict) and m.get("role") == "user":
-            text = title_text(m.get("content"))
+            text = text_of(title_text(m.get("content")))
             if text:
                 return text if len(text) <= limit else text[: limit - 1] + "…"
     return None
@@ -248,13 +273,16 @@ def plan_route(
     started: float | None = None,
     tracker: ConversationTracker | None = None,
 ) -> RoutePlan | None:
-    """Plan a request, or return ``None`` to leave it to mitmproxy untouched.
+    """Plan a request, or return ``None`` to leave it to mitmproxy untouched (not an LLM call).
 
-    ``url`` is the original absolute URL; ``roll`` a number in [0, 100) that is compared with
-    ``[routing] share`` (below → reroute); by default :func:`share_roll` of the conversation, so
-    the choice is sticky per conversation. ``tracker`` splits fingerprinted conversations into
-    runs (:class:`~.conversations.ConversationTracker`); the share stays decided by the
-    fingerprint. Never raises on bad input: a body that is not a JSON object gives ``None``.
+    ``url`` is the original absolute URL; ``body`` the decoded request body; ``roll`` a number
+    in [0, 100) that is compared with ``[routing] share`` (below → reroute); by default
+    :func:`share_roll` of the conversation, so the choice is sticky per conversation.
+    ``tracker`` splits fingerprinted conversations into runs
+    (:class:`~.conversations.ConversationTracker`); the share stays decided by the fingerprint.
+    Raises :class:`Unplannable` (status 400) for an LLM call whose body is not a JSON object, or
+    that no provider of its chain can take (it cannot be translated); use
+    :func:`.unplanned.plan_or_reject` for a function that never raises.
     """
     rule: Rule | None = None
     rebuild = None
@@ -264,10 +292,13 @@ def plan_route(
     dialect, path_model, path_stream = found
     try:
         native = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
+    except _JSON_ERRORS as e:
+        raise Unplannable(400, "invalid_request", f"the request body is not JSON: {e}") from e
     if not isinstance(native, dict):
-        return None
+        kind = type(native).__name__
+        raise Unplannable(
+            400, "invalid_request", f"the request body is a JSON {kind}, not an object"
+        )
     model = native.get("model") if dialect != "gemini" else path_model
     client_model = model if isinstance(model, str) else None
     stream = path_stream if dialect == "gemini" else native.get("stream") is True
@@ -279,9 +310,6 @@ def plan_route(
     if roll is None:
         roll = share_roll(conversation)
     reroute = roll < cfg.routing.share or dialect == "anthropic_count"
-    refused = hub_error if reroute and isinstance(hub_error, DialectError) else None
-    if refused is not None and dialect != "responses":
-        refused = None  # other dialects: every target is skipped with the reason, as before
     if dialect == "anthropic_count":
         targets: list[Target] = []  # answered by the relay itself, with a local count
     elif reroute:
@@ -291,6 +319,9 @@ def plan_route(
             rule.chain if rule else cfg.default_chain, rule,
         )  # fmt: skip
         targets = rebuild(native, hub, hub_error)
+        if hub is None and not any(t.dialect == dialect for t in targets):
+            code = getattr(hub_error, "code", None) or "invalid_request"  # Responses: the API's
+            raise Unplannable(400, code, str(hub_error or "cannot translate the request"))
     else:
         targets = [
             passthrough_target(
@@ -326,8 +357,20 @@ def plan_route(
         native=native,
         rebuild=rebuild,
         dialect="anthropic" if dialect == "anthropic_count" else dialect,
-        refused=refused,
     )
+
+
+def retarget(plan: RoutePlan, chain: tuple[ChainEntry, ...]) -> bool:
+    """Send a rerouted plan to another chain (a spent budget's cheaper one): its targets are
+    built again from the client's request, and no rule applies. False if it cannot be."""
+    p = plan.rebuild
+    if plan.kind != "reroute" or not isinstance(p, functools.partial) or len(p.args) != 7:
+        return False
+    plan.rebuild = functools.partial(p.func, *p.args[:5], chain, None)
+    hub, hub_error = to_hub(plan.dialect, plan.native, plan.client_model, plan.stream)
+    plan.targets = plan.rebuild(plan.native, hub, hub_error)
+    plan.rule = None
+    return True
 
 
 def _targets(
@@ -373,30 +416,16 @@ def _facts(
 
 
 def to_hub(
-    dialect: str,
-    native: dict[str, Any],
-    model: str | None,
-    stream: bool,
-    *,
-    drop_builtin_tools: bool = False,
+    dialect: str, native: dict[str, Any], model: str | None, stream: bool, **responses: bool
 ) -> tuple[dict[str, Any] | None, Any]:
     """The request in the OpenAI hub dialect, or ``(None, why)`` when it cannot be translated
-    (``why`` a message; for the Responses API the :class:`DialectError` itself, whose ``str``
-    is the message). ``drop_builtin_tools``: ``[dialects.responses] drop_builtin_tools``."""
+    (Responses API: ``why`` is the ``DialectError``; ``responses``: ``drop_builtin_tools``)."""
     if dialect == "openai":
         return native, None
     if dialect == "responses":
-        from kimi_intercept.dialects import responses
+        from kimi_intercept.dialects import responses as api
 
-        try:
-            hub = responses.to_openai_request(
-                native, model=model, drop_builtin_tools=drop_builtin_tools
-            )
-            return hub, None
-        except DialectError as e:
-            return None, e
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
-            return None, DialectError(f"cannot translate the Responses API request: {e}")
+        return api.hub_or_error(native, model, **responses)
     try:
         if dialect in ("anthropic", "anthropic_count"):
             from kimi_intercept.dialects import anthropic
@@ -405,5 +434,5 @@ def to_hub(
         from kimi_intercept.dialects import gemini
 
         return gemini.to_openai_request(native, model=model, stream=stream), None
-    except (DialectError, ValueError, TypeError, KeyError) as e:
+    except (DialectError, ValueError, TypeError, KeyError, RecursionError) as e:
         return None, f"cannot translate the {dialect} request: {e}"

@@ -14,13 +14,13 @@ Auth per dialect — OpenAI: ``Authorization: Bearer``; Anthropic: ``x-api-key``
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from kimi_intercept.config.rules import ChainEntry, Rule, apply_overrides
 from kimi_intercept.config.settings import Config, ModelInfo, Provider
+from kimi_intercept.dialects import json_bytes
 from kimi_intercept.dialects.kimi import (
     KimiRequestError,
     normalize_anthropic_for_kimi,
@@ -30,12 +30,13 @@ from kimi_intercept.dialects.kimi import (
 KIMI_HOSTS = frozenset({"api.moonshot.ai", "api.moonshot.cn", "api.kimi.com"})
 ANTHROPIC_VERSION = "2023-06-01"
 
-# RFC 9110 §7.6.1 hop-by-hop headers, plus what the relay sets itself.
+# RFC 9110 §7.6.1 hop-by-hop headers, plus what the relay sets itself (the body it sends is
+# always the decoded one: mitmproxy undoes the client's Content-Encoding).
 _HOP_BY_HOP = frozenset(
     {
         "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
         "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "host",
-        "content-length", "accept-encoding",
+        "content-length", "accept-encoding", "content-encoding",
     }
 )  # fmt: skip
 # Client credentials and account scoping that must not reach another provider.
@@ -134,7 +135,7 @@ def reroute_targets(
                 provider=provider.name,
                 url=_url(provider, model, stream),
                 headers={**base, **_auth(provider, headers)},
-                body=json.dumps(body, ensure_ascii=False).encode("utf-8"),
+                body=json_bytes(body),
                 model=model,
                 model_info=cfg.model_info(model, provider.name),
                 skip_reason=skip,

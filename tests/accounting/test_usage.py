@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from kimi_intercept.accounting.usage import (
     JsonMeter,
     Usage,
     meter_chat_json,
+    trusted,
     usage_from_openai,
 )
 
@@ -61,19 +63,64 @@ def test_usage_cached_preference_order():
 
 
 @pytest.mark.parametrize(
-    "u",
+    ("u", "flagged"),
     [
-        {},
-        None,
-        [],
-        "usage",
-        {"prompt_tokens": "90", "completion_tokens": None, "cached_tokens": 1.5},
-        {"prompt_tokens": True, "completion_tokens": -1, "prompt_tokens_details": []},
-        {"completion_tokens_details": "x", "prompt_tokens_details": None},
+        ({}, False),
+        (None, False),
+        ([], False),
+        ("usage", False),
+        ({"prompt_tokens": "90", "completion_tokens": None, "cached_tokens": 1.5}, True),
+        ({"prompt_tokens": True, "completion_tokens": -1, "prompt_tokens_details": []}, True),
+        ({"completion_tokens_details": "x", "prompt_tokens_details": None}, False),
     ],
 )
-def test_usage_wrong_types_are_none(u):
-    assert usage_from_openai(u) == Usage()
+def test_usage_wrong_types_are_none(u, flagged):
+    """Wrong types read as None; a count that is present but not a count is flagged."""
+    got = usage_from_openai(u)
+    assert dataclasses.replace(got, problem=None) == Usage()
+    assert (got.problem is not None) == flagged, got.problem
+
+
+@pytest.mark.parametrize(
+    ("u", "why"),
+    [
+        ({"prompt_tokens": 1e30, "completion_tokens": 5}, "usage.prompt_tokens = 1e+30"),
+        ({"prompt_tokens": 10**30, "completion_tokens": 5}, "usage.prompt_tokens = 1000000"),
+        (
+            {"prompt_tokens": 2**53, "completion_tokens": 5},
+            "usage.prompt_tokens = 9007199254740992",
+        ),
+        ({"prompt_tokens": 3, "completion_tokens": -2}, "usage.completion_tokens = -2"),
+        ({"prompt_tokens": 3, "completion_tokens": "7"}, 'usage.completion_tokens = "7"'),
+        (
+            {
+                "prompt_tokens": 3,
+                "completion_tokens": 4,
+                "prompt_tokens_details": {"cached_tokens": -1},
+            },
+            "usage.prompt_tokens_details.cached_tokens = -1",
+        ),
+    ],
+)
+def test_absurd_usage_is_not_trusted(u, why):
+    """Counts must be integers in 0 <= n < 2**53; anything else is no provider usage at all."""
+    got = usage_from_openai(u)
+    assert got.problem is not None and got.problem.startswith(why), got.problem
+    assert trusted(got) == (None, got.problem)
+
+
+def test_trusted_usage():
+    assert trusted(None) == (None, None)
+    good = Usage(prompt_tokens=2**53 - 1, completion_tokens=0)
+    assert trusted(good) == (good, None)
+    assert trusted(Usage(cached_tokens=3)) == (
+        None,
+        "the usage object held no prompt or completion token count",
+    )
+    assert trusted(Usage(prompt_tokens=2**60, completion_tokens=1)) == (
+        None,
+        f"a token count of {2**60} is out of range",
+    )  # e.g. a sum of counts that were each in range
 
 
 # --- ChatStreamMeter over provider streams ----------------------------------------------------

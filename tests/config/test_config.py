@@ -27,6 +27,7 @@ def test_missing_file_gives_the_documented_defaults():
     assert cfg.providers["kimi"].model == "kimi-k2.6"
     assert cfg.model_info("kimi-k2.6", "kimi") == ModelInfo(262144, 0.95, 0.16, 4.00)
     assert "api.openai.com" in cfg.hosts and "api.moonshot.cn" in cfg.hosts
+    assert (cfg.routing.on_plan_error, cfg.max_body_mb) == ("error", 64.0)
 
 
 def test_repository_config_toml_is_the_packaged_defaults():
@@ -74,6 +75,11 @@ def test_unset_key_variable_leaves_the_provider_keyless_with_a_hint():
         ('[providers.kimi]\nbase_url = "ftp://x"', "must be an http:// or https:// URL"),
         ('[providers.kimi.models."m"]\ninput_per_mtok = -1', "price in USD per million"),
         ("[bogus]\nx = 1", "unknown table [bogus]"),
+        (
+            '[routing]\non_plan_error = "ignore"',
+            'routing.on_plan_error must be "error" or "passthrough", got \'ignore\'',
+        ),
+        ("[proxy]\nmax_body_mb = 0", "proxy.max_body_mb must be a number from 0.001 to 4096"),
         ("[routing\n", "not valid TOML"),
     ],
 )

@@ -159,7 +159,7 @@ def test_keys_other_features_add_are_accepted(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text(
         '[storage]\nspool = "spool"\n'
-        '[routing]\non_plan_error = "pass"\nmax_answer_s = 600\n'
+        '[routing]\non_plan_error = "passthrough"\nmax_answer_s = 600\n'
         "[proxy]\nmax_body_mb = 32\ndrain_s = 5\n"
     )
     assert check_config(p, env={}).cfg.routing.primary == "kimi"

@@ -159,11 +159,10 @@ def test_unknown_previous_response_id_gets_the_apis_own_error(proxied):
         client.responses.create(model="gpt-5", previous_response_id="resp_nope", input="hi")
     assert e.value.status_code == 400
     assert e.value.code == "previous_response_not_found"
-    assert e.value.param == "previous_response_id"
     assert "resp_nope" in e.value.message
     assert kimi.received == []
     [row] = wait_rows(db, 1)
-    assert (row["status_code"], row["outcome"], row["dialect"]) == (400, "error", "responses")
+    assert (row["status_code"], row["outcome"], row["dialect"]) == (400, "rejected", "responses")
 
 
 def test_builtin_tool_is_refused_by_name_or_dropped(proxied):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import pytest
+
 from kimi_intercept.config.settings import load_config
-from kimi_intercept.routing.plan import client_name, detect_dialect, plan_route
+from kimi_intercept.routing.plan import Unplannable, client_name, detect_dialect, plan_route
 
 ENV = {"MOONSHOT_API_KEY": "sk-moon", "DEEPSEEK_API_KEY": "sk-deep"}
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -78,10 +80,10 @@ def test_missing_key_marks_the_target_skipped_with_the_variable_name():
     assert p.targets[1].skip_reason is None
 
 
-def test_other_paths_hosts_and_bad_bodies_are_left_alone():
+def test_other_paths_and_hosts_are_left_alone_bad_bodies_are_rejected():
     assert plan(path="/v1/models") is None
     assert plan(host="example.com") is None
-    assert (
+    with pytest.raises(Unplannable) as e:
         plan_route(
             load_config(None, env=ENV),
             method="POST",
@@ -92,9 +94,10 @@ def test_other_paths_hosts_and_bad_bodies_are_left_alone():
             body=b"\xff{not json",
             roll=0.0,
         )
-        is None
-    )
-    assert plan(body=["not", "an", "object"]) is None
+    assert e.value.problem.status == 400
+    assert e.value.problem.message.startswith("the request body is not JSON: ")
+    with pytest.raises(Unplannable, match="the request body is a JSON list, not an object"):
+        plan(body=["not", "an", "object"])
 
 
 def test_chat_completions_matching():
