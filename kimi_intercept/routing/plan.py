@@ -367,7 +367,10 @@ def retarget(plan: RoutePlan, chain: tuple[ChainEntry, ...]) -> bool:
     if plan.kind != "reroute" or not isinstance(p, functools.partial) or len(p.args) != 7:
         return False
     plan.rebuild = functools.partial(p.func, *p.args[:5], chain, None)
-    hub, hub_error = to_hub(plan.dialect, plan.native, plan.client_model, plan.stream)
+    drop = p.args[0].responses_drop_builtin_tools  # args[0] is the Config
+    hub, hub_error = to_hub(
+        plan.dialect, plan.native, plan.client_model, plan.stream, drop_builtin_tools=drop
+    )
     plan.targets = plan.rebuild(plan.native, hub, hub_error)
     plan.rule = None
     return True
