@@ -33,6 +33,8 @@ notes ``mitmproxy.md`` appendix):
   (``flow.response.stream = True``), never buffered.
 - every finished call: one console line (:func:`.relay.console.console_line`) in mitmproxy's
   log, as its row goes to the store writer.
+- ``request`` also answers a WebSocket upgrade on ``/v1/responses`` of an intercepted host
+  itself, at once (426, :mod:`.routing.websocket`): Codex then falls back to HTTPS.
 - ``done`` (mitmproxy awaits it on SIGTERM/SIGINT, while its loop still serves connections):
   graceful shutdown — new LLM calls get a 503 in their dialect (row outcome ``shutdown``),
   answers in flight get ``[proxy] drain_s`` seconds, the rest are cut (outcome ``shutdown``,
@@ -63,6 +65,7 @@ from kimi_intercept.routing.body import BodyTooLarge, decoded_body
 from kimi_intercept.routing.conversations import ConversationTracker
 from kimi_intercept.routing.plan import Problem, RoutePlan, detect_dialect
 from kimi_intercept.routing.unplanned import internal_problem, plan_or_reject, rejected_plan
+from kimi_intercept.routing.websocket import REFUSAL_STATUS, is_responses_websocket, refusal_body
 from kimi_intercept.sanitizer.prepare import Preparer
 from kimi_intercept.storage import StoreWriter, prune_on_start, spool_path
 
@@ -277,6 +280,10 @@ class KimiIntercept:
         req = flow.request
         if req.raw_content is None or req.pretty_host not in self.cfg.hosts:
             return
+        if is_responses_websocket(req.method, req.path, req.headers.items(multi=True)):
+            log.info("kimi-intercept: refused a Responses WebSocket upgrade (%s)", req.pretty_url)
+            flow.response = http.Response.make(REFUSAL_STATUS, refusal_body(), _JSON)
+            return  # Codex then sends the turn as POST /v1/responses at once
         if detect_dialect(req.method, req.path) is None:
             return  # not an LLM call: mitmproxy's
         limit = int(self.cfg.max_body_mb * 1024 * 1024)

@@ -24,6 +24,7 @@ def config_keys() -> set[str]:
         for table in ("intercept", "routing", "proxy", "storage", "sanitizer", "context")
         for k in raw[table]
     }
+    keys |= {f"dialects.responses.{k}" for k in raw["dialects"]["responses"]}
     for provider in raw["providers"].values():
         keys |= {f"providers.<name>.{k}" for k in provider if k != "models"}
         for info in provider.get("models", {}).values():

@@ -54,7 +54,7 @@ DIALECTS = ("openai", "anthropic", "gemini")
 # [[routing.rules]] in .rules.
 TABLES = (
     "intercept", "routing", "storage", "models", "providers",
-    "prices", "sanitizer", "context", "import", "proxy", "budget",
+    "prices", "sanitizer", "context", "import", "proxy", "budget", "dialects",
 )  # fmt: skip
 INTERCEPT_KEYS = ("hosts",)
 ROUTING_KEYS = (
@@ -66,6 +66,8 @@ ROUTING_KEYS = (
 SHADOW_KEYS = ("provider", "share")
 STORAGE_KEYS = ("database", "retention_days", "spool")  # retention_days: storage.retention
 PROXY_KEYS = ("max_body_mb", "drain_s")
+DIALECTS_KEYS = ("responses",)
+RESPONSES_KEYS = ("drop_builtin_tools",)  # [dialects.responses]
 PROVIDER_KEYS = ("base_url", "dialect", "api_key", "model", "models", "rpm", "tpm")
 MODEL_KEYS = (
     "context_window", "input_per_mtok", "cached_input_per_mtok", "output_per_mtok",
@@ -171,6 +173,9 @@ class Config:
     # ${VAR} name -> expanded value, only to take secrets back out of messages (redact)
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     drain_s: float = 30.0  # [proxy] drain_s: on SIGTERM/SIGINT, streams in flight get this long
+    # [dialects.responses] drop_builtin_tools: drop (logged) the Responses API's hosted tools
+    # (web_search …) of a rerouted request instead of refusing it with a 400
+    responses_drop_builtin_tools: bool = True
 
     def redact(self, text: str) -> str:
         """``text`` with every expanded ``${VAR}`` value written back as ``${VAR}``."""
@@ -281,9 +286,11 @@ def _build(
             raise ConfigError(f"unknown table [{key}] — {suggestion(key, TABLES)}")
     for key, allowed in (
         ("intercept", INTERCEPT_KEYS), ("routing", ROUTING_KEYS), ("storage", STORAGE_KEYS),
-        ("proxy", PROXY_KEYS),
+        ("proxy", PROXY_KEYS), ("dialects", DIALECTS_KEYS),
     ):  # fmt: skip
         _check_keys(_table(raw, key), allowed, f"[{key}]")
+    responses = _table(_table(raw, "dialects"), "responses")
+    _check_keys(responses, RESPONSES_KEYS, "[dialects.responses]")
     providers = {
         name: _provider(name, table, _api_key_ref(unexpanded, name))
         for name, table in _table(raw, "providers").items()
@@ -336,6 +343,7 @@ def _build(
     return Config(
         hosts, routing, database, providers, dict(models), source, raw, rules,
         max_body_mb=max_body_mb, drain_s=drain_s, secrets=secrets,
+        responses_drop_builtin_tools=_bool(responses, "dialects.responses.drop_builtin_tools"),
     )  # fmt: skip
 
 

@@ -1,7 +1,8 @@
 """Wire dialects. OpenAI chat completions is the hub every provider can speak; a client that
-speaks another dialect (Anthropic Messages, Gemini) is translated to it and back.
+speaks another dialect (Anthropic Messages, Gemini, OpenAI Responses) is translated to it and back.
 
-Each non-hub dialect module (:mod:`.anthropic`, :mod:`.gemini`) offers the same seam:
+Each non-hub dialect module (:mod:`.anthropic`, :mod:`.gemini`, :mod:`.responses`) offers the
+same seam:
 
 - ``to_openai_request(body: dict, *, model: str | None) -> dict`` — the client's request as an
   OpenAI chat-completions body (``stream_options.include_usage`` set when streaming, so usage
@@ -60,7 +61,15 @@ def json_bytes(obj: Any, separators: tuple[str, str] | None = None) -> bytes:
 
 
 class DialectError(ValueError):
-    """A request that cannot be translated; the message says what and why."""
+    """A request that cannot be translated; the message says what and why.
+
+    ``code`` and ``param`` (optional) are what the client's API itself would put in its error
+    for this input (e.g. the Responses API's ``previous_response_not_found``); a request that
+    carries a ``code`` is answered at once with a 400 in the client's dialect."""
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.code, self.param = code, param
 
 
 def event_object(data: str) -> dict[str, Any] | None:

@@ -233,7 +233,7 @@ def detect_dialect(method: str, path: str) -> tuple[str, str | None, bool | None
     ``openai``: ``POST …/chat/completions``; ``anthropic``: ``POST …/v1/messages``
     (``anthropic_count``: ``…/v1/messages/count_tokens``,
     https://docs.claude.com/en/api/messages-count-tokens); ``responses``: ``POST …/v1/responses``
-    (OpenAI's Responses API: passed through and counted, never rerouted); ``gemini``: ``POST
+    (OpenAI's Responses API, :mod:`kimi_intercept.dialects.responses`); ``gemini``: ``POST
     …/models/{model}:generateContent`` or ``:streamGenerateContent``
     (https://ai.google.dev/api/generate-content), whose model and streaming live in the path
     (streaming only as SSE, ``?alt=sse``; the JSON-array stream is left untouched).
@@ -302,13 +302,14 @@ def plan_route(
     model = native.get("model") if dialect != "gemini" else path_model
     client_model = model if isinstance(model, str) else None
     stream = path_stream if dialect == "gemini" else native.get("stream") is True
-    hub, hub_error = to_hub(dialect, native, client_model, bool(stream))
+    drop = cfg.responses_drop_builtin_tools
+    hub, hub_error = to_hub(dialect, native, client_model, bool(stream), drop_builtin_tools=drop)
     lower = [(k.lower(), v) for k, v in headers]
     ua = next((v for k, v in lower if k == "user-agent"), None)
     conversation = conversation_key(headers, hub or {})
     if roll is None:
         roll = share_roll(conversation)
-    reroute = (roll < cfg.routing.share or dialect == "anthropic_count") and dialect != "responses"
+    reroute = roll < cfg.routing.share or dialect == "anthropic_count"
     if dialect == "anthropic_count":
         targets: list[Target] = []  # answered by the relay itself, with a local count
     elif reroute:
@@ -319,7 +320,8 @@ def plan_route(
         )  # fmt: skip
         targets = rebuild(native, hub, hub_error)
         if hub is None and not any(t.dialect == dialect for t in targets):
-            raise Unplannable(400, "invalid_request", hub_error or "cannot translate the request")
+            code = getattr(hub_error, "code", None) or "invalid_request"  # Responses: the API's
+            raise Unplannable(400, code, str(hub_error or "cannot translate the request"))
     else:
         targets = [
             passthrough_target(
@@ -365,7 +367,10 @@ def retarget(plan: RoutePlan, chain: tuple[ChainEntry, ...]) -> bool:
     if plan.kind != "reroute" or not isinstance(p, functools.partial) or len(p.args) != 7:
         return False
     plan.rebuild = functools.partial(p.func, *p.args[:5], chain, None)
-    hub, hub_error = to_hub(plan.dialect, plan.native, plan.client_model, plan.stream)
+    drop = p.args[0].responses_drop_builtin_tools  # args[0] is the Config
+    hub, hub_error = to_hub(
+        plan.dialect, plan.native, plan.client_model, plan.stream, drop_builtin_tools=drop
+    )
     plan.targets = plan.rebuild(plan.native, hub, hub_error)
     plan.rule = None
     return True
@@ -414,13 +419,16 @@ def _facts(
 
 
 def to_hub(
-    dialect: str, native: dict[str, Any], model: str | None, stream: bool
-) -> tuple[dict[str, Any] | None, str | None]:
-    """The request in the OpenAI hub dialect, or ``(None, why)`` when it cannot be translated."""
+    dialect: str, native: dict[str, Any], model: str | None, stream: bool, **responses: bool
+) -> tuple[dict[str, Any] | None, Any]:
+    """The request in the OpenAI hub dialect, or ``(None, why)`` when it cannot be translated
+    (Responses API: ``why`` is the ``DialectError``; ``responses``: ``drop_builtin_tools``)."""
     if dialect == "openai":
         return native, None
     if dialect == "responses":
-        return None, "the Responses API is only passed through"
+        from kimi_intercept.dialects import responses as api
+
+        return api.hub_or_error(native, model, **responses)
     try:
         if dialect in ("anthropic", "anthropic_count"):
             from kimi_intercept.dialects import anthropic

@@ -210,15 +210,16 @@ def test_gemini_stream_through_httpx_is_translated_with_crlf_events(proxied):
 def test_openai_responses_api_passes_through_and_is_counted(
     tmp_path, fake_upstream, start_proxy, openai_client
 ):
-    """/v1/responses is never rerouted: the original host answers (here a local fake standing
-    in for it) with the client's key, and the usage in `response.completed` is recorded."""
+    """/v1/responses outside the rerouted share (``share = 0``) passes through: the original
+    host answers (here a local fake standing in for it) with the client's key, and the usage in
+    `response.completed` is recorded. (Rerouted: tests/dialects/test_responses_e2e.py.)"""
     original, kimi, deepseek = fake_upstream(), fake_upstream(), fake_upstream()
     original.enqueue(Reply.sse_file((WIRE / "captured_openai_responses_stream.sse").read_bytes()))
     db = tmp_path / "kimi.db"
     proxy = start_proxy(
-        config(db, kimi.url, deepseek.url).replace(
-            'hosts = ["api.anthropic.com"', 'hosts = ["localhost", "api.anthropic.com"'
-        )
+        config(db, kimi.url, deepseek.url)
+        .replace('hosts = ["api.anthropic.com"', 'hosts = ["localhost", "api.anthropic.com"')
+        .replace("max_retries = 0", "max_retries = 0\nshare = 0")
     )
     port = original.url.rsplit(":", 1)[1]
     client = openai_client(proxy, base_url=f"http://localhost:{port}/v1")

@@ -122,7 +122,7 @@ def assert_sse_json(out: bytes) -> None:
 
 @given(stream=STREAM, splits=SPLITS)
 def test_every_stream_translator_survives_and_writes_json_events(stream, splits):
-    for client in ("anthropic", "gemini"):
+    for client in ("anthropic", "gemini", "responses"):
         bridge = Bridge(client, "openai", "kimi-k2.6")
         meter = bridge.meter(sse=True)
         events = EventSplitter()
@@ -168,7 +168,7 @@ BODY = fields(
 @given(body=st.one_of(BODY, BODY, ANY), status=st.sampled_from([200, 200, 400, 429, 500]))
 def test_every_non_streamed_translation_gives_a_json_object(body, status):
     raw = json.dumps(body).encode()
-    for client in ("anthropic", "gemini"):
+    for client in ("anthropic", "gemini", "responses"):
         out = Bridge(client, "openai", "kimi-k2.6").body(status, raw)
         assert isinstance(json.loads(out), dict)
     for meter_json in (meter_chat_json, anthropic_meter.meter_json, gemini_meter.meter_json):
