@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from kimi_intercept.config.dirs import default_database
 from kimi_intercept.config.env import env_refs, expand, redact
 from kimi_intercept.config.keys import suggestion, unknown_key_message
+from kimi_intercept.config.kimi import KimiSettings, parse_kimi, prompt_text
 from kimi_intercept.config.rules import ChainEntry, Rule, RuleError, parse_rules
 from kimi_intercept.config.values import (  # noqa: F401 (ConfigError: re-exported)
     ConfigError,
@@ -54,7 +55,7 @@ DIALECTS = ("openai", "anthropic", "gemini")
 # [[routing.rules]] in .rules.
 TABLES = (
     "intercept", "routing", "storage", "models", "providers",
-    "prices", "sanitizer", "context", "import", "proxy", "budget",
+    "prices", "sanitizer", "context", "import", "proxy", "budget", "kimi",
 )  # fmt: skip
 INTERCEPT_KEYS = ("hosts",)
 ROUTING_KEYS = (
@@ -66,7 +67,10 @@ ROUTING_KEYS = (
 SHADOW_KEYS = ("provider", "share")
 STORAGE_KEYS = ("database", "retention_days", "spool")  # retention_days: storage.retention
 PROXY_KEYS = ("max_body_mb", "drain_s")
-PROVIDER_KEYS = ("base_url", "dialect", "api_key", "model", "models", "rpm", "tpm")
+PROVIDER_KEYS = (
+    "base_url", "dialect", "api_key", "model", "models", "rpm", "tpm", "system_prepend",
+    "system_append",
+)  # fmt: skip
 MODEL_KEYS = (
     "context_window", "input_per_mtok", "cached_input_per_mtok", "output_per_mtok",
     "cache_write_per_mtok", "cache_write_1h_per_mtok",
@@ -110,6 +114,8 @@ class Provider:
     models: Mapping[str, ModelInfo] = field(default_factory=dict)
     rpm: int | None = None  # local limit, requests per minute
     tpm: int | None = None  # local limit, tokens per minute
+    system_prepend: str = ""  # text put before every request's system prompt (kimi.prompt_text)
+    system_append: str = ""  # text put after it
 
     def url(self, endpoint: str) -> str:
         """``base_url`` joined with an endpoint path such as ``/chat/completions``."""
@@ -167,6 +173,7 @@ class Config:
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
     rules: tuple[Rule, ...] = ()  # [[routing.rules]], first match wins
     max_body_mb: float = 64.0  # [proxy] max_body_mb: larger request bodies get a 413
+    kimi: KimiSettings = KimiSettings()  # [kimi]: switches of the Kimi request rules
     # ${VAR} name -> expanded value, only to take secrets back out of messages (redact)
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -282,8 +289,9 @@ def _build(
         ("proxy", PROXY_KEYS),
     ):  # fmt: skip
         _check_keys(_table(raw, key), allowed, f"[{key}]")
+    base = source.parent if source is not None else None
     providers = {
-        name: _provider(name, table, _api_key_ref(unexpanded, name))
+        name: _provider(name, table, _api_key_ref(unexpanded, name), base)
         for name, table in _table(raw, "providers").items()
     }
     r = _table(raw, "routing")
@@ -318,7 +326,7 @@ def _build(
         if not isinstance(v, str):
             raise ConfigError(f"models.{k!r} must be a model name string, got {v!r}")
     try:
-        rules = parse_rules(r.get("rules"), providers)
+        rules = parse_rules(r.get("rules"), providers, base)
     except RuleError as e:
         raise ConfigError(str(e)) from e
     hosts = tuple(_str_list(_table(raw, "intercept"), "intercept.hosts"))
@@ -331,7 +339,7 @@ def _build(
     max_body_mb = _number(_table(raw, "proxy"), "proxy.max_body_mb", 0.001, 4096)
     return Config(
         hosts, routing, database, providers, dict(models), source, raw, rules,
-        max_body_mb=max_body_mb, secrets=secrets,
+        max_body_mb=max_body_mb, kimi=parse_kimi(raw.get("kimi")), secrets=secrets,
     )  # fmt: skip
 
 
@@ -342,7 +350,7 @@ def _api_key_ref(unexpanded: Mapping[str, Any], name: str) -> str:
     return ref if isinstance(ref, str) else ""
 
 
-def _provider(name: str, t: Any, api_key_ref: str) -> Provider:
+def _provider(name: str, t: Any, api_key_ref: str, base: Path | None) -> Provider:
     if not isinstance(t, dict):
         raise ConfigError(f"providers.{name} must be a table")
     _check_keys(t, PROVIDER_KEYS, f"[providers.{name}]")
@@ -380,6 +388,8 @@ def _provider(name: str, t: Any, api_key_ref: str) -> Provider:
         models=models,
         rpm=_opt_int(t, f"providers.{name}.rpm"),
         tpm=_opt_int(t, f"providers.{name}.tpm"),
+        system_prepend=prompt_text(t, "system_prepend", f"[providers.{name}]", base),
+        system_append=prompt_text(t, "system_append", f"[providers.{name}]", base),
     )
 
 
