@@ -27,10 +27,8 @@ real response, [2nd] third-party page, ⚠ unverified.
    thinking: only type=enabled is allowed for this model" [doc; cap vercel/ai fixture]). With
    thinking on, each assistant message lacking ``reasoning_content`` gets ``""`` (400 "thinking
    is enabled but reasoning_content is missing" [doc Kimi Code errors]; ⚠ kosong accepts "",
-   the server unverified); a ``partial: true`` prefill is skipped ⚠. Thinking is on, by name
-   prefix: always for ``kimi-k2.7-code``, ``kimi-k2-thinking`` [doc thinking guide]; unless
-   disabled for ``kimi-k2.5``, ``kimi-k2.6``, ``kimi-k2.7``, ``kimi-k3`` ([doc] "on by default";
-   k3 ⚠ live captures always reason); only when ``type == "enabled"`` for ``kimi-for-coding`` ⚠.
+   the server unverified); a ``partial: true`` prefill is skipped ⚠. Which models think:
+   :func:`.kimi_types.thinking_on`.
    With ``missing_reasoning="disable_thinking"`` ([kimi] switch; Moonshot does not say whether
    "" is accepted) an assistant tool-call turn without ``reasoning_content`` instead turns
    thinking off for the request (``thinking: {type: disabled}``) where the model allows it;
@@ -59,15 +57,16 @@ from kimi_intercept.dialects.kimi_sampling import (  # noqa: F401 (FIXED_SAMPLIN
     output_cap,
     sampling,
 )
-from kimi_intercept.dialects.kimi_types import KimiRequestError, Normalized
+from kimi_intercept.dialects.kimi_types import (
+    THINKING_ALWAYS,
+    KimiRequestError,
+    Normalized,
+    thinking_on,
+)
 
 NAME_PATTERN = re.compile(r"^[a-zA-Z_][a-zA-Z0-9-_]{2,63}$")
 PART_TYPES = frozenset({"text", "image_url", "video_url"})
 MAX_N, MAX_STOP, MAX_STOP_BYTES = 5, 5, 32
-
-_THINKING_ALWAYS = ("kimi-k2.7-code", "kimi-k2-thinking")
-_THINKING_DEFAULT = ("kimi-k2.5", "kimi-k2.6", "kimi-k2.7", "kimi-k3")
-_THINKING_OPT_IN = ("kimi-for-coding",)
 
 
 def is_kimi_model(model: str | None) -> bool:
@@ -245,12 +244,7 @@ def _thinking(out: dict, msgs: list, m: str, changes: list[str], missing: str) -
             "removed thinking={type: disabled}: kimi-k2.7-code always thinks and 400s "
             '"invalid thinking: only type=enabled is allowed for this model"'
         )
-    always = m.startswith(_THINKING_ALWAYS)
-    on = (
-        always
-        or (m.startswith(_THINKING_DEFAULT) and kind != "disabled")
-        or (m.startswith(_THINKING_OPT_IN) and kind == "enabled")
-    )
+    always, on = m.startswith(THINKING_ALWAYS), thinking_on(m, kind)
     if on and not always and missing == "disable_thinking" and _tool_turn_without_reasoning(msgs):
         out["thinking"] = {"type": "disabled"}
         changes.append(

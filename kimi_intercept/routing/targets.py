@@ -143,7 +143,7 @@ def reroute_targets(
             except KimiRequestError as e:
                 skip = skip or str(e)
         elif is_kimi(provider) and provider.dialect == "anthropic" and body:
-            fixed = normalize_anthropic_for_kimi(body)
+            fixed = normalize_anthropic_for_kimi(body, missing_reasoning=cfg.kimi.missing_reasoning)
             body, notes = fixed.body, fixed.changes
             for line in notes:
                 log.warning(

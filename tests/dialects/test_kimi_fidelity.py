@@ -174,6 +174,7 @@ def test_unsupported_blocks_stripped_on_kimis_anthropic_endpoint():
         ]},
         {"role": "assistant", "content": [
             {"type": "thinking", "thinking": "t", "signature": "s"},
+            {"type": "redacted_thinking", "data": "EmwKAhgB"},
             {"type": "server_tool_use", "id": "srv_1", "name": "web_search", "input": {}},
             {"type": "text", "text": "done"},
         ]},
@@ -187,11 +188,47 @@ def test_unsupported_blocks_stripped_on_kimis_anthropic_endpoint():
         ]},
         {"role": "assistant", "content": [
             {"type": "thinking", "thinking": "t", "signature": "s"},
+            {"type": "server_tool_use", "id": "srv_1", "name": "web_search", "input": {}},
             {"type": "text", "text": "done"},
         ]},
     ]  # fmt: skip
     assert fixed.changes == (
         "converted a search_result block to text",
         "dropped a container_upload block",
-        "dropped a server_tool_use block",
+        "dropped a redacted_thinking block",
     )
+
+
+def test_anthropic_tool_turn_without_thinking_backfilled_or_thinking_turned_off():
+    turn = {"role": "assistant", "content": [
+        {"type": "text", "text": "Let me look."},
+        {"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {"p": "a"}}]}  # fmt: skip
+    result = {"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "toolu_1", "content": "A"}]}  # fmt: skip
+    body = {"model": "kimi-k2.6", "max_tokens": 100, "thinking": {"type": "adaptive"},
+            "messages": [{"role": "user", "content": "read a"}, turn, result]}  # fmt: skip
+    before = copy.deepcopy(body)
+    filled = normalize_anthropic_for_kimi(body)
+    assert body == before
+    assert filled.body["messages"][1]["content"] == [
+        {"type": "thinking", "thinking": "", "signature": ""}, *turn["content"],
+    ]  # fmt: skip
+    assert filled.body["thinking"] == {"type": "adaptive"}
+    assert filled.changes == (
+        "added an empty thinking block to 1 assistant tool_use turns: thinking is on and Kimi "
+        '400s "reasoning_content is missing" (⚠ empty accepted: unverified)',
+    )
+    off = normalize_anthropic_for_kimi(body, missing_reasoning="disable_thinking")
+    assert off.body["thinking"] == {"type": "disabled"}
+    assert off.body["messages"] == body["messages"]
+    # thinking off in the request, or a turn that has its thinking: nothing to do
+    assert normalize_anthropic_for_kimi({**body, "thinking": {"type": "disabled"}}).changes == ()
+    thought = {**turn, "content": [{"type": "thinking", "thinking": "t", "signature": "s"},
+                                   *turn["content"]]}  # fmt: skip
+    assert normalize_anthropic_for_kimi({**body, "messages": [thought]}).changes == ()
+    # an always-thinking model is backfilled even with disable_thinking
+    code = normalize_anthropic_for_kimi(
+        {**body, "model": "kimi-k2.7-code"}, missing_reasoning="disable_thinking"
+    )
+    assert code.body["thinking"] == {"type": "adaptive"}
+    assert code.body["messages"][1]["content"][0]["type"] == "thinking"
