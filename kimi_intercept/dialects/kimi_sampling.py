@@ -7,9 +7,12 @@
 - Fixed values: k2.5 / k2.6 fix ``temperature`` ("Cannot be modified"), ``top_p`` 0.95, ``n``
   1, ``presence_penalty`` / ``frequency_penalty`` 0 (models-overview); the temperature is 1.0 in
   thinking mode and 0.6 without (migrating-from-openai-to-kimi, "Migration Recommendation").
-  k3 400s "only 1 is allowed" for another temperature (vercel/ai capture); k2.7 and k3: temp 1.0,
-  top_p 0.95 (MoonshotAI/Kimi-Vendor-Verifier README) ⚠. Which is safest is ambiguous — a value
-  we set that the server does not expect 400s, a removed one takes the server's default — hence
+  k3 400s "only 1 is allowed" for another temperature (vercel/ai capture). For the rest — k3's
+  top_p and penalties, every field of k2.7 and kimi-for-coding — no Moonshot page gives the
+  value (the Kimi-Vendor-Verifier README recommends temp 1.0 / top_p 0.95 for K2.7 and K3, and
+  "only 0.6" is reported for k2.7-code-highspeed: they disagree), so such a field is always
+  removed, never guessed. Where the value is known, which is safest is ambiguous — a value we
+  set that the server does not expect 400s, a removed one takes the server's default — hence
   ``[kimi] fixed_sampling``: ``"set"`` (default) sends the documented value in place of the
   client's, ``"remove"`` drops the field. A field the client did not send stays unsent.
 - Output cap: without ``max_completion_tokens`` (or ``max_tokens``) Kimi's default cap is low
@@ -35,15 +38,20 @@ FIXED_SAMPLING: dict[str, tuple[str, ...]] = {
     "kimi-k3": _NO_N,
     "kimi-for-coding": _NO_N,  # ⚠ [2nd] "only 0.6 is allowed" reports on api.kimi.com/coding
 }
+# family → the fields whose fixed value a Moonshot page (or a captured 400) gives
+DOCUMENTED = {"kimi-k2.6": _ALL, "kimi-k2.5": _ALL, "kimi-k3": ("temperature",)}
 _VALUES = {"top_p": 0.95, "n": 1, "presence_penalty": 0.0, "frequency_penalty": 0.0}
 MAX_TEMPERATURE, NEAR_ZERO = 1.0, 0.01
 
 
-def fixed_value(family: str, name: str, thinking: bool) -> float | int:
-    """The documented value of fixed field ``name`` for a model of ``family``."""
+def fixed_value(family: str, name: str, thinking: bool) -> float | int | None:
+    """The documented value of fixed field ``name`` for a model of ``family`` (``None``:
+    not documented, the field is removed)."""
+    if name not in DOCUMENTED.get(family, ()):
+        return None
     if name != "temperature":
         return _VALUES[name]
-    if family.startswith("kimi-k3"):
+    if family == "kimi-k3":
         return 1.0
     return 1.0 if thinking else 0.6
 
@@ -52,18 +60,20 @@ def sampling(out: dict[str, Any], m: str, model: str, thinking: bool, policy: st
     """Apply the range and fixed-value rules to ``out`` (changed in place) for lower-cased
     model ``m``; one line per change."""
     changes = []
-    family = max((k for k in FIXED_SAMPLING if m.startswith(k)), key=len, default=None)
-    fixed = FIXED_SAMPLING[family] if family else ()
+    family = max((k for k in FIXED_SAMPLING if m.startswith(k)), key=len, default="")
+    fixed = FIXED_SAMPLING.get(family, ())
     present = [k for k in fixed if k in out]
-    if present and policy == "remove":
-        dropped = ", ".join(f"{k}={out.pop(k)!r}" for k in present)
+    unknown = [k for k in present if policy == "remove" or fixed_value(family, k, thinking) is None]
+    if unknown:
+        dropped = ", ".join(f"{k}={out.pop(k)!r}" for k in unknown)
         changes.append(f"removed {dropped}: fixed by {model} (Moonshot 400s otherwise)")
-    elif family and present:
+        present = [k for k in present if k not in unknown]
+    if present:
         mode = "thinking" if thinking else "non-thinking"
         done = []
         for k in present:
             value = fixed_value(family, k, thinking)
-            if out[k] != value:
+            if value is not None and out[k] != value:
                 done.append(f"{k}={out[k]!r} → {value!r}")
                 out[k] = value
         if done:

@@ -403,6 +403,14 @@ def test_fixed_sampling_set_to_the_documented_value_per_thinking_mode() -> None:
     )
     assert off.body == {"temperature": 0.6, "thinking": {"type": "disabled"}}
     assert normalize_for_kimi({"temperature": 0.3}, model="kimi-k3").body == {"temperature": 1.0}
+    # values no Moonshot page gives are removed, never guessed: k3's top_p, all of k2.7's
+    k3 = normalize_for_kimi({"temperature": 0.3, "top_p": 0.5}, model="kimi-k3")
+    assert k3.body == {"temperature": 1.0}
+    assert k3.changes == (
+        "removed top_p=0.5: fixed by kimi-k3 (Moonshot 400s otherwise)",
+        "set temperature=0.3 → 1.0: fixed by kimi-k3 in thinking mode (Moonshot 400s otherwise)",
+    )
+    assert normalize_for_kimi({"temperature": 0.3}, model="kimi-k2.7-code-highspeed").body == {}
     # a field the client did not send stays unsent; the right value is no change
     assert normalize_for_kimi({"temperature": 1.0}, model="kimi-k2.6").changes == ()
     assert normalize_for_kimi({"stream": True}, model="kimi-k2.6").body == {"stream": True}
