@@ -21,7 +21,7 @@ def config_keys() -> set[str]:
     raw = tomllib.loads(default_config_text())
     keys = {
         f"{table}.{k}"
-        for table in ("intercept", "routing", "proxy", "storage", "sanitizer", "context")
+        for table in ("intercept", "routing", "proxy", "storage", "sanitizer", "context", "kimi")
         for k in raw[table]
     }
     keys |= {f"dialects.responses.{k}" for k in raw["dialects"]["responses"]}

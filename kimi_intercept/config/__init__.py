@@ -3,7 +3,8 @@ once and turned into frozen dataclasses.
 
 Modules: :mod:`.settings` (:func:`load_config`, :class:`Config` with its providers, models and
 ``[routing]``; ``${VAR}`` secrets resolved from the environment) and :mod:`.rules` (the
-``[[routing.rules]]`` syntax: match, chain, overrides, validation), :mod:`.keys` (strict
+``[[routing.rules]]`` syntax: match, chain, overrides, validation), :mod:`.kimi` (``[kimi]``
+switches and ``system_prepend`` / ``system_append`` texts, ``@file`` read), :mod:`.keys` (strict
 keys: an unknown key names the closest valid one), :mod:`.env` (``${VAR}`` expansion, and
 redaction of expanded values from error messages), :mod:`.discovery` (which config file:
 ``--config``, ``$KIMI_INTERCEPT_CONFIG``, ``./config.toml``, the user config folder) and

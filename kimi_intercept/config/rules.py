@@ -12,6 +12,7 @@ unset = ["top_p"]                                      # remove these
 strategy = "ordered"                                   # or "weighted" (see below)
 weights = { context = 1.0, price = 1.0, latency = 1.0 }
 validate = { empty = true, json = true, repetition = true }
+system_append = "@prompts/fast.md"                     # or inline text; also system_prepend
 ```
 
 ``overrides`` / ``unset`` name OpenAI chat-completions fields and apply to what is sent to
@@ -25,6 +26,10 @@ only the fields with the same meaning there are applied (``temperature``, ``top_
 each weighted — and picks the first provider by a draw fixed by the conversation, so one
 conversation stays on one provider and its prompt cache keeps hitting.
 
+``system_prepend`` / ``system_append`` (text, or ``@file`` relative to the config file's folder)
+are added to the system prompt of every request the rule routes, the same bytes on every turn
+(see :mod:`kimi_intercept.dialects.system_prompt`).
+
 Errors: :class:`~kimi_intercept.config.settings.ConfigError` naming the rule, the key and the fix.
 """
 
@@ -33,12 +38,17 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kimi_intercept.config.keys import unknown_key_message
+from kimi_intercept.config.kimi import prompt_text
 
 MATCH_KEYS = ("model", "client", "dialect", "min_prompt_tokens", "has_tools", "thinking", "header")
-RULE_KEYS = ("name", "match", "chain", "overrides", "unset", "strategy", "weights", "validate")
+RULE_KEYS = (
+    "name", "match", "chain", "overrides", "unset", "strategy", "weights", "validate",
+    "system_prepend", "system_append",
+)  # fmt: skip
 WEIGHT_KEYS = ("context", "price", "latency")
 VALIDATE_KEYS = ("empty", "json", "repetition")
 CHAIN_ENTRY_KEYS = ("provider", "model")
@@ -80,6 +90,8 @@ class Rule:
     strategy: str = "ordered"
     weights: Mapping[str, float] = field(default_factory=lambda: dict.fromkeys(WEIGHT_KEYS, 1.0))
     validate: Validation = Validation()
+    system_prepend: str = ""  # text put before the system prompt ("" = none)
+    system_append: str = ""  # text put after it
 
 
 @dataclass(frozen=True)
@@ -141,8 +153,11 @@ def apply_overrides(body: dict[str, Any], rule: Rule | None, dialect: str) -> di
     return out
 
 
-def parse_rules(raw: Any, providers: Mapping[str, Any]) -> tuple[Rule, ...]:
-    """``[[routing.rules]]`` → rules. Raises :class:`RuleError` naming the rule and the fix."""
+def parse_rules(
+    raw: Any, providers: Mapping[str, Any], base: Path | None = None
+) -> tuple[Rule, ...]:
+    """``[[routing.rules]]`` → rules; ``@file`` prompts are read relative to ``base`` (the
+    config file's folder). Raises :class:`RuleError` naming the rule and the fix."""
     if raw is None:
         return ()
     if not isinstance(raw, list):
@@ -161,7 +176,7 @@ def parse_rules(raw: Any, providers: Mapping[str, Any]) -> tuple[Rule, ...]:
         if name in names:
             raise RuleError(f"{where}: another rule has the same name; names must be unique")
         names.add(name)
-        rules.append(_rule(name, table, where, providers))
+        rules.append(_rule(name, table, where, providers, base))
     return tuple(rules)
 
 
@@ -171,7 +186,9 @@ def _check_keys(table: Any, allowed: tuple[str, ...], where: str) -> None:
         raise RuleError(message)
 
 
-def _rule(name: str, t: dict[str, Any], where: str, providers: Mapping[str, Any]) -> Rule:
+def _rule(
+    name: str, t: dict[str, Any], where: str, providers: Mapping[str, Any], base: Path | None
+) -> Rule:
     match = t.get("match", {})
     if not isinstance(match, dict):
         raise RuleError(f'{where}: match must be a table, e.g. match = {{ model = "gpt-4o*" }}')
@@ -197,7 +214,8 @@ def _rule(name: str, t: dict[str, Any], where: str, providers: Mapping[str, Any]
         raise RuleError(f"{where}: validate values must be true or false")
     return Rule(
         name, dict(match), chain, dict(overrides), tuple(unset), strategy, weights,
-        Validation(**checks),
+        Validation(**checks), prompt_text(t, "system_prepend", where, base),
+        prompt_text(t, "system_append", where, base),
     )  # fmt: skip
 
 

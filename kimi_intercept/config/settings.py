@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from kimi_intercept.config.dirs import default_database
 from kimi_intercept.config.env import env_refs, expand, redact
 from kimi_intercept.config.keys import suggestion, unknown_key_message
+from kimi_intercept.config.kimi import KimiSettings, parse_kimi, prompt_text
 from kimi_intercept.config.rules import ChainEntry, Rule, RuleError, parse_rules
 from kimi_intercept.config.values import (  # noqa: F401 (ConfigError: re-exported)
     ConfigError,
@@ -54,7 +55,7 @@ DIALECTS = ("openai", "anthropic", "gemini")
 # [[routing.rules]] in .rules.
 TABLES = (
     "intercept", "routing", "storage", "models", "providers",
-    "prices", "sanitizer", "context", "import", "proxy", "budget", "dialects",
+    "prices", "sanitizer", "context", "import", "proxy", "budget", "dialects", "kimi",
 )  # fmt: skip
 INTERCEPT_KEYS = ("hosts",)
 ROUTING_KEYS = (
@@ -68,7 +69,10 @@ STORAGE_KEYS = ("database", "retention_days", "spool")  # retention_days: storag
 PROXY_KEYS = ("max_body_mb", "drain_s")
 DIALECTS_KEYS = ("responses",)
 RESPONSES_KEYS = ("drop_builtin_tools",)  # [dialects.responses]
-PROVIDER_KEYS = ("base_url", "dialect", "api_key", "model", "models", "rpm", "tpm")
+PROVIDER_KEYS = (
+    "base_url", "dialect", "api_key", "model", "models", "rpm", "tpm", "system_prepend",
+    "system_append",
+)  # fmt: skip
 MODEL_KEYS = (
     "context_window", "input_per_mtok", "cached_input_per_mtok", "output_per_mtok",
     "cache_write_per_mtok", "cache_write_1h_per_mtok",
@@ -112,6 +116,8 @@ class Provider:
     models: Mapping[str, ModelInfo] = field(default_factory=dict)
     rpm: int | None = None  # local limit, requests per minute
     tpm: int | None = None  # local limit, tokens per minute
+    system_prepend: str = ""  # text put before every request's system prompt (kimi.prompt_text)
+    system_append: str = ""  # text put after it
 
     def url(self, endpoint: str) -> str:
         """``base_url`` joined with an endpoint path such as ``/chat/completions``."""
@@ -170,6 +176,7 @@ class Config:
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
     rules: tuple[Rule, ...] = ()  # [[routing.rules]], first match wins
     max_body_mb: float = 64.0  # [proxy] max_body_mb: larger request bodies get a 413
+    kimi: KimiSettings = KimiSettings()  # [kimi]: switches of the Kimi request rules
     # ${VAR} name -> expanded value, only to take secrets back out of messages (redact)
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     drain_s: float = 30.0  # [proxy] drain_s: on SIGTERM/SIGINT, streams in flight get this long
@@ -291,8 +298,9 @@ def _build(
         _check_keys(_table(raw, key), allowed, f"[{key}]")
     responses = _table(_table(raw, "dialects"), "responses")
     _check_keys(responses, RESPONSES_KEYS, "[dialects.responses]")
+    base = source.parent if source is not None else None
     providers = {
-        name: _provider(name, table, _api_key_ref(unexpanded, name))
+        name: _provider(name, table, _api_key_ref(unexpanded, name), base)
         for name, table in _table(raw, "providers").items()
     }
     r = _table(raw, "routing")
@@ -328,7 +336,7 @@ def _build(
         if not isinstance(v, str):
             raise ConfigError(f"models.{k!r} must be a model name string, got {v!r}")
     try:
-        rules = parse_rules(r.get("rules"), providers)
+        rules = parse_rules(r.get("rules"), providers, base)
     except RuleError as e:
         raise ConfigError(str(e)) from e
     hosts = tuple(_str_list(_table(raw, "intercept"), "intercept.hosts"))
@@ -342,7 +350,8 @@ def _build(
     drain_s = _number(_table(raw, "proxy"), "proxy.drain_s", 0, 3600)
     return Config(
         hosts, routing, database, providers, dict(models), source, raw, rules,
-        max_body_mb=max_body_mb, drain_s=drain_s, secrets=secrets,
+        max_body_mb=max_body_mb, drain_s=drain_s, kimi=parse_kimi(raw.get("kimi")),
+        secrets=secrets,
         responses_drop_builtin_tools=_bool(responses, "dialects.responses.drop_builtin_tools"),
     )  # fmt: skip
 
@@ -354,7 +363,7 @@ def _api_key_ref(unexpanded: Mapping[str, Any], name: str) -> str:
     return ref if isinstance(ref, str) else ""
 
 
-def _provider(name: str, t: Any, api_key_ref: str) -> Provider:
+def _provider(name: str, t: Any, api_key_ref: str, base: Path | None) -> Provider:
     if not isinstance(t, dict):
         raise ConfigError(f"providers.{name} must be a table")
     _check_keys(t, PROVIDER_KEYS, f"[providers.{name}]")
@@ -392,6 +401,8 @@ def _provider(name: str, t: Any, api_key_ref: str) -> Provider:
         models=models,
         rpm=_opt_int(t, f"providers.{name}.rpm"),
         tpm=_opt_int(t, f"providers.{name}.tpm"),
+        system_prepend=prompt_text(t, "system_prepend", f"[providers.{name}]", base),
+        system_append=prompt_text(t, "system_append", f"[providers.{name}]", base),
     )
 
 

@@ -18,6 +18,11 @@ same seam:
 - ``StreamMeter`` / ``meter_json(body: bytes)`` — usage of the dialect's *native* answers (when
   the provider speaks the client's dialect), with the attributes of
   :class:`kimi_intercept.accounting.usage.ChatStreamMeter`.
+
+Provider-side request rules: :mod:`.kimi` (with :mod:`.kimi_sampling`, :mod:`.kimi_ids`,
+:mod:`.kimi_anthropic`, :mod:`.kimi_types`) makes a body acceptable to Moonshot and puts the
+client's tool names and ids back into the answer; :mod:`.system_prompt` adds a route's
+``system_prepend`` / ``system_append`` in any dialect.
 """
 
 from __future__ import annotations

@@ -15,7 +15,9 @@ real response, [2nd] third-party page, ⚠ unverified.
    duplicated" [doc Kimi Code errors]) in tools, assistant ``tool_calls``, ``role:tool``
    ``name`` and ``tool_choice``; ``Normalized.renamed`` maps new → old. ``builtin_function``
    tools (``$web_search``) are left alone.
-2. ``max_tokens`` → ``max_completion_tokens`` ([doc] deprecated); dropped when both are set.
+2. ``max_tokens`` → ``max_completion_tokens`` ([doc] "deprecated", not honoured: Moonshot's
+   chat API reference, docs.anyfast.ai kimi-k2-6); dropped when both are set. No cap at all →
+   ``default_max_completion_tokens`` (:func:`.kimi_sampling.output_cap`).
 3. messages: ``role:tool`` with missing/null ``content`` → ``""`` (claude-code-router#245: 400).
    Parts other than ``text``/``image_url``/``video_url`` → a text part when they carry text
    (``text``, ``refusal``, text ``source.data``, string ``content``), else dropped
@@ -25,62 +27,46 @@ real response, [2nd] third-party page, ⚠ unverified.
    thinking: only type=enabled is allowed for this model" [doc; cap vercel/ai fixture]). With
    thinking on, each assistant message lacking ``reasoning_content`` gets ``""`` (400 "thinking
    is enabled but reasoning_content is missing" [doc Kimi Code errors]; ⚠ kosong accepts "",
-   the server unverified); a ``partial: true`` prefill is skipped ⚠. Thinking is on, by name
-   prefix: always for ``kimi-k2.7-code``, ``kimi-k2-thinking`` [doc thinking guide]; unless
-   disabled for ``kimi-k2.5``, ``kimi-k2.6``, ``kimi-k2.7``, ``kimi-k3`` ([doc] "on by default";
-   k3 ⚠ live captures always reason); only when ``type == "enabled"`` for ``kimi-for-coding`` ⚠.
-5. sampling: fields a model fixes (:data:`FIXED_SAMPLING`) are removed when set (400 "invalid
-   temperature: only X is allowed for this model").
+   the server unverified); a ``partial: true`` prefill is skipped ⚠. Which models think:
+   :func:`.kimi_types.thinking_on`.
+   With ``missing_reasoning="disable_thinking"`` ([kimi] switch; Moonshot does not say whether
+   "" is accepted) an assistant tool-call turn without ``reasoning_content`` instead turns
+   thinking off for the request (``thinking: {type: disabled}``) where the model allows it;
+   an always-thinking model is still backfilled.
+5. sampling (:mod:`.kimi_sampling`): temperature clamped to [0, 1], ``n`` 1 at temperature ≈ 0;
+   fields a model fixes (:data:`FIXED_SAMPLING`) set to the documented value for the thinking
+   mode, or removed (``fixed_sampling``): 400 "invalid temperature: only X is allowed".
 6. ``n`` > 5 → 5; ``stop`` entries over 32 UTF-8 bytes dropped, then the first 5 kept [doc].
+7. tool-call ids in the history → ``functions.<name>:<idx>`` and back in the answer
+   (:mod:`.kimi_ids`, ``rewrite_ids``).
 Never touched: system/user/assistant text, tool descriptions and schemas.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
-from kimi_intercept.dialects import json_bytes
+from kimi_intercept.dialects.kimi_anthropic import (  # noqa: F401 (re-exported)
+    ANTHROPIC_BLOCKS,
+    normalize_anthropic_for_kimi,
+)
+from kimi_intercept.dialects.kimi_ids import restore_answer, rewrite_tool_call_ids  # noqa: F401
+from kimi_intercept.dialects.kimi_sampling import (  # noqa: F401 (FIXED_SAMPLING re-exported)
+    FIXED_SAMPLING,
+    output_cap,
+    sampling,
+)
+from kimi_intercept.dialects.kimi_types import (
+    THINKING_ALWAYS,
+    KimiRequestError,
+    Normalized,
+    thinking_on,
+)
 
 NAME_PATTERN = re.compile(r"^[a-zA-Z_][a-zA-Z0-9-_]{2,63}$")
 PART_TYPES = frozenset({"text", "image_url", "video_url"})
 MAX_N, MAX_STOP, MAX_STOP_BYTES = 5, 5, 32
-
-_ALL = ("temperature", "top_p", "n", "presence_penalty", "frequency_penalty")
-_NO_N = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
-FIXED_SAMPLING: dict[str, tuple[str, ...]] = {
-    # [doc] platform.kimi.ai/docs/api/models-overview, kimi-k2.6 column: temperature "cannot be
-    # modified", top_p 0.95, n 1, presence/frequency_penalty 0, all "cannot be modified". The
-    # values are 1.0 with thinking, 0.6 without [2nd Tencent Cloud Kimi guide]. The captured
-    # "only 0.6 is allowed" (wire/documented/moonshot_error_400_temperature.json, from vercel/ai
-    # moonshotai-unsupported-sampling-error.json) names no model: vercel/ai replays it for
-    # k2.5, k2.6, k2.7-code(-highspeed) and k3 alike; 0.6 is the k2.x non-thinking value.
-    "kimi-k2.6": _ALL,
-    "kimi-k2.5": _ALL,  # [doc] same table on the k2.5-era page (test-platform.kimi.ai)
-    # ⚠ "shares the same thinking mechanism as kimi-k2.6" [doc thinking guide]; vercel/ai omits
-    # sampling for it; [2nd] "only 0.6" reports for kimi-k2.7-code-highspeed.
-    "kimi-k2.7": _ALL,
-    # [cap] vercel/ai moonshotai-kimi-k3-temperature-rejection.json: "only 1 is allowed";
-    # top_p and the penalties ⚠ (vercel/ai omits them for k3 too).
-    "kimi-k3": _NO_N,
-    "kimi-for-coding": _NO_N,  # ⚠ [2nd] "only 0.6 is allowed" reports on api.kimi.com/coding
-}
-_THINKING_ALWAYS = ("kimi-k2.7-code", "kimi-k2-thinking")
-_THINKING_DEFAULT = ("kimi-k2.5", "kimi-k2.6", "kimi-k2.7", "kimi-k3")
-_THINKING_OPT_IN = ("kimi-for-coding",)
-
-
-@dataclass(frozen=True)
-class Normalized:
-    body: dict  # a new dict; the input is never mutated
-    changes: tuple[str, ...] = ()  # one human-readable line per change made
-    renamed: dict[str, str] = field(default_factory=dict)  # new tool name → the client's name
-
-
-class KimiRequestError(ValueError):
-    """The request cannot be sent to Kimi at all; the message names why and the fix."""
 
 
 def is_kimi_model(model: str | None) -> bool:
@@ -91,9 +77,21 @@ def is_kimi_model(model: str | None) -> bool:
 
 
 def normalize_for_kimi(
-    body: dict, *, model: str, max_tools: int = 128, on_too_many_tools: str = "drop"
+    body: dict,
+    *,
+    model: str,
+    max_tools: int = 128,
+    on_too_many_tools: str = "drop",
+    fixed_sampling: str = "set",
+    default_max_completion_tokens: int = 0,
+    rewrite_ids: bool = False,
+    missing_reasoning: str = "backfill",
 ) -> Normalized:
-    """Apply the module's rules for ``model`` (the Kimi model the request will be sent as)."""
+    """Apply the module's rules for ``model`` (the Kimi model the request will be sent as).
+
+    The keyword arguments are the ``[kimi]`` switches (:class:`~kimi_intercept.config.kimi.
+    KimiSettings`); the routing passes the configured ones. ``default_max_completion_tokens`` is
+    in tokens (0: no default cap)."""
     if on_too_many_tools not in ("drop", "reject"):
         raise ValueError(f'on_too_many_tools must be "drop" or "reject", not {on_too_many_tools!r}')
     m = model.strip().lower()
@@ -109,14 +107,20 @@ def normalize_for_kimi(
             changes.append(f"moved max_tokens={value} to max_completion_tokens (deprecated)")
         else:
             changes.append(f"dropped max_tokens={value}: max_completion_tokens is already set")
+    changes += output_cap(out, m, default_max_completion_tokens)
     _messages(msgs, changes)
-    _thinking(out, msgs, m, changes)
-    family = max((k for k in FIXED_SAMPLING if m.startswith(k)), key=len, default=None)
-    fixed = FIXED_SAMPLING[family] if family else ()
-    if dropped := [f"{k}={out.pop(k)!r}" for k in fixed if k in out]:
-        changes.append(f"removed {', '.join(dropped)}: fixed by {model} (Moonshot 400s otherwise)")
+    thinking = _thinking(out, msgs, m, changes, missing_reasoning)
+    changes += sampling(out, m, model, thinking, fixed_sampling)
     _caps(out, changes)
-    return Normalized(body=out, changes=tuple(changes), renamed=renamed)
+    ids: dict[str, str] = {}
+    if rewrite_ids and msgs:
+        out["messages"], ids = rewrite_tool_call_ids(msgs)
+        if ids:
+            changes.append(
+                f"rewrote {len(ids)} tool-call ids in the history to Kimi's "
+                "functions.<name>:<index> form (given back as the client's in the answer)"
+            )
+    return Normalized(body=out, changes=tuple(changes), renamed=renamed, ids=ids)
 
 
 def _name(tool: Any) -> str | None:
@@ -230,7 +234,8 @@ def _messages(msgs: list, changes: list[str]) -> None:
         changes.append(f"content parts Kimi rejects: {'; '.join(parts_done)}")
 
 
-def _thinking(out: dict, msgs: list, m: str, changes: list[str]) -> None:
+def _thinking(out: dict, msgs: list, m: str, changes: list[str], missing: str) -> bool:
+    """Rule 4; returns whether thinking is on for the request as sent."""
     kind = out["thinking"].get("type") if isinstance(out.get("thinking"), dict) else None
     if m.startswith("kimi-k2.7-code") and kind == "disabled":
         del out["thinking"]
@@ -239,11 +244,14 @@ def _thinking(out: dict, msgs: list, m: str, changes: list[str]) -> None:
             "removed thinking={type: disabled}: kimi-k2.7-code always thinks and 400s "
             '"invalid thinking: only type=enabled is allowed for this model"'
         )
-    on = (
-        m.startswith(_THINKING_ALWAYS)
-        or (m.startswith(_THINKING_DEFAULT) and kind != "disabled")
-        or (m.startswith(_THINKING_OPT_IN) and kind == "enabled")
-    )
+    always, on = m.startswith(THINKING_ALWAYS), thinking_on(m, kind)
+    if on and not always and missing == "disable_thinking" and _tool_turn_without_reasoning(msgs):
+        out["thinking"] = {"type": "disabled"}
+        changes.append(
+            "turned thinking off: an assistant tool-call turn has no reasoning_content "
+            '([kimi] missing_reasoning = "disable_thinking")'
+        )
+        return False
     added = 0
     for i, msg in enumerate(msgs if on else ()):
         if isinstance(msg, dict) and msg.get("role") == "assistant" and not msg.get("partial"):
@@ -256,6 +264,15 @@ def _thinking(out: dict, msgs: list, m: str, changes: list[str]) -> None:
             '400s "thinking is enabled but reasoning_content is missing" (⚠ empty accepted by '
             "kosong; server-side unverified)"
         )
+    return on
+
+
+def _tool_turn_without_reasoning(msgs: list) -> bool:
+    return any(
+        isinstance(m, dict) and m.get("role") == "assistant" and m.get("tool_calls")
+        and m.get("reasoning_content") is None and not m.get("partial")
+        for m in msgs
+    )  # fmt: skip
 
 
 def _caps(out: dict, changes: list[str]) -> None:
@@ -286,92 +303,6 @@ def _caps(out: dict, changes: list[str]) -> None:
 
 
 def restore_tool_names(raw: bytes, renamed: dict[str, str]) -> bytes:
-    """Put the client's tool names back into one Kimi answer: a whole SSE event of a
-    chat-completions stream (``data: {...}``) or a whole non-streamed JSON body. ``renamed``
-    maps the name Kimi saw to the client's (:attr:`Normalized.renamed`). Anything that does not
-    parse is returned unchanged."""
-    if not renamed:
-        return raw
-    is_sse = raw.lstrip().startswith(b"data:")
-    payload = raw.split(b":", 1)[1].strip() if is_sse else raw
-    try:
-        obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        return raw
-    changed = False
-    for choice in obj.get("choices") or [] if isinstance(obj, dict) else []:
-        part = (choice.get("delta") or choice.get("message")) if isinstance(choice, dict) else None
-        for call in (part or {}).get("tool_calls") or []:
-            fn = call.get("function") if isinstance(call, dict) else None
-            if isinstance(fn, dict) and fn.get("name") in renamed:
-                fn["name"] = renamed[fn["name"]]
-                changed = True
-    if not changed:
-        return raw
-    text = json_bytes(obj)
-    if not is_sse:
-        return text
-    return b"data: " + text + raw[len(raw.rstrip(b"\r\n")) :]
-
-
-# Block types Kimi's Anthropic endpoint rejects (Kimi-K2.5#27 ``document``, Kimi-K2#118
-# ``tool_reference``, peers.md §3 H).
-ANTHROPIC_REJECTED_BLOCKS = frozenset({"document", "tool_reference"})
-
-
-def normalize_anthropic_for_kimi(body: dict, *, max_tools: int = 128) -> Normalized:
-    """Make an Anthropic Messages body acceptable to Kimi's Anthropic endpoint
-    (``https://api.moonshot.ai/anthropic``): at most ``max_tools`` tools (the one pinned by
-    ``tool_choice`` kept), and ``document`` / ``tool_reference`` blocks — also inside
-    ``tool_result`` content — turned into text blocks when they carry text, else dropped.
-    Pure; the input is not mutated."""
-    out = dict(body)
-    changes: list[str] = []
-    tools = out.get("tools")
-    if isinstance(tools, list) and len(tools) > max_tools:
-        pinned = (out.get("tool_choice") or {}).get("name")
-        keep = tools[:max_tools]
-        if pinned and all(t.get("name") != pinned for t in keep if isinstance(t, dict)):
-            keep = keep[: max_tools - 1] + [t for t in tools if t.get("name") == pinned][:1]
-        dropped = [t.get("name") for t in tools if t not in keep and isinstance(t, dict)]
-        out["tools"] = keep
-        changes.append(
-            f"dropped {len(dropped)} tools beyond Kimi's {max_tools}-tool limit: "
-            + ", ".join(str(n) for n in dropped)
-        )
-    messages = out.get("messages")
-    if isinstance(messages, list):
-        fixed = [_anthropic_message(m, changes) for m in messages]
-        if fixed != messages:
-            out["messages"] = fixed
-    return Normalized(out if changes else body, tuple(changes))
-
-
-def _anthropic_blocks(blocks: list, changes: list[str]) -> list:
-    kept = []
-    for block in blocks:
-        if not isinstance(block, dict):
-            kept.append(block)
-            continue
-        if isinstance(block.get("type"), str) and block["type"] in ANTHROPIC_REJECTED_BLOCKS:
-            source = block.get("source") if isinstance(block.get("source"), dict) else {}
-            text = source.get("data") if source.get("type") == "text" else block.get("text")
-            if isinstance(text, str) and text:
-                kept.append({"type": "text", "text": text})
-                changes.append(f"converted a {block['type']} block to text")
-            else:
-                changes.append(f"dropped a {block['type']} block")
-            continue
-        if block.get("type") == "tool_result" and isinstance(block.get("content"), list):
-            inner = _anthropic_blocks(block["content"], changes)
-            if inner != block["content"]:
-                block = {**block, "content": inner or ""}
-        kept.append(block)
-    return kept
-
-
-def _anthropic_message(message: Any, changes: list[str]) -> Any:
-    if not isinstance(message, dict) or not isinstance(message.get("content"), list):
-        return message
-    blocks = _anthropic_blocks(message["content"], changes)
-    return message if blocks == message["content"] else {**message, "content": blocks}
+    """The client's tool names back in one Kimi answer (an SSE event or a JSON body); see
+    :func:`.kimi_ids.restore_answer`, which also restores tool-call ids."""
+    return restore_answer(raw, renamed, {})

@@ -28,7 +28,7 @@ from kimi_intercept.accounting.sse import EventSplitter
 from kimi_intercept.config.rules import Validation
 from kimi_intercept.dialects import json_bytes
 from kimi_intercept.dialects.bridge import Bridge, TranslationFailed
-from kimi_intercept.dialects.kimi import restore_tool_names
+from kimi_intercept.dialects.kimi import restore_answer
 from kimi_intercept.relay.bounds import DataClock
 from kimi_intercept.relay.failures import (
     AttemptFailed,
@@ -130,7 +130,8 @@ async def _stream(
     events = EventSplitter() if sse else None
     try:
         await _write_or_gone(out.prepare(request))
-        whole = bridge.translate and not sse  # a translated JSON answer goes out whole
+        # a translated JSON answer goes out whole, so does one whose tool names / ids change
+        whole = not sse and (bridge.translate or bool(target.renamed or target.tool_ids))
         while chunk:
             for piece in events.push(chunk) if events is not None else (chunk,):
                 await forward(out, piece, meter, sse, plan, r, target, bridge, whole)
@@ -140,7 +141,7 @@ async def _stream(
             await forward(out, rest, meter, sse, plan, r, target, bridge, whole)
         r.upstream_done = True  # all of the answer is in; only the closing bytes are left
         if whole:
-            raw = restore_tool_names(meter.body_bytes(), target.renamed)
+            raw = restore_answer(meter.body_bytes(), target.renamed, target.tool_ids)
             await send(out, bridge.body(upstream.status, raw), plan, r)
         elif sse:
             await send(out, _translated(bridge, None), plan, r)
@@ -315,8 +316,8 @@ async def forward(
             if loop:
                 raise _StreamBroken(loop)  # this piece is not forwarded
     if not whole:
-        if sse and target.renamed:
-            piece = restore_tool_names(piece, target.renamed)
+        if sse and (target.renamed or target.tool_ids):
+            piece = restore_answer(piece, target.renamed, target.tool_ids)
         await send(out, _translated(bridge, piece) if sse else piece, plan, r)
     if sse and meter.error is not None:  # forwarded as the provider sent it, then cut
         raise _StreamBroken(f"provider error event: {json.dumps(meter.error)[:300]}")

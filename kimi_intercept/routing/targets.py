@@ -14,6 +14,7 @@ Auth per dialect — OpenAI: ``Authorization: Bearer``; Anthropic: ``x-api-key``
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,9 @@ from kimi_intercept.dialects.kimi import (
     normalize_anthropic_for_kimi,
     normalize_for_kimi,
 )
+from kimi_intercept.dialects.system_prompt import add_system_text
+
+log = logging.getLogger(__name__)
 
 KIMI_HOSTS = frozenset({"api.moonshot.ai", "api.moonshot.cn", "api.kimi.com"})
 ANTHROPIC_VERSION = "2023-06-01"
@@ -66,6 +70,7 @@ class Target:
     dialect: str = "openai"
     notes: tuple[str, ...] = ()
     renamed: dict[str, str] = field(default_factory=dict)  # tool name sent -> client's name
+    tool_ids: dict[str, str] = field(default_factory=dict)  # tool-call id sent -> client's id
 
 
 def is_kimi(provider: Provider) -> bool:
@@ -87,7 +92,8 @@ def reroute_targets(
     rule: Rule | None = None,
 ) -> list[Target]:
     """One target per entry of ``chain`` (a rule's, or primary + fallbacks), in order, with
-    the rule's overrides applied.
+    the rule's overrides and the rule's and provider's ``system_prepend`` / ``system_append``
+    applied (the rule's text outermost), then Kimi's rules (``cfg.kimi``) for Moonshot hosts.
 
     ``native`` is the client's body; ``hub`` the same request in the OpenAI dialect (``None``
     with ``hub_error`` when it could not be translated). ``headers`` are lower-cased.
@@ -106,6 +112,7 @@ def reroute_targets(
         skip = None if provider.api_key else provider.missing_key_hint()
         notes: tuple[str, ...] = ()
         renamed: dict[str, str] = {}
+        ids: dict[str, str] = {}
         if provider.dialect == client_dialect:
             body = dict(native)
         elif provider.dialect == "openai" and hub is not None:
@@ -121,15 +128,27 @@ def reroute_targets(
             body["model"] = model
         if body:
             body = apply_overrides(body, rule, provider.dialect)
+            body = _system_text(body, provider, rule)
         if is_kimi(provider) and provider.dialect == "openai" and body and model:
+            k = cfg.kimi
             try:
-                fixed = normalize_for_kimi(body, model=model)
-                body, notes, renamed = fixed.body, fixed.changes, dict(fixed.renamed)
+                fixed = normalize_for_kimi(
+                    body, model=model, on_too_many_tools=k.on_too_many_tools,
+                    fixed_sampling=k.fixed_sampling,
+                    default_max_completion_tokens=k.default_max_completion_tokens,
+                    rewrite_ids=k.rewrite_tool_call_ids, missing_reasoning=k.missing_reasoning,
+                )  # fmt: skip
+                body, notes = fixed.body, fixed.changes
+                renamed, ids = dict(fixed.renamed), dict(fixed.ids)
             except KimiRequestError as e:
                 skip = skip or str(e)
         elif is_kimi(provider) and provider.dialect == "anthropic" and body:
-            fixed = normalize_anthropic_for_kimi(body)
+            fixed = normalize_anthropic_for_kimi(body, missing_reasoning=cfg.kimi.missing_reasoning)
             body, notes = fixed.body, fixed.changes
+            for line in notes:
+                log.warning(
+                    "kimi-intercept: for %s (Kimi's Anthropic endpoint): %s", provider.name, line
+                )
         targets.append(
             Target(
                 provider=provider.name,
@@ -142,9 +161,20 @@ def reroute_targets(
                 dialect=provider.dialect,
                 notes=notes,
                 renamed=renamed,
+                tool_ids=ids,
             )
         )
     return targets
+
+
+def _system_text(body: dict[str, Any], provider: Provider, rule: Rule | None) -> dict[str, Any]:
+    """``body`` (in the provider's dialect) with the provider's, then the rule's, texts added
+    around the system prompt: rule prepend, provider prepend, client's prompt, provider append,
+    rule append."""
+    body = add_system_text(body, provider.dialect, provider.system_prepend, provider.system_append)
+    if rule is None:
+        return body
+    return add_system_text(body, provider.dialect, rule.system_prepend, rule.system_append)
 
 
 def passthrough_target(

@@ -80,8 +80,9 @@ def test_a_matching_rule_sets_chain_models_and_overrides(tmp_path):
     groq = json.loads(p.targets[0].body)
     assert (groq["temperature"], groq["max_tokens"], "top_p" in groq) == (0.2, 4000, False)
     kimi = json.loads(p.targets[1].body)
-    # Kimi normalisation runs after the overrides: k2.5 fixes its sampling, max_tokens renamed
-    assert "temperature" not in kimi and kimi["max_completion_tokens"] == 4000
+    # Kimi normalisation runs after the overrides: k2.5 fixes its temperature (1.0 in thinking
+    # mode, [kimi] fixed_sampling = "set"), max_tokens renamed
+    assert kimi["temperature"] == 1.0 and kimi["max_completion_tokens"] == 4000
 
 
 def test_overrides_for_native_anthropic_and_gemini_bodies(tmp_path):
@@ -111,7 +112,7 @@ def test_overrides_for_native_anthropic_and_gemini_bodies(tmp_path):
          "routing rule 'a', weights: unknown key `speed` — valid keys: context, latency, price"),
         ('[[routing.rules]]\nname = "a"\nchain = ["kimi"]\nfallback = ["x"]',
          "routing rule 'a': unknown key `fallback` — valid keys: chain, match, name, overrides, "
-             "strategy, unset, validate, weights"),
+             "strategy, system_append, system_prepend, unset, validate, weights"),
         ('[[routing.rules]]\nname = "a"\nchain = ["kimi"]\n[[routing.rules]]\nname = "a"\n'
          'chain = ["kimi"]', "routing rule 'a': another rule has the same name"),
     ],

@@ -162,7 +162,7 @@ def test_every_shipped_price_entry_key_misspelled_is_named(tmp_path, name):
         ("[providers.kimi]\nrpn = 3\n", "[providers.kimi] unknown key `rpn` — did you mean `rpm`?"),
         ("[providers.x]\nbase_url = 'http://h'\nzzz = 1\n",
          "[providers.x] unknown key `zzz` — valid keys: api_key, base_url, dialect, model, "
-         "models, rpm, tpm"),
+         "models, rpm, system_append, system_prepend, tpm"),
         ("[providers]\nkimi = 3\n", "providers.kimi must be a table"),
         ("proxy = 3\n", "[proxy] must be a table"),
     ],

@@ -377,14 +377,59 @@ def test_k27_code_thinking_disabled_removed() -> None:
 
 def test_fixed_sampling_removed_for_fixed_models() -> None:
     sampling = {"temperature": 0.2, "top_p": 0.9, "n": 2, "presence_penalty": 0.1, "stream": True}
-    result = normalize_for_kimi(sampling, model="kimi-k2.6")
+    result = normalize_for_kimi(sampling, model="kimi-k2.6", fixed_sampling="remove")
     assert result.body == {"stream": True}
     assert result.changes == (
         "removed temperature=0.2, top_p=0.9, n=2, presence_penalty=0.1: fixed by kimi-k2.6 "
         "(Moonshot 400s otherwise)",
     )
-    k3 = normalize_for_kimi(sampling, model="kimi-k3")
+    k3 = normalize_for_kimi(sampling, model="kimi-k3", fixed_sampling="remove")
     assert k3.body == {"n": 2, "stream": True}
+
+
+def test_fixed_sampling_set_to_the_documented_value_per_thinking_mode() -> None:
+    # platform.kimi.ai/docs/guide/migrating-from-openai-to-kimi: k2.5/k2.6 thinking 1.0, else 0.6
+    sampling = {"temperature": 0.2, "top_p": 0.9, "n": 2, "presence_penalty": 0.1, "stream": True}
+    thinking = normalize_for_kimi(sampling, model="kimi-k2.6")
+    assert thinking.body == {
+        "temperature": 1.0, "top_p": 0.95, "n": 1, "presence_penalty": 0.0, "stream": True,
+    }  # fmt: skip
+    assert thinking.changes == (
+        "set temperature=0.2 → 1.0, top_p=0.9 → 0.95, n=2 → 1, presence_penalty=0.1 → 0.0: "
+        "fixed by kimi-k2.6 in thinking mode (Moonshot 400s otherwise)",
+    )
+    off = normalize_for_kimi(
+        {"temperature": 1.7, "thinking": {"type": "disabled"}}, model="kimi-k2.5"
+    )
+    assert off.body == {"temperature": 0.6, "thinking": {"type": "disabled"}}
+    assert normalize_for_kimi({"temperature": 0.3}, model="kimi-k3").body == {"temperature": 1.0}
+    # values no Moonshot page gives are removed, never guessed: k3's top_p, all of k2.7's
+    k3 = normalize_for_kimi({"temperature": 0.3, "top_p": 0.5}, model="kimi-k3")
+    assert k3.body == {"temperature": 1.0}
+    assert k3.changes == (
+        "removed top_p=0.5: fixed by kimi-k3 (Moonshot 400s otherwise)",
+        "set temperature=0.3 → 1.0: fixed by kimi-k3 in thinking mode (Moonshot 400s otherwise)",
+    )
+    assert normalize_for_kimi({"temperature": 0.3}, model="kimi-k2.7-code-highspeed").body == {}
+    # a field the client did not send stays unsent; the right value is no change
+    assert normalize_for_kimi({"temperature": 1.0}, model="kimi-k2.6").changes == ()
+    assert normalize_for_kimi({"stream": True}, model="kimi-k2.6").body == {"stream": True}
+
+
+def test_temperature_clamped_to_kimis_range_and_n_one_near_zero() -> None:
+    hot = normalize_for_kimi({"temperature": 1.6}, model="moonshot-v1-8k")
+    assert hot == Normalized(
+        body={"temperature": 1.0},
+        changes=("clamped temperature=1.6 to Kimi's range [0, 1]",),
+    )
+    cold = normalize_for_kimi({"temperature": 0, "n": 3}, model="kimi-k2-0905-preview")
+    assert cold == Normalized(
+        body={"temperature": 0, "n": 1},
+        changes=("set n=3 → 1: Kimi returns one choice at temperature ≈ 0",),
+    )
+    assert normalize_for_kimi({"temperature": -0.5}, model="moonshot-v1-8k").body == {
+        "temperature": 0
+    }
 
 
 @pytest.mark.parametrize(

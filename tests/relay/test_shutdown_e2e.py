@@ -27,6 +27,7 @@ from proxyproc import render_config, rows, wait_rows
 
 from kimi_intercept.commands.simulator import Reply, default_usage, kimi_stream_events
 from kimi_intercept.commands.status import status_file_for
+from kimi_intercept.routing.plan import conversation_key, share_roll
 
 MESSAGES = [{"role": "user", "content": "Say OK."}]
 SSE = {"Content-Type": "text/event-stream"}
@@ -229,30 +230,46 @@ def test_max_answer_s_before_any_answer_is_an_error_in_the_clients_dialect(proxy
     assert deepseek.received == []  # a cut, not a failure to fall back from
 
 
+def _session_on(side: str, share: float) -> str:
+    """An ``x-kimi-session`` value whose conversation falls on ``side`` ("passthrough" or
+    "reroute") of ``[routing] share`` (the share is decided per conversation)."""
+    for n in range(1000):
+        value = f"session-{n}"
+        roll = share_roll(conversation_key([("x-kimi-session", value)], {}))
+        if (roll >= share) == (side == "passthrough"):
+            return value
+    raise AssertionError("no session found")
+
+
 def test_passthrough_failures_leave_the_configured_providers_breaker_closed(
-    tmp_path, fake_upstream, start_proxy, openai_client
+    tmp_path, fake_upstream, start_proxy
 ):
-    """Codex's Responses calls are passed through. Here the configured provider ``kimi`` lives
-    on the same host (localhost) as the original API: two failed passed-through calls must
-    not open kimi's breaker (failures_to_open = 2), so a rerouted call is still served by kimi."""
+    """The share not rerouted is passed through. Here the configured provider ``kimi`` lives on
+    the same host (localhost) as the original API: two failed passed-through calls must not
+    open kimi's breaker (failures_to_open = 2), so a rerouted call is still served by kimi."""
     original, kimi, deepseek = fake_upstream(), fake_upstream(), fake_upstream()
     db = tmp_path / "kimi.db"
     kimi_url = kimi.url.replace("127.0.0.1", "localhost")
-    text = render_config(db, kimi_url, deepseek.url, hosts=["localhost"])
+    text = render_config(db, kimi_url, deepseek.url, hosts=["localhost"], share=50)
     proc = start_proxy(with_keys(text, "routing", failures_to_open=2, max_retries=0))
     busy = {"error": {"message": "overloaded", "type": "server_error"}}
     original.enqueue(Reply.error(503, busy), Reply.error(503, busy))
     port = original.url.rsplit(":", 1)[1]
+    passed, rerouted = _session_on("passthrough", 50), _session_on("reroute", 50)
     with httpx.Client(proxy=proc.proxy_url, trust_env=False) as http:
         for _ in range(2):
             r = http.post(
-                f"http://localhost:{port}/v1/responses",
-                json={"model": "gpt-5-codex", "input": "hi"},
-                headers={"authorization": "Bearer sk-client"},
+                f"http://localhost:{port}/v1/chat/completions",
+                json={"model": "gpt-4o", "messages": MESSAGES},
+                headers={"authorization": "Bearer sk-client", "x-kimi-session": passed},
             )
             assert r.status_code == 503
-    client = openai_client(proc, base_url=f"http://localhost:{port}/v1")
-    client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+        r = http.post(
+            f"http://localhost:{port}/v1/chat/completions",
+            json={"model": "gpt-4o", "messages": MESSAGES},
+            headers={"authorization": "Bearer sk-client", "x-kimi-session": rerouted},
+        )
+        assert r.status_code == 200
     got = wait_rows(db, 3)
     assert [(r["route"], r["provider"]) for r in got] == [
         ("passthrough", "kimi"),
@@ -260,6 +277,8 @@ def test_passthrough_failures_leave_the_configured_providers_breaker_closed(
         ("reroute", "kimi"),
     ]
     assert len(kimi.received) == 1 and deepseek.received == []
+    # the status file is published within 0.2 s of a change (relay/live.py coalesces writes)
+    wait_until(lambda: "kimi" in live_status(db))
     health = live_status(db)
     assert health["kimi"]["state"] == "available"
     assert health["passthrough:localhost"]["state"] == "open"

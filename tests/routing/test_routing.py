@@ -45,7 +45,10 @@ def test_reroute_swaps_key_and_model_and_keeps_the_user_agent():
     assert kimi.headers["user-agent"] == "OpenAI/Python 2.54.0"
     assert kimi.headers["accept-encoding"] == "identity"
     assert "openai-organization" not in kimi.headers and "content-length" not in kimi.headers
-    assert json.loads(kimi.body) == {**BODY, "model": "kimi-k2.6"}
+    # the client sent no output cap: Kimi gets [kimi] default_max_completion_tokens
+    assert json.loads(kimi.body) == {
+        **BODY, "model": "kimi-k2.6", "max_completion_tokens": 32768,
+    }  # fmt: skip
     assert deepseek.headers["authorization"] == "Bearer sk-deep"
     assert json.loads(deepseek.body)["model"] == "deepseek-chat"
 
