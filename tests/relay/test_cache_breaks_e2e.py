@@ -1,0 +1,175 @@
+"""Cache breaks end to end: conversations replayed with the real openai SDK through a real
+mitmdump + addon to a fake Kimi whose prompt cache works by prefix
+(:class:`~kimi_intercept.commands.fake_cache.PrefixCache`): an edit anywhere in what the
+provider receives drops its reported cached tokens to the prefix before the edit.
+
+Each broken conversation is detected at the right position with the right hint (a row in
+``cache_breaks`` and the console line); a stable one gives none; and a long conversation with big
+tool outputs (masked by the sanitizer) keeps its cache: the sanitizer's prefix is stable.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Iterator
+
+import pytest
+from proxyproc import render_config, rows, wait_rows
+
+from kimi_intercept.commands.fake_cache import BLOCK_TOKENS
+from kimi_intercept.commands.simulator import FakeUpstream
+
+SYSTEM = (
+    "You are a careful coding agent working in the repository /src/app. Today is 2026-12-01. "
+    "Answer briefly and use the tools to read files and run commands."
+)
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": f"{name} — a tool of the agent",
+            "parameters": {"type": "object", "properties": {"path": {"type": "string"}}},
+        },
+    }
+    for name in ("read_file", "run_command", "write_file")
+]
+# A file the agent read: big next to the prefix before it, small enough not to be masked.
+TOOL_OUTPUT = "\n".join(f"line {i}: def function_{i}(): return {i} * 2" for i in range(70))
+
+
+def _call(i: int, tool: str = "read_file") -> dict:
+    return {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": f"call_{i}",
+                "type": "function",
+                "function": {"name": tool, "arguments": f'{{"path": "f{i}.py"}}'},
+            }
+        ],
+    }
+
+
+def _turns(output: str = TOOL_OUTPUT) -> list[list[dict]]:
+    """Four requests of one agent conversation, each extending the one before."""
+    m = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Fix the tests."}]
+    turns = [copy.deepcopy(m)]
+    for i in range(3):
+        m += [_call(i), {"role": "tool", "tool_call_id": f"call_{i}", "content": f"{i}\n{output}"}]
+        turns.append(copy.deepcopy(m))
+    return turns
+
+
+@pytest.fixture
+def proxied(tmp_path, start_proxy, openai_client) -> Iterator:
+    kimi, deepseek = FakeUpstream(prefix_cache=True).start(), FakeUpstream().start()
+    db = tmp_path / "kimi.db"
+    config = render_config(db, kimi.url, deepseek.url) + "\n[cache]\nmin_prompt_tokens = 0\n"
+    proxy = start_proxy(config)
+    try:
+        yield (
+            proxy,
+            db,
+            lambda session: openai_client(proxy, default_headers={"x-kimi-session": session}),
+        )
+    finally:
+        kimi.stop()
+        deepseek.stop()
+
+
+def _kept_cached(requests: list[dict]) -> bool:
+    """Each request had everything its predecessor sent cached (within one cache block)."""
+    pairs = itertools.pairwise(requests)
+    return all(now["cached_tokens"] >= prev["prompt_tokens"] - BLOCK_TOKENS for prev, now in pairs)
+
+
+def _replay(client, turns: list[list[dict]], tools_per_turn: list[list[dict]] | None = None):
+    for n, messages in enumerate(turns):
+        tools = tools_per_turn[n] if tools_per_turn else TOOLS
+        client.chat.completions.create(model="gpt-4o", messages=messages, tools=tools)
+
+
+def test_breaks_are_found_at_the_first_changed_position_with_their_cause(proxied):
+    proxy, db, client_for = proxied
+    stable = _turns()
+    _replay(client_for("stable"), stable)
+
+    edited = _turns()
+    edited[3][0] = {"role": "system", "content": SYSTEM.replace("briefly", "in detail")}
+    _replay(client_for("system"), edited)
+
+    stamped = _turns()
+    stamped[3][0] = {"role": "system", "content": SYSTEM.replace("2026-12-01", "2026-12-02")}
+    _replay(client_for("stamp"), stamped)
+
+    reordered = [TOOLS, TOOLS, TOOLS, [TOOLS[2], TOOLS[0], TOOLS[1]]]
+    _replay(client_for("tools"), _turns(), reordered)
+
+    rewritten = _turns()
+    rewritten[3][3] = {**rewritten[3][3], "content": "0\n(output elided by the agent)"}
+    _replay(client_for("result"), rewritten)
+
+    requests = wait_rows(db, 20)
+    assert len(requests) == 20 and {r["outcome"] for r in requests} == {"ok"}
+    by_id = {r["id"]: r for r in requests}
+    breaks = {by_id[b["request_id"]]["conversation_id"]: b for b in rows(db, "cache_breaks")}
+    sessions = {}
+    for r in requests:
+        sessions.setdefault(r["conversation_id"], []).append(r)
+    # the stable conversation's cache kept hitting, and it has no break
+    stable_conv = requests[0]["conversation_id"]
+    assert stable_conv not in breaks
+    assert _kept_cached(sessions[stable_conv])
+
+    found = {
+        (b["position"], b["message_index"], b["role"], b["kind"], b["hint"], b["caused_by_us"])
+        for b in breaks.values()
+    }
+    assert found == {
+        ("messages[0]", 0, "system", "system", "system prompt edited", 0),
+        ("messages[0]", 0, "system", "system", "timestamp in the system prompt", 0),
+        ("tools[0]", None, None, "tools", "tool list reordered", 0),
+        ("messages[3]", 3, "tool", "tool_result", "an earlier tool result rewritten", 0),
+    }
+    for b in breaks.values():
+        # the 4th request of its conversation, compared with the 3rd
+        turns = sessions[b["conversation_id"]]
+        assert b["request_id"] == turns[3]["id"] and b["previous_request_id"] == turns[2]["id"]
+        assert b["previous_cached_ratio"] > 0.8 and b["cached_ratio"] < 0.4
+        assert b["changed_by"] is None
+        assert b["cached_ratio"] == round(turns[3]["cached_tokens"] / turns[3]["prompt_tokens"], 4)
+    assert proxy.wait_for_log("an earlier tool result rewritten")
+    lines = [line for line in proxy.log_text().splitlines() if "CACHE BREAK" in line]
+    assert len(lines) == 4, lines
+    [line] = [line for line in lines if "tool result" in line]
+    assert "at messages[3] (tool_result): an earlier tool result rewritten" in line
+    assert "kimi/kimi-k2.6" in line and "BUG" not in proxy.log_text()
+
+
+def test_the_sanitizers_masking_keeps_the_prefix_cached_over_a_long_conversation(proxied):
+    """Big tool outputs are masked (head + tail) on every turn the same way: what the provider
+    receives only grows, so its cache keeps hitting and no break is recorded (ours or not)."""
+    proxy, db, client_for = proxied
+    big = "\n".join(
+        f"PASSED tests/test_mod_{i}.py::test_case_{i} in 0.{i % 10}s" for i in range(3000)
+    )
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Run it."}]
+    client = client_for("long")
+    for i in range(8):
+        client.chat.completions.create(model="gpt-4o", messages=messages, tools=TOOLS)
+        messages += [
+            _call(i, "run_command"),
+            {"role": "tool", "tool_call_id": f"call_{i}", "content": big},
+        ]
+    requests = wait_rows(db, 8)
+    assert [r["outcome"] for r in requests] == ["ok"] * 8
+    masked = [
+        r for r in requests if (r["tokens_before_sanitize"] or 0) > r["tokens_after_sanitize"]
+    ]
+    assert len(masked) == 7  # every request with a tool output had it masked
+    assert _kept_cached(requests)
+    assert rows(db, "cache_breaks") == []
+    assert "CACHE BREAK" not in proxy.log_text() and "BUG" not in proxy.log_text()
