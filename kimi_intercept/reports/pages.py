@@ -245,6 +245,7 @@ def build_report(
     since: str | None = None,
     until: str | None = None,
     cfg: Config | None = None,
+    refresh_s: int | None = None,
 ) -> Report:
     """Write every page into ``out_dir`` (each atomically) from the database at ``db_path``;
     conversation pages of an earlier run that are no longer listed are removed.
@@ -254,6 +255,8 @@ def build_report(
     :param since: first day to include, ``YYYY-MM-DD`` (UTC)
     :param until: last day to include, ``YYYY-MM-DD`` (UTC), inclusive
     :param cfg: the config, for prices (calibrated costs) and context windows of old rows
+    :param refresh_s: pages ask the browser to reload them every this many seconds
+        (``<meta http-equiv="refresh">``; ``None``: they do not)
     :raises store.DatabaseNotFound: if there is no database at ``db_path``
     :raises ValueError: if ``since`` or ``until`` is not a date
     """
@@ -267,6 +270,7 @@ def build_report(
     db = open_readonly(db_path)
     try:
         context = report_context(db, since, until, cfg)
+        context["refresh_s"] = refresh_s
         pages = render_pages(context, db, cfg)
     finally:
         db.close()
