@@ -38,6 +38,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from kimi_intercept.accounting import calibration
 from kimi_intercept.config.settings import Config
 from kimi_intercept.reports import compare
+from kimi_intercept.reports.cache_breaks import client_breaks
 from kimi_intercept.reports.charts import MAX_CHART_DAYS, day_charts, model_bars, provider_bars
 from kimi_intercept.reports.conversations import (
     CONVERSATION_LIST_LIMIT,
@@ -194,6 +195,7 @@ def report_context(
     context.update(conversations=conversations, conversation_count=count)
     context.update(pairs=compare.pairs(db, since), agree_at=compare.AGREE_AT)
     context.update(sanitizer_value(db, since, until, cfg))
+    context.update(cache_breaks=client_breaks(db, since, until))
     return context
 
 

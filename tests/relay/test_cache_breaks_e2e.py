@@ -16,9 +16,12 @@ from collections.abc import Iterator
 
 import pytest
 from proxyproc import render_config, rows, wait_rows
+from reportrows import Tables
 
 from kimi_intercept.commands.fake_cache import BLOCK_TOKENS
 from kimi_intercept.commands.simulator import FakeUpstream
+from kimi_intercept.reports.conversations import page_name
+from kimi_intercept.reports.pages import build_report
 
 SYSTEM = (
     "You are a careful coding agent working in the repository /src/app. Today is 2026-12-01. "
@@ -147,6 +150,21 @@ def test_breaks_are_found_at_the_first_changed_position_with_their_cause(proxied
     [line] = [line for line in lines if "tool result" in line]
     assert "at messages[3] (tool_result): an earlier tool result rewritten" in line
     assert "kimi/kimi-k2.6" in line and "BUG" not in proxy.log_text()
+
+    # the report: counted per client, and each conversation's page shows its break
+    out = db.parent / "report"
+    build_report(db, out)
+    clients = Tables((out / "clients.html").read_text()).tables["cache-breaks"]
+    assert clients[1][:4] == ["OpenAI/Python 2.54.0", "4", "4", "0"]
+    page = out / "conversations" / page_name(requests[16]["conversation_id"])
+    tables = Tables(page.read_text()).tables
+    assert tables["cache-breaks"][1][0] == "4"  # the 4th turn
+    assert tables["cache-breaks"][1][2:] == [
+        "99.6%", "13.0%", "messages[3] (tool_result)", "an earlier tool result rewritten", "no",
+    ]  # fmt: skip
+    assert tables["turns"][4][5].endswith("cache break")
+    stable_page = out / "conversations" / page_name(stable_conv)
+    assert "cache-breaks" not in Tables(stable_page.read_text()).tables
 
 
 def test_the_sanitizers_masking_keeps_the_prefix_cached_over_a_long_conversation(proxied):
