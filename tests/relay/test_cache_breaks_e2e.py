@@ -11,15 +11,19 @@ tool outputs (masked by the sanitizer) keeps its cache: the sanitizer's prefix i
 from __future__ import annotations
 
 import copy
+import io
 import itertools
 from collections.abc import Iterator
 
 import pytest
 from proxyproc import render_config, rows, wait_rows
 from reportrows import Tables
+from rich.console import Console
 
 from kimi_intercept.commands.fake_cache import BLOCK_TOKENS
 from kimi_intercept.commands.simulator import FakeUpstream
+from kimi_intercept.commands.top_data import Reader
+from kimi_intercept.commands.top_screen import State, render
 from kimi_intercept.reports.conversations import page_name
 from kimi_intercept.reports.pages import build_report
 
@@ -165,6 +169,23 @@ def test_breaks_are_found_at_the_first_changed_position_with_their_cause(proxied
     assert tables["turns"][4][5].endswith("cache break")
     stable_page = out / "conversations" / page_name(stable_conv)
     assert "cache-breaks" not in Tables(stable_page.read_text()).tables
+
+    # `top`: the conversations view lists the latest breaks, the calls view flags the call
+    reader = Reader(db, db.parent / "no-status.json")
+    snap = reader.snapshot()
+    reader.close()
+    screens = []
+    for view in (2, 1):
+        console = Console(width=80, height=24, file=io.StringIO(), color_system=None)
+        console.print(render(snap, State(view=view)))
+        screens.append(console.file.getvalue())
+    lines = [line.rstrip() for line in screens[0].splitlines()]
+    at = lines.index("Cache breaks (latest)")
+    assert lines[at + 2].split()[1:] == [
+        "100%→13%", "messages[3]", "(tool_result)", "an", "earlier", "tool", "result", "rewritten",
+    ]  # fmt: skip
+    assert len(lines[at + 2 : at + 6]) == 4 and len(lines) <= 24
+    assert screens[1].splitlines()[6].rstrip().endswith("cachebrk")  # the newest call
 
 
 def test_the_sanitizers_masking_keeps_the_prefix_cached_over_a_long_conversation(proxied):
