@@ -13,7 +13,9 @@ compares two of them, and :class:`CacheBreaks` keeps the last fingerprint of eac
 
 Two fingerprints are kept per request: the client's own request (before the sanitizer) and
 what the provider received. A break whose first sent change is at a position the client did
-not change was caused by us — a bug — and is logged as one warning line.
+not change was caused by us (``caused_by_us``): by the sanitizer, a bug, logged as one
+``BUG`` warning line; by context compression (which rewrites the history near the context
+window, once, by design), one plain warning line.
 """
 
 from __future__ import annotations
@@ -302,12 +304,19 @@ class CacheBreaks:
             "block_index": change.block_index, "role": change.role, "kind": change.kind,
             "hint": change.hint, "changed_by": changed_by, "caused_by_us": int(ours),
         }  # fmt: skip
-        if ours:
+        if ours and changed_by == "sanitizer":
             log.warning(
-                "kimi-intercept: BUG: a cache break caused by our %s at %s (conversation %s, "
-                "cached %.0f%% -> %.0f%%): the client's own request did not change there — "
+                "kimi-intercept: BUG: a cache break caused by our sanitizer at %s (conversation "
+                "%s, cached %.0f%% -> %.0f%%): the client's own request did not change there — "
                 "please report it",
-                changed_by, change.position, str(row.get("conversation_id"))[:8],
+                change.position, str(row.get("conversation_id"))[:8],
+                prev.ratio * 100, now.ratio * 100,
+            )  # fmt: skip
+        elif ours:  # compressing near the context window rewrites the history once, by design
+            log.warning(
+                "kimi-intercept: cache break at %s after our context compression (conversation "
+                "%s, cached %.0f%% -> %.0f%%)",
+                change.position, str(row.get("conversation_id"))[:8],
                 prev.ratio * 100, now.ratio * 100,
             )  # fmt: skip
         return brk

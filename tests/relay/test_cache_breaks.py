@@ -193,3 +193,20 @@ def test_cache_settings_are_checked():
         cache_settings(SimpleNamespace(raw={"cache": {"break_drop": 2}}))
     with pytest.raises(ConfigError, match="unknown key `break_dropp`"):
         cache_settings(SimpleNamespace(raw={"cache": {"break_dropp": 0.5}}))
+
+
+def test_a_break_after_our_compression_is_ours_but_not_called_a_bug(caplog):
+    breaks = CacheBreaks(SETTINGS)
+    _send(breaks, hub(), 1, 1000, 900)
+    plan = _plan(hub())
+
+    def compress(p):
+        del p.request_json["messages"][1:4]  # older turns folded away near the window
+        p.prepared = SimpleNamespace(compression=["dropped 3 older messages"])
+
+    breaks.prepare(plan, compress)
+    brk = breaks.observe(plan, _row(2, 1100, 50))
+    assert (brk["changed_by"], brk["caused_by_us"], brk["hint"]) == (
+        "compression", 1, "an earlier user message edited",
+    )  # fmt: skip
+    assert "after our context compression" in caplog.text and "BUG" not in caplog.text
