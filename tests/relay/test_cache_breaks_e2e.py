@@ -212,3 +212,57 @@ def test_the_sanitizers_masking_keeps_the_prefix_cached_over_a_long_conversation
     assert _kept_cached(requests)
     assert rows(db, "cache_breaks") == []
     assert "CACHE BREAK" not in proxy.log_text() and "BUG" not in proxy.log_text()
+
+
+def test_a_claude_code_style_conversation_moving_its_cache_marker_breaks_only_on_a_new_date(
+    tmp_path, start_proxy, monkeypatch
+):
+    """The anthropic SDK as Claude Code uses it: the system prompt and the last message carry
+    ``cache_control`` (the marker moves to the newest message every turn, which is no change),
+    then the date in the system prompt changes: a break at ``messages[0]`` (the system prompt
+    is the first message of the OpenAI form the provider receives)."""
+    import anthropic
+
+    kimi, deepseek = FakeUpstream(prefix_cache=True).start(), FakeUpstream().start()
+    try:
+        db = tmp_path / "kimi.db"
+        config = render_config(db, kimi.url, deepseek.url, hosts=("api.anthropic.com",))
+        proxy = start_proxy(config + "\n[cache]\nmin_prompt_tokens = 0\n")
+        for name, value in proxy.client_env().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
+        client = anthropic.Anthropic(
+            api_key="sk-ant-client-key", max_retries=0,
+            default_headers={"x-claude-code-session-id": "3f0c9a52-session"},
+        )  # fmt: skip
+        tools = [
+            {"name": t["function"]["name"], "description": t["function"]["description"],
+             "input_schema": t["function"]["parameters"]}
+            for t in TOOLS
+        ]  # fmt: skip
+        messages: list[dict] = [{"role": "user", "content": [{"type": "text", "text": "Fix it."}]}]
+        for turn in range(5):
+            date = "2026-12-01" if turn < 4 else "2026-12-02"
+            marked = copy.deepcopy(messages)
+            marked[-1]["content"][-1]["cache_control"] = {"type": "ephemeral"}
+            client.messages.create(
+                model="claude-sonnet-4-5", max_tokens=256, tools=tools, messages=marked,
+                system=[{"type": "text", "text": SYSTEM.replace("2026-12-01", date),
+                         "cache_control": {"type": "ephemeral"}}],
+            )  # fmt: skip
+            messages += [
+                {"role": "assistant", "content": [{"type": "tool_use", "id": f"toolu_{turn}",
+                 "name": "read_file", "input": {"path": f"f{turn}.py"}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"toolu_{turn}",
+                 "content": f"{turn}\n{TOOL_OUTPUT}"}]},
+            ]  # fmt: skip
+        requests = wait_rows(db, 5)
+        assert [r["outcome"] for r in requests] == ["ok"] * 5
+        assert _kept_cached(requests[:4])
+        [brk] = rows(db, "cache_breaks")
+        assert (brk["request_id"], brk["position"], brk["hint"], brk["caused_by_us"]) == (
+            requests[4]["id"], "messages[0]", "timestamp in the system prompt", 0,
+        )  # fmt: skip
+    finally:
+        kimi.stop()
+        deepseek.stop()
