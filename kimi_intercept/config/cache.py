@@ -7,7 +7,7 @@ break_drop = 0.5            # a break: the cached share of the prompt fell by at
                             # fraction of its previous value (0.90 -> 0.45 or less) ...
 min_previous_ratio = 0.3    # ... from a previous cached share of at least this ...
 min_prompt_tokens = 1024    # ... on a prompt of at least this many tokens that did not shrink
-conversations = 1000        # conversations remembered (least recently seen forgotten first)
+conversations = 200         # conversations remembered (least recently seen forgotten first)
 ```
 
 The cached share is ``cached_tokens / prompt_tokens`` as the provider reported them. Errors:
@@ -36,7 +36,7 @@ class CacheSettings:
     break_drop: float = 0.5
     min_previous_ratio: float = 0.3
     min_prompt_tokens: int = 1024
-    conversations: int = 1000
+    conversations: int = 200
 
 
 def cache_settings(cfg: Config | None) -> CacheSettings:

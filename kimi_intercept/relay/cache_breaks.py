@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import re
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -65,8 +66,8 @@ class Message:
 
     role: str
     kind: str
-    digest: str
-    blocks: tuple[str, ...]
+    digest: bytes
+    blocks: tuple[bytes, ...]  # empty for a message of one block
     block_kinds: tuple[str, ...]
 
 
@@ -75,9 +76,9 @@ class Fingerprint:
     """Digests of one OpenAI-hub request, in the order a provider's prefix cache reads it."""
 
     model: str | None
-    tools: tuple[str, ...]
+    tools: tuple[bytes, ...]
     messages: tuple[Message, ...]
-    system_unstamped: str | None  # digest of the system prompt with dates/times blanked
+    system_unstamped: bytes | None  # digest of the system prompt with dates/times blanked
 
 
 @dataclass(frozen=True)
@@ -92,10 +93,10 @@ class Change:
     block_index: int | None = None
 
 
-def _digest(value: Any) -> str:
+def _digest(value: Any) -> bytes:
     """Digest of a JSON value, blind to ``cache_control`` markers (agents move them)."""
     text = json.dumps(_strip(value), sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=12).hexdigest()
+    return hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=12).digest()
 
 
 def _strip(value: Any) -> Any:
@@ -121,10 +122,12 @@ def _text(content: Any) -> str:
 def _message(m: Any) -> Message:
     if not isinstance(m, dict):
         return Message("?", "text", _digest(m), (), ())
-    role = str(m.get("role") or "?")
+    role = sys.intern(str(m.get("role") or "?"))
     content = m.get("content")
     parts = content if isinstance(content, list) else [content] if content else []
-    kinds = tuple(str(p.get("type", "text")) if isinstance(p, dict) else "text" for p in parts)
+    kinds = tuple(
+        sys.intern(str(p.get("type", "text"))) if isinstance(p, dict) else "text" for p in parts
+    )
     blocks = [_digest(p) for p in parts]
     if m.get("tool_calls"):
         blocks.append(_digest(m["tool_calls"]))
@@ -137,7 +140,8 @@ def _message(m: Any) -> Message:
         kind = "tool_call"
     else:
         kind = "text"
-    return Message(role, kind, _digest(m), tuple(blocks), kinds)
+    # one block: its digest is the message's (kept once: the memory holds many messages)
+    return Message(role, kind, _digest(m), tuple(blocks) if len(blocks) > 1 else (), kinds)
 
 
 def fingerprint(hub: dict[str, Any]) -> Fingerprint:
@@ -197,7 +201,7 @@ def first_change(prev: Fingerprint, now: Fingerprint) -> Change:
     return Change(None, HINTS["none"])
 
 
-def _first_diff(a: tuple[str, ...], b: tuple[str, ...]) -> int:
+def _first_diff(a: tuple[bytes, ...], b: tuple[bytes, ...]) -> int:
     """The first index where ``a`` and ``b`` differ (the shorter one's length if one is a
     prefix of the other)."""
     n = min(len(a), len(b))
@@ -255,11 +259,10 @@ class CacheBreaks:
         if cached is None:
             return None  # this provider does not report its cache
         ratio = min(cached / prompt, 1.0)
-        prepared = plan.prepared
+        prepared, sent = plan.prepared, fingerprint(plan.request_json)
         seen = _Seen(
             request_id=row["id"], provider=row.get("provider"), model=row.get("model"),
-            ratio=ratio, prompt_tokens=prompt, client=plan.cache_view,
-            sent=fingerprint(plan.request_json),
+            ratio=ratio, prompt_tokens=prompt, client=_shared(plan.cache_view, sent), sent=sent,
             compressed=bool(prepared is not None and getattr(prepared, "compression", None)),
         )  # fmt: skip
         with self._lock:
@@ -320,6 +323,18 @@ class CacheBreaks:
                 prev.ratio * 100, now.ratio * 100,
             )  # fmt: skip
         return brk
+
+
+def _shared(client: Fingerprint | None, sent: Fingerprint) -> Fingerprint | None:
+    """``client`` holding ``sent``'s own objects for every message the preparation left as it
+    was (most of them), so remembering both costs little more than remembering one."""
+    if client is None:
+        return None
+    same = [
+        s if i < len(sent.messages) and (s := sent.messages[i]) == c else c
+        for i, c in enumerate(client.messages)
+    ]
+    return Fingerprint(client.model, client.tools, tuple(same), client.system_unstamped)
 
 
 def _differs(client: Fingerprint, sent: Fingerprint, i: int, j: int | None) -> bool:
