@@ -57,6 +57,7 @@ from kimi_intercept.accounting import tokens
 from kimi_intercept.commands.checks import check_config, unusable_chain_warning
 from kimi_intercept.commands.status import status_file_for
 from kimi_intercept.config.budget import budget_settings
+from kimi_intercept.config.cache import cache_settings
 from kimi_intercept.config.discovery import find_config
 from kimi_intercept.config.settings import Config, ConfigError, allow_hosts_patterns
 from kimi_intercept.relay.console import console_line
@@ -153,6 +154,7 @@ class KimiIntercept:
             if self.relay is not None:
                 self.relay.cfg, self.relay.preparer = cfg, preparer
                 self.relay.budget.budget = budget
+                self.relay.breaks.settings = cache_settings(cfg)
             changes: dict[str, Any] = {
                 "allow_hosts": allow_hosts_patterns(cfg.hosts),
                 "connection_strategy": "lazy",
@@ -187,7 +189,8 @@ class KimiIntercept:
         assert self.writer is not None
         self.writer.put(row, attempts, *extra)
         try:
-            line = console_line(row, attempts)
+            breaks = extra[0].get("cache_breaks", ()) if extra else ()
+            line = console_line(row, attempts, breaks)
         except Exception:  # a formatting bug must not cost the row
             log.exception("kimi-intercept: could not format the console line of %s", row.get("id"))
             return

@@ -24,6 +24,7 @@ from pathlib import Path
 from kimi_intercept.accounting.prices import price_book
 from kimi_intercept.commands.importers import import_config
 from kimi_intercept.config.budget import budget_settings
+from kimi_intercept.config.cache import cache_settings
 from kimi_intercept.config.env import env_refs
 from kimi_intercept.config.settings import Config, ConfigError, load_config
 from kimi_intercept.sanitizer.prepare import Preparer
@@ -51,6 +52,7 @@ def check_config(path: str | Path | None, env: Mapping[str, str] | None = None) 
         retention_days(cfg)  # [storage] retention_days
         spool_path(cfg)  # [storage] spool
         budget_settings(cfg)  # [budget]
+        cache_settings(cfg)  # [cache]
         import_config(cfg)  # [import]
         return Checked(cfg, preparer)
     except ConfigError as e:

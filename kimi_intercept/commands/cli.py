@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
+from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -78,17 +79,33 @@ main.add_command(top_command)
 @out_option
 @since_option
 @until_option
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Write the pages again whenever the database changes (Ctrl-C stops); the pages "
+    "reload themselves in the browser",
+)
+@click.option(
+    "--refresh",
+    "refresh_s",
+    type=click.IntRange(1, 3600),
+    default=None,
+    help="Seconds between the pages' own reloads in the browser (default: 5 with --watch, "
+    "none without)",
+)
 def report(
     config_path: Path,
     db: Path | None,
     out_dir: Path,
     since: Any,
     until: Any,
+    watch: bool,
+    refresh_s: int | None,
 ) -> None:
     """Write the static HTML report (overview, providers, models, clients, conversations)."""
     from kimi_intercept.accounting.prices import price_book
     from kimi_intercept.config.settings import ConfigError
-    from kimi_intercept.reports.pages import build_report
+    from kimi_intercept.reports.pages import Report, build_report
     from kimi_intercept.storage import DatabaseNotFound
 
     cfg = load(config_path)
@@ -96,19 +113,61 @@ def report(
     if not db_path.is_file():
         raise click.ClickException(no_database(db_path))
     writable_dir(out_dir, "the report")
-    try:
-        price_book(cfg)
-        result = build_report(db_path, out_dir, since=day_of(since), until=day_of(until), cfg=cfg)
-    except ConfigError as e:
-        raise click.ClickException(f"{config_path}: {e}") from e
-    except DatabaseNotFound:
-        raise click.ClickException(no_database(db_path)) from None
-    except OSError as e:  # the folder became unwritable, the disk is full …
-        raise cannot_write("the report", out_dir, e) from None
-    except sqlite3.DatabaseError as e:  # not a database, or not readable
-        raise click.ClickException(f"Cannot read {db_path.resolve()}: {e}") from e
+    if watch and refresh_s is None:
+        refresh_s = WATCH_REFRESH_S
+
+    def build() -> Report:
+        try:
+            price_book(cfg)
+            return build_report(
+                db_path, out_dir, since=day_of(since), until=day_of(until), cfg=cfg,
+                refresh_s=refresh_s,
+            )  # fmt: skip
+        except ConfigError as e:
+            raise click.ClickException(f"{config_path}: {e}") from e
+        except DatabaseNotFound:
+            raise click.ClickException(no_database(db_path)) from None
+        except OSError as e:  # the folder became unwritable, the disk is full …
+            raise cannot_write("the report", out_dir, e) from None
+        except sqlite3.DatabaseError as e:  # not a database, or not readable
+            raise click.ClickException(f"Cannot read {db_path.resolve()}: {e}") from e
+
+    if watch:
+        _watch_report(db_path, build)
+        return
+    result = build()
     click.echo(f"Report written to {result.path.resolve()}")
     click.echo(result.totals.summary())
+
+
+WATCH_REFRESH_S = 5
+
+
+def _watch_report(db_path: Path, build: Callable[[], Any]) -> None:
+    """``report --watch``: build now and on every change until Ctrl-C (then exit 0)."""
+    import signal
+    import threading
+
+    from kimi_intercept.reports.watch import watch
+
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def built() -> None:
+        result = build()
+        click.echo(
+            f"{datetime.now():%H:%M:%S} report written to {result.path.resolve()} "
+            f"({result.totals.summary().splitlines()[0]})"
+        )
+
+    def failed(e: Exception) -> None:
+        message = e.format_message() if isinstance(e, click.ClickException) else str(e)
+        click.echo(f"kimi-intercept: the report could not be written: {message}", err=True)
+
+    click.echo(f"Watching {db_path.resolve()} — Ctrl-C stops")
+    watch(db_path, built, stop, on_error=failed)
+    click.echo("Stopped watching.")
 
 
 @main.command()

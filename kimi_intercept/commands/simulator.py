@@ -45,6 +45,8 @@ from typing import Any, NoReturn
 
 from aiohttp import web
 
+from kimi_intercept.commands.fake_cache import PrefixCache
+
 __all__ = [
     "DEFAULT_ANSWER_DELTAS",
     "DEFAULT_COMPLETION_TOKENS",
@@ -202,8 +204,10 @@ class FakeUpstream:
     event goes out at once). Use as ``with FakeUpstream() as up: ...`` or ``start()``/``stop()``.
     """
 
-    def __init__(self, default_gap_s: float = 0.0) -> None:
+    def __init__(self, default_gap_s: float = 0.0, prefix_cache: bool = False) -> None:
         self.default_gap_s = default_gap_s
+        # prefix_cache: report cached tokens as a prompt cache would (.fake_cache)
+        self.cache = PrefixCache() if prefix_cache else None
         self.received: list[ReceivedRequest] = []
         self.last_usage: dict[str, Any] | None = None
         self.port = 0
@@ -340,6 +344,8 @@ class FakeUpstream:
             )
         model = parsed.get("model") or DEFAULT_MODEL
         usage = default_usage(parsed.get("messages", []))
+        if self.cache is not None:
+            usage = self.cache.usage(parsed, DEFAULT_COMPLETION_TOKENS)
         self.last_usage = usage
         msh = {"Msh-Request-Id": str(uuid.uuid4())}
         if not parsed.get("stream"):

@@ -45,6 +45,7 @@ class Snapshot:
     clients: list[str] = field(default_factory=list)  # seen in the last 24 h, for the filter
     in_flight: list[dict[str, Any]] = field(default_factory=list)  # from the status file
     providers: list[dict[str, Any]] | None = None  # breaker states; None: no proxy running
+    breaks: list[dict[str, Any]] = field(default_factory=list)  # cache breaks, last 24 h, newest
 
 
 def iso(t: float) -> str:
@@ -144,13 +145,18 @@ class Reader:
                 [hour_ago, *args],
             )
         ]
+        has_breaks = conn.execute(
+            "select 1 from sqlite_master where type = 'table' and name = 'cache_breaks'"
+        ).fetchone()  # a database from before m008 that no proxy has opened yet has none
+        broke = "exists(select 1 from cache_breaks b where b.request_id = requests.id)"
         snap.latest = [
             dict(c)
             for c in conn.execute(
                 f"""select started_at, client, client_model, provider, model, outcome,
                       status_code, fallback_used, prompt_tokens, cached_tokens,
                       completion_tokens, usage_source, cost_usd, ttft_ms, duration_ms,
-                      conversation_id, conversation_title
+                      conversation_id, conversation_title,
+                      {broke if has_breaks else "0"} as cache_break
                     from requests where 1 {where}
                     order by started_at desc limit ?""",
                 [*args, self.latest_n],
@@ -158,6 +164,9 @@ class Reader:
         ]
         snap.conversations = [dict(c) for c in conn.execute(_CONVERSATIONS.format(where=where),
                                                              [hour_ago, *args])]  # fmt: skip
+        if has_breaks:
+            snap.breaks = [dict(b) for b in conn.execute(_BREAKS.format(where=where.replace(
+                "client", "b.client")), [iso(now - 24 * HOUR_S), *args])]  # fmt: skip
         snap.clients = [
             c[0]
             for c in conn.execute(
@@ -185,6 +194,16 @@ from recent join requests last on last.id = (
   select r.id from requests r where r.conversation_id = recent.conversation_id
   order by r.started_at desc, r.id desc limit 1)
 order by last_at desc
+"""
+
+
+# The latest cache breaks (relay.cache_breaks), with their conversation's title.
+_BREAKS = """
+select b.started_at, b.client, b.previous_cached_ratio, b.cached_ratio, b.position, b.kind,
+       b.hint, b.changed_by, b.caused_by_us, r.conversation_title as title
+from cache_breaks b left join requests r on r.id = b.request_id
+where b.started_at >= ? {where}
+order by b.started_at desc limit 4
 """
 
 

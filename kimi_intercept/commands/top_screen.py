@@ -64,7 +64,7 @@ def render(snap: Snapshot, state: State) -> RenderableType:
     elif state.view == 1:
         parts += [_in_flight(snap, 5), _calls(snap, 12)]
     else:
-        parts += [_conversations(snap)]
+        parts += [_conversations(snap), _breaks(snap)]
     parts.append(Text(f"{HELP}  ·  {datetime.now().strftime('%H:%M:%S')}", style="dim"))
     return Group(*parts)
 
@@ -136,7 +136,9 @@ def _calls(s: Snapshot, n: int) -> RenderableType:
     t = _table("Latest calls", ("time", -8), ("client", -12), ("provider/model", -20),
                ("in", 6), ("out", 5), ("cost", 8), ("ttft", 5), ("", -9))  # fmt: skip
     for c in s.latest[:n]:
-        if c["outcome"] == "ok":
+        if c["outcome"] == "ok" and c.get("cache_break"):
+            flag = Text("cachebrk", style="bold yellow")
+        elif c["outcome"] == "ok":
             flag = Text("fallback", style="yellow") if c["fallback_used"] else Text("ok")
         else:
             flag = Text(f"{c['outcome']} {c['status_code'] or ''}".strip(), style="red")
@@ -165,6 +167,28 @@ def _conversations(s: Snapshot) -> RenderableType:
             _usd(c["cost_usd"]),
             _pct(c["cached"] / c["prompt"] if c["prompt"] else None),
             _gauge(used, window),
+        )
+    return t
+
+
+def _breaks(s: Snapshot) -> RenderableType:
+    """The latest cache breaks (last 24 h): when, the cached share before → now, where, why."""
+    if not s.breaks:
+        return Text("Cache breaks: none in the last 24 h", style="dim")
+    t = _table("Cache breaks (latest)", ("time", -8), ("cached", 9), ("position", -26),
+               ("what changed", -32))  # fmt: skip
+    for b in s.breaks:
+        where = b["position"] or "–"
+        if b["kind"] and b["kind"] not in ("model", "tools"):
+            where += f" ({b['kind']})"
+        hint = Text(b["hint"] or "")
+        if b["caused_by_us"]:
+            hint = Text(f"OURS ({b['changed_by']}): {b['hint']}", style="bold red")
+        t.add_row(
+            _clock(b["started_at"]),
+            f"{_pct(b['previous_cached_ratio'])}→{_pct(b['cached_ratio'])}",
+            where,
+            hint,
         )
     return t
 

@@ -51,11 +51,11 @@ DEFAULT_CONFIG_NAME = "default_config.toml"
 DIALECTS = ("openai", "anthropic", "gemini")
 
 # The keys each table may have. [sanitizer], [context], [prices], [import], [budget] declare
-# theirs next to their parsers (sanitizer, accounting, commands.importers, .budget);
+# theirs next to their parsers (sanitizer, accounting, commands.importers, .budget, .cache);
 # [[routing.rules]] in .rules.
 TABLES = (
     "intercept", "routing", "storage", "models", "providers",
-    "prices", "sanitizer", "context", "import", "proxy", "budget", "dialects", "kimi",
+    "prices", "sanitizer", "context", "import", "proxy", "budget", "dialects", "kimi", "cache",
 )  # fmt: skip
 INTERCEPT_KEYS = ("hosts",)
 ROUTING_KEYS = (

@@ -9,7 +9,8 @@ the proxy's output and ``kimi-intercept top`` show the same numbers the database
 (one line; wrapped here). Then, when they apply: ``fallback after kimi 429`` (the failed or
 skipped attempts before the one that answered), ``FAILED 502: <error>`` / ``INCOMPLETE`` /
 ``CLIENT LEFT`` for an outcome other than ``ok``, ``passthrough`` for a call sent to its own
-provider.
+provider, and ``CACHE BREAK 92%→11% at messages[3] (tool_result): an earlier tool result
+rewritten`` when the provider's cache stopped hitting (:func:`.cache_breaks.break_text`).
 """
 
 from __future__ import annotations
@@ -18,11 +19,18 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from kimi_intercept.relay.cache_breaks import break_text
+
 _ERROR_CHARS = 140
 
 
-def console_line(row: dict[str, Any], attempts: Sequence[dict[str, Any]] = ()) -> str:
-    """The line for one ``requests`` row (and its ``attempts`` rows, in order).
+def console_line(
+    row: dict[str, Any],
+    attempts: Sequence[dict[str, Any]] = (),
+    cache_breaks: Sequence[dict[str, Any]] = (),
+) -> str:
+    """The line for one ``requests`` row (and its ``attempts`` rows, in order; its
+    ``cache_breaks`` row, if any).
 
     Times are the local wall clock of ``started_at`` (ISO 8601 UTC); tokens as counted by the
     provider (or estimated: then marked ``~``); cost in USD (``unpriced`` when NULL); TTFT and
@@ -62,6 +70,7 @@ def console_line(row: dict[str, Any], attempts: Sequence[dict[str, Any]] = ()) -
         parts.append("INCOMPLETE" + (f": {_short(row['error'], 80)}" if row.get("error") else ""))
     elif outcome == "client_abort":
         parts.append("CLIENT LEFT")
+    parts += [break_text(b) for b in cache_breaks]
     return " ".join(p for p in parts if p)
 
 

@@ -25,7 +25,8 @@ this aiohttp server, which runs on mitmproxy's own event loop on ``127.0.0.1``:
    a cut connection — never a clean end — and the row says ``incomplete``. If the client leaves,
    the upstream request is closed at once and the row says ``client_abort``.
 4. One ``requests`` row, one ``attempts`` row per try and the sanitizer's ledger go to the
-   store writer, off the response path (:mod:`.accounting`, :mod:`.prepare`).
+   store writer, off the response path (:mod:`.accounting`, :mod:`.prepare`), with a
+   ``cache_breaks`` row when the provider's cache stopped hitting (:mod:`.cache_breaks`).
 
 If every target fails the client gets an error in its dialect (OpenAI's
 ``{"error": {"message", "type", "code"}}``, https://platform.openai.com/docs/guides/error-codes)
@@ -50,12 +51,14 @@ from aiohttp import web
 
 from kimi_intercept.accounting import tokens
 from kimi_intercept.config.budget import budget_settings
+from kimi_intercept.config.cache import cache_settings
 from kimi_intercept.config.settings import Config
 from kimi_intercept.dialects.bridge import error_json, openai_error_body
 from kimi_intercept.relay import refusal, shadow
 from kimi_intercept.relay.admission import cannot_try, tokens_guess
 from kimi_intercept.relay.answer import attempt_row, client_left, ms_since, pipe
 from kimi_intercept.relay.budget import BudgetTracker, gate
+from kimi_intercept.relay.cache_breaks import CacheBreaks
 from kimi_intercept.relay.failures import (
     Action,
     AttemptFailed,
@@ -116,6 +119,7 @@ class Relay:
         self.budget = BudgetTracker(budget_settings(cfg))
         self.live = LiveStatus(status_path, self.health, self.budget)
         self.chooser = Chooser()
+        self.breaks = CacheBreaks(cache_settings(cfg))  # .cache_breaks
         self._rng = random.Random()
         self.inflight = InFlight()
         self.arriving = 0  # intercepted calls the addon is planning (they will be parked)
@@ -209,7 +213,7 @@ class Relay:
         mirrored = None
         try:
             if plan.kind == "reroute":
-                await asyncio.to_thread(self.preparer.prepare, plan)
+                await asyncio.to_thread(self.breaks.prepare, plan, self.preparer.prepare)
             if shadow.wanted(self.cfg.routing, plan, self._rng):
                 mirrored = asyncio.ensure_future(shadow.mirror(self.cfg, self.upstream, plan))
             return await self._serve(request, plan, attempts, result)
@@ -406,6 +410,8 @@ class Relay:
                 log.warning("%s", alert)
             row.update(row_fields(plan))
             extra = ledger_rows(plan, self.preparer.store_originals)
+            if brk := await asyncio.to_thread(self.breaks.observe, plan, row):
+                extra["cache_breaks"] = [brk]
             if mirrored is not None:  # shadow mode: compare with what the client got
                 answer = getattr(r.meter, "answer_text", None) or getattr(
                     r.meter, "completion_text", ""

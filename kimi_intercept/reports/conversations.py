@@ -12,6 +12,7 @@ from typing import Any
 import sqlite_utils
 
 from kimi_intercept.config.settings import Config
+from kimi_intercept.reports.cache_breaks import conversation_breaks
 from kimi_intercept.reports.charts import gauge_line, turn_bars
 from kimi_intercept.reports.data import range_where
 from kimi_intercept.storage.rollup import COUNTED_SUMS_SQL
@@ -136,6 +137,12 @@ def conversation_context(
         t["window"] = window
         t["gauge"] = t["prompt_tokens"] / window if window and t["prompt_tokens"] else None
     counted = [t for t in turns if not t["duplicate_of"]]
+    breaks = conversation_breaks(db, conv["id"])
+    turn_of = {t["id"]: t["n"] for t in turns}
+    for b in breaks:
+        b["turn"] = turn_of.get(b["request_id"])
+        if b["turn"] is not None:
+            turns[b["turn"] - 1]["cache_break"] = b
     return {
         "conv": conv,
         "turns": turns,
@@ -143,6 +150,7 @@ def conversation_context(
         "gauge_chart": gauge_line(counted),
         "masked": list(db.query(_MASKED_SQL, [conv["id"]])),
         "savings": list(db.query(_CONVERSATION_SAVINGS_SQL, [conv["id"]])),
+        "breaks": breaks,
         "clipped": len(turns) >= TURN_LIMIT,
         "turn_limit": TURN_LIMIT,
     }

@@ -38,6 +38,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from kimi_intercept.accounting import calibration
 from kimi_intercept.config.settings import Config
 from kimi_intercept.reports import compare
+from kimi_intercept.reports.cache_breaks import client_breaks
 from kimi_intercept.reports.charts import MAX_CHART_DAYS, day_charts, model_bars, provider_bars
 from kimi_intercept.reports.conversations import (
     CONVERSATION_LIST_LIMIT,
@@ -198,6 +199,7 @@ def report_context(
     context.update(pairs=compare.pairs(db, since), agree_at=compare.AGREE_AT)
     context.update(sanitizer_value(db, since, until, cfg))
     context.update(money_context(db, facts, since, until, cfg))
+    context.update(cache_breaks=client_breaks(db, since, until))
     return context
 
 
@@ -249,6 +251,7 @@ def build_report(
     since: str | None = None,
     until: str | None = None,
     cfg: Config | None = None,
+    refresh_s: int | None = None,
 ) -> Report:
     """Write every page into ``out_dir`` (each atomically) from the database at ``db_path``;
     conversation pages of an earlier run that are no longer listed are removed.
@@ -258,6 +261,8 @@ def build_report(
     :param since: first day to include, ``YYYY-MM-DD`` (UTC)
     :param until: last day to include, ``YYYY-MM-DD`` (UTC), inclusive
     :param cfg: the config, for prices (calibrated costs) and context windows of old rows
+    :param refresh_s: pages ask the browser to reload them every this many seconds
+        (``<meta http-equiv="refresh">``; ``None``: they do not)
     :raises store.DatabaseNotFound: if there is no database at ``db_path``
     :raises ValueError: if ``since`` or ``until`` is not a date
     """
@@ -271,6 +276,7 @@ def build_report(
     db = open_readonly(db_path)
     try:
         context = report_context(db, since, until, cfg)
+        context["refresh_s"] = refresh_s
         pages = render_pages(context, db, cfg)
     finally:
         db.close()

@@ -84,6 +84,7 @@ class RoutePlan:
     # (native, hub, hub_error) -> targets: the upstream requests again, after sanitizing
     rebuild: Callable[..., list[Target]] | None = field(default=None, repr=False)
     prepared: Any = None  # prepare.Prepared, once the relay prepared the request
+    cache_view: Any = None  # relay.cache_breaks.Fingerprint of the client's own request
     dialect: str = "openai"  # the client's: openai | anthropic | gemini
     received: float = field(default_factory=time.time)
     prompt_tokens_estimate: int | None = None  # tiktoken count, filled in only when needed

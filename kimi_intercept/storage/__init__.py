@@ -59,6 +59,7 @@ from kimi_intercept.storage.rollup import (
 from kimi_intercept.storage.rows import Entry, read_masked
 from kimi_intercept.storage.schema import (
     ATTEMPT_COLUMNS,
+    CACHE_BREAK_COLUMNS,
     DEFAULT_BUSY_TIMEOUT_MS,
     EXTRA_TABLES,
     MASKED_COLUMNS,
@@ -79,6 +80,7 @@ from kimi_intercept.storage.store import MAX_PENDING, StoreWriter
 
 __all__ = [
     "ATTEMPT_COLUMNS",
+    "CACHE_BREAK_COLUMNS",
     "CALIB",
     "COUNTED_SUMS_SQL",
     "DAILY_KEYS",

@@ -129,6 +129,7 @@ def _delete_before(db: sqlite_utils.Database, cutoff: str) -> dict[str, int]:
             "masked": conn.execute("DELETE FROM masked WHERE created_at < :c", params).rowcount,
             "requests": conn.execute("DELETE FROM requests WHERE started_at < :c", params).rowcount,
         }
+        conn.execute("DELETE FROM cache_breaks WHERE started_at < :c", params)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

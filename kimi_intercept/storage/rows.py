@@ -32,10 +32,10 @@ _INSERT_REQUEST = (
 @dataclass
 class Entry:
     """One request as written: ``request`` (``requests`` columns), ``attempts`` (``attempts``
-    columns, without the rowid ``id``), ``extra`` (``{"masked" | "savings" | "shadow": rows}``,
-    ``masked.original`` already zlib-compressed bytes). ``error``: why the database refused
-    this entry (``"IntegrityError: UNIQUE constraint failed: requests.id"``); such an entry is
-    kept in the spool and never replayed."""
+    columns, without the rowid ``id``), ``extra`` (``{"masked" | "savings" | "shadow" |
+    "cache_breaks": rows}``, ``masked.original`` already zlib-compressed bytes). ``error``: why
+    the database refused this entry (``"IntegrityError: UNIQUE constraint failed:
+    requests.id"``); such an entry is kept in the spool and never replayed."""
 
     request: dict[str, Any]
     attempts: list[dict[str, Any]] = field(default_factory=list)

@@ -151,11 +151,37 @@ SHADOW_COLUMNS: dict[str, type] = {
     "similarity": float,  # word-set Jaccard of the two answers, 0..1
 }
 
+#: ``cache_breaks``: a request whose provider-reported cached share of the prompt fell sharply
+#: from the previous request of its conversation (m008; :mod:`kimi_intercept.relay.cache_breaks`).
+#: Positions are in the OpenAI-hub form of the request (the system prompt is ``messages[0]``).
+CACHE_BREAK_COLUMNS: dict[str, type] = {
+    "request_id": str,
+    "conversation_id": str,
+    "started_at": str,  # ISO 8601 UTC, of the request
+    "client": str,
+    "provider": str,
+    "model": str,
+    "previous_request_id": str,
+    "previous_cached_ratio": float,  # cached / prompt tokens of the previous request, 0..1
+    "cached_ratio": float,  # ... of this one
+    "previous_prompt_tokens": int,
+    "prompt_tokens": int,
+    "position": str,  # "model", "tools[2]", "messages[3]", "messages[3].content[1]", or NULL
+    "message_index": int,  # NULL for model/tools, or when nothing before the new turn changed
+    "block_index": int,  # content block in that message (the tool's index for "tools")
+    "role": str,  # system | user | assistant | tool
+    "kind": str,  # model | tools | system | text | tool_call | tool_result | removed
+    "hint": str,  # "system prompt edited", "tool list reordered", ...
+    "changed_by": str,  # NULL, "sanitizer" or "compression": ours changed that position
+    "caused_by_us": int,  # 1: the client's own request did not change there (a bug of ours)
+}
+
 #: Tables :meth:`StoreWriter.put` accepts in ``extra``, with their columns and primary key.
 EXTRA_TABLES: dict[str, tuple[dict[str, type], tuple[str, ...]]] = {
     "masked": (MASKED_COLUMNS, ("id",)),
     "savings": (SAVINGS_COLUMNS, ("request_id", "tool")),
     "shadow": (SHADOW_COLUMNS, ("id",)),
+    "cache_breaks": (CACHE_BREAK_COLUMNS, ("request_id",)),
 }
 
 migrations = sqlite_utils.Migrations("kimi_intercept")
@@ -264,6 +290,13 @@ def m006_cache_writes(db: sqlite_utils.Database) -> None:
 def m007_money_savings(db: sqlite_utils.Database) -> None:
     for name, kind in _M007_REQUEST_COLUMNS.items():
         db.table("requests").add_column(name, kind)
+
+
+@migrations()
+def m008_cache_breaks(db: sqlite_utils.Database) -> None:
+    db.table("cache_breaks").create(CACHE_BREAK_COLUMNS, pk="request_id")
+    db.table("cache_breaks").create_index(["conversation_id", "started_at"])
+    db.table("cache_breaks").create_index(["started_at"])
 
 
 class DatabaseNotFound(FileNotFoundError):

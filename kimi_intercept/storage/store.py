@@ -55,9 +55,9 @@ class StoreWriter:
 
     Rows are cleaned as :class:`~.rows.RowMaker` says (only table columns; non-numbers in
     numeric columns become NULL; a request without ``id`` gets one). ``extra`` rows
-    (``masked``, ``savings``, ``shadow``) without ``request_id`` get the request's id; a row
-    whose primary key already exists is ignored; ``masked.original`` is given raw (``str`` or
-    ``bytes``) and stored zlib-compressed.
+    (``masked``, ``savings``, ``shadow``, ``cache_breaks``) without ``request_id`` get the
+    request's id; a row whose primary key already exists is ignored; ``masked.original`` is
+    given raw (``str`` or ``bytes``) and stored zlib-compressed.
 
     Faults (the whole rule: module docstring): retried ``retries`` times, backoff from
     ``backoff_s`` doubling; then spooled, and the database tried again every ``retry_s`` s.

@@ -238,6 +238,7 @@ def test_migrations_idempotent_on_reopen(db_path):
         "m005_requests_rule",
         "m006_cache_writes",
         "m007_money_savings",
+        "m008_cache_breaks",
     ]
     assert store.migrations.pending(db) == []
     assert db.table("requests").count == 1
