@@ -33,7 +33,7 @@ notes ``mitmproxy.md`` appendix):
   (``flow.response.stream = True``), never buffered.
 - every finished call: one console line (:func:`.relay.console.console_line`) in mitmproxy's
   log, as its row goes to the store writer.
-- ``done``: stops the relay and flushes the writer.
+- ``done``: stops the relay, flushes the writer and the OpenTelemetry export (``[otel]``).
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from kimi_intercept.commands.status import status_file_for
 from kimi_intercept.config.budget import budget_settings
 from kimi_intercept.config.discovery import find_config
 from kimi_intercept.config.settings import Config, ConfigError, allow_hosts_patterns
+from kimi_intercept.config.team import otel_settings
 from kimi_intercept.relay.console import console_line
 from kimi_intercept.relay.server import ROUTE_HEADER, Relay
 from kimi_intercept.routing.body import BodyTooLarge, decoded_body
@@ -60,6 +61,7 @@ from kimi_intercept.routing.plan import Problem, RoutePlan, detect_dialect
 from kimi_intercept.routing.unplanned import internal_problem, plan_or_reject, rejected_plan
 from kimi_intercept.sanitizer.prepare import Preparer
 from kimi_intercept.storage import StoreWriter, prune_on_start, spool_path
+from kimi_intercept.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,7 @@ class KimiIntercept:
         self.writer: StoreWriter | None = None
         self.is_running = False
         self.conversations: ConversationTracker | None = None
+        self.telemetry: Telemetry | None = None  # [otel]
 
     def load(self, loader: Any) -> None:
         _CONNECTION_LOGGER.addFilter(self.noise)
@@ -178,6 +181,8 @@ class KimiIntercept:
         """The relay's recorder: the row to the store writer, its line to the console."""
         assert self.writer is not None
         self.writer.put(row, attempts, *extra)
+        if self.telemetry is not None:
+            self.telemetry.record(row, attempts)  # a queue put: exported by its own threads
         try:
             line = console_line(row, attempts)
         except Exception:  # a formatting bug must not cost the row
@@ -191,6 +196,8 @@ class KimiIntercept:
         await asyncio.to_thread(prune_on_start, self.cfg)  # retention; never raises
         # Never raises: a database that cannot be opened is logged (with where rows spool).
         self.writer = StoreWriter(self.cfg.database, spool=spool_path(self.cfg))
+        if (otel := otel_settings(self.cfg)).enabled:  # checked already: [otel]
+            self.telemetry = await asyncio.to_thread(Telemetry, self.cfg, otel.capture_content)
         self.relay = Relay(
             self.cfg,
             self._record,
@@ -218,6 +225,8 @@ class KimiIntercept:
             await self.relay.stop()
         if self.writer is not None:
             self.writer.close()
+        if self.telemetry is not None:
+            await asyncio.to_thread(self.telemetry.close)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if self.relay is None or self.relay.port is None or self.cfg is None:

@@ -54,7 +54,7 @@ DIALECTS = ("openai", "anthropic", "gemini")
 # [[routing.rules]] in .rules.
 TABLES = (
     "intercept", "routing", "storage", "models", "providers",
-    "prices", "sanitizer", "context", "import", "proxy", "budget",
+    "prices", "sanitizer", "context", "import", "proxy", "budget", "otel", "team",
 )  # fmt: skip
 INTERCEPT_KEYS = ("hosts",)
 ROUTING_KEYS = (
