@@ -33,7 +33,8 @@ notes ``mitmproxy.md`` appendix):
   (``flow.response.stream = True``), never buffered.
 - every finished call: one console line (:func:`.relay.console.console_line`) in mitmproxy's
   log, as its row goes to the store writer.
-- ``done``: stops the relay, flushes the writer and the OpenTelemetry export (``[otel]``).
+- ``done``: stops the relay, flushes the writer, the OpenTelemetry export (``[otel]``) and the
+  team store's shipper (``[team]``: it ships the local outbox in its own thread).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from kimi_intercept.commands.status import status_file_for
 from kimi_intercept.config.budget import budget_settings
 from kimi_intercept.config.discovery import find_config
 from kimi_intercept.config.settings import Config, ConfigError, allow_hosts_patterns
-from kimi_intercept.config.team import otel_settings
+from kimi_intercept.config.team import otel_settings, team_settings
 from kimi_intercept.relay.console import console_line
 from kimi_intercept.relay.server import ROUTE_HEADER, Relay
 from kimi_intercept.routing.body import BodyTooLarge, decoded_body
@@ -99,6 +100,7 @@ class KimiIntercept:
         self.is_running = False
         self.conversations: ConversationTracker | None = None
         self.telemetry: Telemetry | None = None  # [otel]
+        self.team: Any = None  # storage.team.TeamShipper when [team] url is set
 
     def load(self, loader: Any) -> None:
         _CONNECTION_LOGGER.addFilter(self.noise)
@@ -198,6 +200,11 @@ class KimiIntercept:
         self.writer = StoreWriter(self.cfg.database, spool=spool_path(self.cfg))
         if (otel := otel_settings(self.cfg)).enabled:  # checked already: [otel]
             self.telemetry = await asyncio.to_thread(Telemetry, self.cfg, otel.capture_content)
+        if (team := team_settings(self.cfg)).enabled:  # ships the local outbox in a thread
+            from kimi_intercept.storage.team import TeamShipper
+
+            self.team = TeamShipper(self.cfg.database, team.url, team.developer,
+                                    team.sync_interval_s)  # fmt: skip
         self.relay = Relay(
             self.cfg,
             self._record,
@@ -227,6 +234,8 @@ class KimiIntercept:
             self.writer.close()
         if self.telemetry is not None:
             await asyncio.to_thread(self.telemetry.close)
+        if self.team is not None:
+            await asyncio.to_thread(self.team.close)  # one last shipment, bounded
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if self.relay is None or self.relay.port is None or self.cfg is None:

@@ -37,6 +37,8 @@ from kimi_intercept.commands.options import (
 )
 from kimi_intercept.commands.sanitizer_commands import compress, masked
 from kimi_intercept.commands.statusline import statusline_command
+from kimi_intercept.commands.stores import one_store, stores_options
+from kimi_intercept.commands.team import team as team_group
 from kimi_intercept.commands.top import top_command
 
 
@@ -69,34 +71,51 @@ for _command in (proxy, init, run, env, doctor):
     main.add_command(_command)
 main.add_command(statusline_command)
 main.add_command(top_command)
+main.add_command(team_group)
 
 
 @main.command()
-@common_options
+@stores_options
 @out_option
 @since_option
 @until_option
+@click.option("--team", is_flag=True, help="Report on the team store ([team] url): every "
+              "developer's rows, with a per-developer page")  # fmt: skip
 def report(
     config_path: Path,
-    db: Path | None,
+    dbs: tuple[Path, ...],
     out_dir: Path,
     since: Any,
     until: Any,
+    team: bool,
 ) -> None:
-    """Write the static HTML report (overview, providers, models, clients, conversations)."""
+    """Write the static HTML report (overview, providers, models, clients, conversations;
+    developers when several --db files are combined or with --team)."""
+    from kimi_intercept.commands.team import team_store
+
+    cfg = load(config_path)
+    if team and dbs:
+        raise click.ClickException("--team reads the team store: leave out --db")
+    with team_store(cfg, day_of(since)) if team else one_store(dbs, cfg.database) as db_path:
+        if not db_path.is_file():
+            raise click.ClickException(no_database(db_path))
+        writable_dir(out_dir, "the report")
+        result = _build(cfg, config_path, db_path, out_dir, since, until)
+    click.echo(f"Report written to {result.path.resolve()}")
+    click.echo(result.totals.summary())
+
+
+def _build(
+    cfg: Any, config_path: Path, db_path: Path, out_dir: Path, since: Any, until: Any
+) -> Any:
     from kimi_intercept.accounting.prices import price_book
     from kimi_intercept.config.settings import ConfigError
     from kimi_intercept.reports.pages import build_report
     from kimi_intercept.storage import DatabaseNotFound
 
-    cfg = load(config_path)
-    db_path = db if db is not None else cfg.database
-    if not db_path.is_file():
-        raise click.ClickException(no_database(db_path))
-    writable_dir(out_dir, "the report")
     try:
         price_book(cfg)
-        result = build_report(db_path, out_dir, since=day_of(since), until=day_of(until), cfg=cfg)
+        return build_report(db_path, out_dir, since=day_of(since), until=day_of(until), cfg=cfg)
     except ConfigError as e:
         raise click.ClickException(f"{config_path}: {e}") from e
     except DatabaseNotFound:
@@ -105,8 +124,6 @@ def report(
         raise cannot_write("the report", out_dir, e) from None
     except sqlite3.DatabaseError as e:  # not a database, or not readable
         raise click.ClickException(f"Cannot read {db_path.resolve()}: {e}") from e
-    click.echo(f"Report written to {result.path.resolve()}")
-    click.echo(result.totals.summary())
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -130,7 +147,7 @@ def _cost(value: float | None, unpriced: int) -> str:
 
 
 @main.command()
-@common_options
+@stores_options
 @click.option(
     "--days", type=click.IntRange(1, 36500), default=30, show_default=True,
     help="How many days, up to today (UTC)",
@@ -140,17 +157,17 @@ def _cost(value: float | None, unpriced: int) -> str:
     type=click.Choice(["provider", "model", "client", "day"]),
     help="One row per provider, model, client or day instead of the overview",
 )
-def stats(config_path: Path, db: Path | None, days: int, by: str | None) -> None:
+def stats(config_path: Path, dbs: tuple[Path, ...], days: int, by: str | None) -> None:
     """Token, cost and cache totals as a table: today, the last 7 and the last N days
     (--days), or per provider/model/client/day over the last N days (--by)."""
     from kimi_intercept.reports.pages import WINDOWS, fmt_num, fmt_ratio, read_facts, windows
 
     cfg = load(config_path)
-    db_path = db if db is not None else cfg.database
     today = datetime.now(timezone.utc).date()
     since = (today - timedelta(days=days - 1)).isoformat()
-    with reading(db_path) as ro:
+    with one_store(dbs, cfg.database) as merged, reading(merged) as ro:
         facts = read_facts(ro, since, None, cfg)
+    db_path = " + ".join(map(str, dbs)) if dbs else cfg.database
     if by is None:
         rows = []
         last = ("today", 1) if days == 1 else (f"{days} days", days)
@@ -199,7 +216,7 @@ def stats(config_path: Path, db: Path | None, days: int, by: str | None) -> None
 
 
 @main.command()
-@common_options
+@stores_options
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv",
               show_default=True)  # fmt: skip
 @click.option(
@@ -216,7 +233,7 @@ def stats(config_path: Path, db: Path | None, days: int, by: str | None) -> None
 )  # fmt: skip
 def export(
     config_path: Path,
-    db: Path | None,
+    dbs: tuple[Path, ...],
     fmt: str,
     table: str,
     since: Any,
@@ -226,8 +243,8 @@ def export(
     """Stream requests (or conversations) as CSV or JSON, row by row."""
     from kimi_intercept.commands import export as exporter
 
-    db_path = resolve_db_path(config_path, db)
-    with reading(db_path) as ro:
+    default = resolve_db_path(config_path, None) if not dbs else Path()
+    with one_store(dbs, default) as db_path, reading(db_path) as ro:
         if out_file is None:
             n = exporter.write(sys.stdout, ro, fmt, table, day_of(since), day_of(until))
         else:
