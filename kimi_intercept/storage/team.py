@@ -112,19 +112,23 @@ def upsert(conn: Any, table: str, rows: Sequence[dict[str, Any]], developer: str
         cur.executemany(sql, values)
 
 
-def ship(db_path: Path, url: str, developer: str, batch: int = 500) -> int:
+def ship(
+    db_path: Path, url: str, developer: str, batch: int = 500, ensure: bool = True
+) -> int:
     """Ship everything in the outbox of ``db_path`` (created if needed, history queued) to the
-    team store; returns the number of requests shipped.
+    team store; returns the number of requests shipped. ``ensure=False``: the outbox is known
+    to exist (the shipper's later rounds skip the ``CREATE … IF NOT EXISTS``).
 
     :raises TeamStoreError: the server cannot be reached or refused a write (what was not
         shipped stays in the outbox)
     """
     import psycopg
 
-    local = sqlite3.connect(db_path, timeout=DEFAULT_BUSY_TIMEOUT_MS / 1000)
+    local = _local(db_path)
     shipped = 0
     try:
-        outbox.ensure_outbox(local)
+        if ensure:
+            outbox.ensure_outbox(local)
         if not outbox.pending(local):
             return 0
         conn = connect(url)
@@ -145,9 +149,15 @@ def ship(db_path: Path, url: str, developer: str, batch: int = 500) -> int:
     return shipped
 
 
+def _local(db_path: Path) -> sqlite3.Connection:
+    """The local store, never created here (the store writer creates and migrates it)."""
+    uri = f"file:{Path(db_path).resolve()}?mode=rw"
+    return sqlite3.connect(uri, uri=True, timeout=DEFAULT_BUSY_TIMEOUT_MS / 1000)
+
+
 def backfill(db_path: Path, url: str, developer: str) -> int:
     """``team sync``: queue every request of ``db_path`` again, then :func:`ship`."""
-    local = sqlite3.connect(db_path, timeout=DEFAULT_BUSY_TIMEOUT_MS / 1000)
+    local = _local(db_path)
     try:
         outbox.ensure_outbox(local)
         outbox.queue_all(local)
@@ -201,6 +211,7 @@ class TeamShipper:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._down = False
+        self._ready = False  # the outbox and its triggers exist
         self._thread = threading.Thread(target=self._run, name="kimi-team", daemon=True)
         self._thread.start()
 
@@ -224,11 +235,16 @@ class TeamShipper:
 
     def _once(self) -> None:
         try:
-            n = ship(self.db_path, self.url, self.developer)
+            n = ship(self.db_path, self.url, self.developer, ensure=not self._ready)
+            self._ready = True
         except TeamStoreError as e:
             if not self._down:
                 log.warning("kimi-intercept: %s; rows wait in the local outbox", e)
             self._down = True
+            return
+        except sqlite3.Error as e:  # the local file is locked, missing, not migrated yet
+            log.warning("kimi-intercept: cannot read the outbox in %s: %s; retrying in %gs",
+                        self.db_path, e, self.interval_s)  # fmt: skip
             return
         except Exception:
             log.exception("kimi-intercept: shipping to the team store failed")
