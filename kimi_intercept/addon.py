@@ -198,9 +198,12 @@ class KimiIntercept:
         await asyncio.to_thread(prune_on_start, self.cfg)  # retention; never raises
         # Never raises: a database that cannot be opened is logged (with where rows spool).
         self.writer = StoreWriter(self.cfg.database, spool=spool_path(self.cfg))
-        if (otel := otel_settings(self.cfg)).enabled:  # checked already: [otel]
-            self.telemetry = await asyncio.to_thread(Telemetry, self.cfg, otel.capture_content)
-        if (team := team_settings(self.cfg)).enabled:  # ships the local outbox in a thread
+        team = team_settings(self.cfg)  # checked already, as [otel]
+        if (otel := otel_settings(self.cfg)).enabled:
+            self.telemetry = await asyncio.to_thread(
+                Telemetry, self.cfg, otel.capture_content, team.developer
+            )
+        if team.enabled:  # ships the local outbox in a thread
             from kimi_intercept.storage.team import TeamShipper
 
             self.team = TeamShipper(self.cfg.database, team.url, team.developer,

@@ -36,7 +36,8 @@ class Telemetry:
 
     :param cfg: the config (provider hosts for ``server.address``)
     :param capture_content: also export content attributes (``[otel] capture_content``)
-    :param developer: set as ``kimi_intercept.developer`` on the resource when given
+    :param developer: the resource attribute ``kimi_intercept.developer`` (``[team] developer``,
+        by default the OS user), when given
     """
 
     def __init__(

@@ -32,6 +32,7 @@ class Receiver:
 
     def __init__(self) -> None:
         self.spans: list[Any] = []
+        self.resources: list[dict[str, Any]] = []
         self.metric_names: set[str] = set()
         receiver = self
 
@@ -43,6 +44,7 @@ class Receiver:
                 if self.path == "/v1/traces":
                     req = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
                     for rs in req.resource_spans:
+                        receiver.resources.append(attrs(rs.resource))
                         for ss in rs.scope_spans:
                             receiver.spans.extend(ss.spans)
                 elif self.path == "/v1/metrics":
@@ -155,6 +157,8 @@ def test_a_streamed_call_is_one_chat_span_with_one_attempt_child(otel_proxy, rec
         row["duration_ms"], abs=1
     )
     assert attempt.name == "chat kimi-k2.6"
+    resource = receiver.resources[0]
+    assert resource["service.name"] == "kimi-intercept" and resource["kimi_intercept.developer"]
     assert attrs(attempt)["http.response.status_code"] == 200
     proc.stop()  # flushes the metrics
     assert {
