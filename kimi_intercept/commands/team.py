@@ -61,10 +61,32 @@ def team_store(cfg: Any, since: str | None = None) -> Iterator[Path]:
                 if table == "requests":
                     ordered = sorted(ordered, key=lambda r: r.get("started_at") or "")
                 db[table].insert_all(({k: r.get(k) for k in cols} for r in ordered), batch_size=500)
+            _add_pruned_days(db, rows)
             db.conn.commit()
         finally:
             db.close()
         yield path
+
+
+def _add_pruned_days(db: Any, rows: dict[str, list[dict[str, Any]]]) -> None:
+    """Add the shipped ``daily`` totals of each developer's pruned days — only for days the
+    team store holds none of that developer's raw rows (those are counted from the rows)."""
+    from kimi_intercept.storage.rollup import DAILY_KEYS, DAILY_SUMS
+
+    raw = {(r["developer"], (r.get("started_at") or "")[:10]) for r in rows["requests"]}
+    cols = [*DAILY_KEYS, *DAILY_SUMS]
+    add = ", ".join(
+        f"{c} = CASE WHEN excluded.{c} IS NULL THEN {c} WHEN {c} IS NULL THEN excluded.{c} "
+        f"ELSE {c} + excluded.{c} END"
+        for c in DAILY_SUMS
+    )
+    sql = (
+        f"INSERT INTO daily ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+        f"ON CONFLICT ({', '.join(DAILY_KEYS)}) DO UPDATE SET {add}"
+    )
+    for d in rows["daily"]:
+        if (d["developer"], d["day"]) not in raw:
+            db.execute(sql, [d.get(c) if c in DAILY_SUMS else (d.get(c) or "") for c in cols])
 
 
 @click.group()

@@ -10,9 +10,11 @@ PostgreSQL schema (created and migrated by :func:`migrate`; ``kimi_intercept_sch
 version): ``requests`` (``developer`` + every local ``requests`` column, primary key ``id``),
 ``attempts`` (``developer``, ``local_id`` + the local columns, primary key
 ``(request_id, local_id)``), ``savings`` (``developer`` + the local columns, primary key
-``(request_id, tool)``). Columns added to the local schema later are added here by the next
-:func:`migrate` (``ADD COLUMN IF NOT EXISTS``). The sanitizer's masked originals (content) are
-never shipped.
+``(request_id, tool)``), ``daily`` (``developer`` + the local ``daily`` columns, primary key
+``developer`` + its keys: the totals of days whose raw rows were pruned locally, shipped on the
+first round and by ``team sync``). Columns added to the local schema later are added here by
+the next :func:`migrate` (``ADD COLUMN IF NOT EXISTS``). The sanitizer's masked originals
+(content) are never shipped.
 
 Needs ``psycopg`` 3 (``pip install 'kimi-intercept[team]'``). Connection errors are reported
 with the URL's password removed (:func:`safe_url`).
@@ -29,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from kimi_intercept.storage import outbox
+from kimi_intercept.storage.rollup import DAILY_KEYS, DAILY_SUMS
 from kimi_intercept.storage.schema import (
     ATTEMPT_COLUMNS,
     DEFAULT_BUSY_TIMEOUT_MS,
@@ -45,6 +48,11 @@ TABLES: dict[str, tuple[dict[str, type], tuple[str, ...]]] = {
     "requests": ({"developer": str, **REQUEST_COLUMNS}, ("id",)),
     "attempts": ({"developer": str, **_ATTEMPT}, ("request_id", "local_id")),
     "savings": ({"developer": str, **SAVINGS_COLUMNS}, ("request_id", "tool")),
+    # totals of days whose raw rows were pruned locally (no raw row left to ship)
+    "daily": (
+        {"developer": str, **{k: str for k in DAILY_KEYS}, **DAILY_SUMS},
+        ("developer", *DAILY_KEYS),
+    ),
 }
 
 
@@ -112,9 +120,7 @@ def upsert(conn: Any, table: str, rows: Sequence[dict[str, Any]], developer: str
         cur.executemany(sql, values)
 
 
-def ship(
-    db_path: Path, url: str, developer: str, batch: int = 500, ensure: bool = True
-) -> int:
+def ship(db_path: Path, url: str, developer: str, batch: int = 500, ensure: bool = True) -> int:
     """Ship everything in the outbox of ``db_path`` (created if needed, history queued) to the
     team store; returns the number of requests shipped. ``ensure=False``: the outbox is known
     to exist (the shipper's later rounds skip the ``CREATE … IF NOT EXISTS``).
@@ -134,6 +140,9 @@ def ship(
         conn = connect(url)
         try:
             migrate(conn)
+            if ensure:  # first round, team sync: totals of the days pruned locally
+                with conn.transaction():
+                    upsert(conn, "daily", pruned_days(local), developer)
             while (b := outbox.next_batch(local, batch))["queued"]:
                 with conn.transaction():
                     for table in ("requests", "attempts", "savings"):
@@ -147,6 +156,14 @@ def ship(
     finally:
         local.close()
     return shipped
+
+
+def pruned_days(local: sqlite3.Connection) -> list[dict[str, Any]]:
+    """``daily`` rows of the days before the oldest raw request (their rows were pruned)."""
+    local.row_factory = sqlite3.Row
+    oldest = local.execute("SELECT min(substr(started_at, 1, 10)) FROM requests").fetchone()[0]
+    sql = "SELECT * FROM daily" + (" WHERE day < ?" if oldest else "")
+    return [dict(r) for r in local.execute(sql, (oldest,) if oldest else ())]
 
 
 def _local(db_path: Path) -> sqlite3.Connection:
@@ -182,13 +199,14 @@ def pull(url: str, since: str | None = None) -> dict[str, list[dict[str, Any]]]:
         out = {}
         with conn.cursor(row_factory=dict_row) as cur:
             for table in TABLES:
-                ids = "id" if table == "requests" else "request_id"
-                sub = "" if not since else f" WHERE {ids} IN (SELECT id FROM requests {where})"
-                sql = (
-                    f"SELECT * FROM {table}{sub}"
-                    if table != "requests"
-                    else (f"SELECT * FROM requests {where}")
-                )
+                if table == "requests":
+                    sql = f"SELECT * FROM requests {where}"
+                elif table == "daily":
+                    sql = "SELECT * FROM daily" + (" WHERE day >= %s" if since else "")
+                else:
+                    sql = f"SELECT * FROM {table}" + (
+                        f" WHERE request_id IN (SELECT id FROM requests {where})" if since else ""
+                    )
                 cur.execute(sql, params)
                 out[table] = [
                     {("id" if k == "local_id" else k): v for k, v in r.items()}

@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import openai
@@ -196,3 +197,36 @@ def test_an_unreachable_team_store_is_one_clear_line(tmp_path, monkeypatch):
         assert result.exit_code == 1, result.output
         assert "cannot reach the team store postgresql://kimi:***@127.0.0.1" in result.output
         assert PASSWORD not in result.output and "Traceback" not in result.output
+
+
+def test_totals_of_pruned_days_reach_the_team_report_once(pg, tmp_path, monkeypatch):
+    from reportrows import row, write_rows
+
+    db = tmp_path / "carol.db"
+    old = [row(f"old{i}", "2020-01-0{}T10:00:00.000Z".format(i + 1), prompt_tokens=1000,
+               completion_tokens=100, cost_usd=0.5) for i in range(2)]  # fmt: skip
+    recent = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    write_rows(db, [(r, []) for r in old] + [(row("new1", recent, prompt_tokens=10,
+                                                    completion_tokens=1), [])])  # fmt: skip
+    (tmp_path / "c.toml").write_text(
+        f'[storage]\ndatabase = "{db}"\n[team]\nurl = "${{KIMI_TEAM_DATABASE_URL}}"\n'
+        'developer = "carol"\n'
+    )
+    monkeypatch.setenv("KIMI_TEAM_DATABASE_URL", pg.url)
+    config = ["--config", str(tmp_path / "c.toml")]
+    assert CliRunner().invoke(cli_main, ["prune", "--days", "30", *config]).exit_code == 0
+    assert [r["id"] for r in rows(db)] == ["new1"]  # the 2020 rows live on in daily only
+    for _ in range(2):  # shipping twice changes nothing
+        sync = CliRunner().invoke(cli_main, ["team", "sync", *config])
+        assert sync.exit_code == 0, sync.output
+    assert pg.query("SELECT count(*), sum(requests) FROM daily WHERE developer = 'carol'") == [
+        (2, 2)
+    ]
+    out = tmp_path / "r"
+    report = CliRunner().invoke(
+        cli_main, ["report", "--team", *config, "--out", str(out), "--since", "2020-01-01"]
+    )
+    assert report.exit_code == 0, report.output
+    carol = pg.query("SELECT count(*) FROM requests WHERE developer <> 'carol'")[0][0]
+    # carol's 3 (2 pruned, counted from daily) plus the other developers' raw rows
+    assert f"{3 + carol} requests" in report.output
