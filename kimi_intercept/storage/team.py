@@ -261,6 +261,7 @@ class TeamShipper:
             self._down = True
             return
         except sqlite3.Error as e:  # the local file is locked, missing, not migrated yet
+            self._ready = False  # a recreated file needs its outbox again
             log.warning("kimi-intercept: cannot read the outbox in %s: %s; retrying in %gs",
                         self.db_path, e, self.interval_s)  # fmt: skip
             return
