@@ -81,6 +81,8 @@ main.add_command(team_group)
 @until_option
 @click.option("--team", is_flag=True, help="Report on the team store ([team] url): every "
               "developer's rows, with a per-developer page")  # fmt: skip
+@click.option("--developer", "developers", multiple=True,
+              help="With --team: only this developer's rows (repeatable)")  # fmt: skip
 def report(
     config_path: Path,
     dbs: tuple[Path, ...],
@@ -88,6 +90,7 @@ def report(
     since: Any,
     until: Any,
     team: bool,
+    developers: tuple[str, ...],
 ) -> None:
     """Write the static HTML report (overview, providers, models, clients, conversations;
     developers when several --db files are combined or with --team)."""
@@ -96,7 +99,10 @@ def report(
     cfg = load(config_path)
     if team and dbs:
         raise click.ClickException("--team reads the team store: leave out --db")
-    with team_store(cfg, day_of(since)) if team else one_store(dbs, cfg.database) as db_path:
+    if developers and not team:
+        raise click.ClickException("--developer filters the team store: add --team")
+    source = team_store(cfg, day_of(since), developers) if team else one_store(dbs, cfg.database)
+    with source as db_path:
         if not db_path.is_file():
             raise click.ClickException(no_database(db_path))
         writable_dir(out_dir, "the report")

@@ -29,8 +29,11 @@ def _team(cfg: Any) -> Any:
 
 
 @contextmanager
-def team_store(cfg: Any, since: str | None = None) -> Iterator[Path]:
-    """A temporary store holding every developer's rows of the team store (removed after).
+def team_store(
+    cfg: Any, since: str | None = None, developers: tuple[str, ...] = ()
+) -> Iterator[Path]:
+    """A temporary store holding every developer's rows of the team store (removed after);
+    only those of ``developers`` when given.
 
     :raises click.ClickException: no ``[team] url``, or the server cannot be read
     """
@@ -44,6 +47,8 @@ def team_store(cfg: Any, since: str | None = None) -> Iterator[Path]:
         rows = pull(team.url, since)
     except TeamStoreError as e:
         raise click.ClickException(str(e)) from None
+    if developers:
+        rows = {t: [r for r in rs if r["developer"] in developers] for t, rs in rows.items()}
     with tempfile.TemporaryDirectory(prefix="kimi-team-") as tmp:
         path = Path(tmp) / "team.db"
         db = open_db(path)

@@ -230,3 +230,10 @@ def test_totals_of_pruned_days_reach_the_team_report_once(pg, tmp_path, monkeypa
     carol = pg.query("SELECT count(*) FROM requests WHERE developer <> 'carol'")[0][0]
     # carol's 3 (2 pruned, counted from daily) plus the other developers' raw rows
     assert f"{3 + carol} requests" in report.output
+    only = CliRunner().invoke(
+        cli_main,
+        ["report", "--team", "--developer", "carol", *config, "--out", str(out), "--since",
+         "2020-01-01"],
+    )  # fmt: skip
+    assert only.exit_code == 0, only.output
+    assert "3 requests, 2,211 tokens (2,010 prompt + 201 completion)" in only.output
