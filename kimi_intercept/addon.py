@@ -38,8 +38,9 @@ notes ``mitmproxy.md`` appendix):
 - ``done`` (mitmproxy awaits it on SIGTERM/SIGINT, while its loop still serves connections):
   graceful shutdown — new LLM calls get a 503 in their dialect (row outcome ``shutdown``),
   answers in flight get ``[proxy] drain_s`` seconds, the rest are cut (outcome ``shutdown``,
-  no provider penalty; a second signal cuts at once), then the relay stops and the writer
-  flushes every row.
+  no provider penalty; a second signal cuts at once), then the relay stops, the writer
+  flushes every row, and the OpenTelemetry export (``[otel]``) and the team store's shipper
+  (``[team]``: it ships the local outbox in its own thread) flush too.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from kimi_intercept.config.budget import budget_settings
 from kimi_intercept.config.cache import cache_settings
 from kimi_intercept.config.discovery import find_config
 from kimi_intercept.config.settings import Config, ConfigError, allow_hosts_patterns
+from kimi_intercept.config.team import otel_settings, team_settings
 from kimi_intercept.relay.console import console_line
 from kimi_intercept.relay.server import ROUTE_HEADER, Relay
 from kimi_intercept.routing.body import BodyTooLarge, decoded_body
@@ -69,6 +71,7 @@ from kimi_intercept.routing.unplanned import internal_problem, plan_or_reject, r
 from kimi_intercept.routing.websocket import REFUSAL_STATUS, is_responses_websocket, refusal_body
 from kimi_intercept.sanitizer.prepare import Preparer
 from kimi_intercept.storage import StoreWriter, prune_on_start, spool_path
+from kimi_intercept.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +108,8 @@ class KimiIntercept:
         self.writer: StoreWriter | None = None
         self.is_running = False
         self.conversations: ConversationTracker | None = None
+        self.telemetry: Telemetry | None = None  # [otel]
+        self.team: Any = None  # storage.team.TeamShipper when [team] url is set
 
     def load(self, loader: Any) -> None:
         _CONNECTION_LOGGER.addFilter(self.noise)
@@ -188,6 +193,8 @@ class KimiIntercept:
         """The relay's recorder: the row to the store writer, its line to the console."""
         assert self.writer is not None
         self.writer.put(row, attempts, *extra)
+        if self.telemetry is not None:
+            self.telemetry.record(row, attempts)  # a queue put: exported by its own threads
         try:
             breaks = extra[0].get("cache_breaks", ()) if extra else ()
             line = console_line(row, attempts, breaks)
@@ -202,6 +209,16 @@ class KimiIntercept:
         await asyncio.to_thread(prune_on_start, self.cfg)  # retention; never raises
         # Never raises: a database that cannot be opened is logged (with where rows spool).
         self.writer = StoreWriter(self.cfg.database, spool=spool_path(self.cfg))
+        team = team_settings(self.cfg)  # checked already, as [otel]
+        if (otel := otel_settings(self.cfg)).enabled:
+            self.telemetry = await asyncio.to_thread(
+                Telemetry, self.cfg, otel.capture_content, team.developer
+            )
+        if team.enabled:  # ships the local outbox in a thread
+            from kimi_intercept.storage.team import TeamShipper
+
+            self.team = TeamShipper(self.cfg.database, team.url, team.developer,
+                                    team.sync_interval_s)  # fmt: skip
         self.relay = Relay(
             self.cfg,
             self._record,
@@ -231,6 +248,10 @@ class KimiIntercept:
             await self.relay.stop()
         if self.writer is not None:
             self.writer.close()
+        if self.telemetry is not None:
+            await asyncio.to_thread(self.telemetry.close)
+        if self.team is not None:
+            await asyncio.to_thread(self.team.close)  # one last shipment, bounded
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if self.relay is None or self.relay.port is None or self.cfg is None:

@@ -21,6 +21,7 @@ TOP_LEVEL = {"kimi_intercept", "kimi_intercept.addon"}
 LAYERS = [
     "config",
     "storage",
+    "telemetry",
     "accounting",
     "dialects",
     "routing",

@@ -7,8 +7,10 @@ the proxy share (:mod:`.checks`), the launcher (:mod:`.launcher`: ``proxy``, ``i
 ``env``; :mod:`.proxyrecord` for running proxies, :mod:`.trust` for the client variables and CA
 bundle, ``entry/`` for the packaged mitmdump script and Node preload), :mod:`.doctor`, the live
 dashboard (:mod:`.top`, :mod:`.top_screen`, :mod:`.top_data`) and Claude Code's status line
-(:mod:`.statusline`). The top of the dependency graph: nothing in the library imports it but
-the addon (status file, config check).
+(:mod:`.statusline`), which store a reading command reads (:mod:`.stores`: several ``--db``
+files merged) and the team store commands (:mod:`.team`: ``team sync``, ``report --team``).
+The top of the dependency graph: nothing in the library imports it but the addon (status
+file, config check).
 """
 
 from __future__ import annotations

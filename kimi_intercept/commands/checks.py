@@ -27,6 +27,7 @@ from kimi_intercept.config.budget import budget_settings
 from kimi_intercept.config.cache import cache_settings
 from kimi_intercept.config.env import env_refs
 from kimi_intercept.config.settings import Config, ConfigError, load_config
+from kimi_intercept.config.team import otel_settings, team_settings
 from kimi_intercept.sanitizer.prepare import Preparer
 from kimi_intercept.storage import retention_days, spool_path
 
@@ -53,6 +54,8 @@ def check_config(path: str | Path | None, env: Mapping[str, str] | None = None) 
         spool_path(cfg)  # [storage] spool
         budget_settings(cfg)  # [budget]
         cache_settings(cfg)  # [cache]
+        otel_settings(cfg)  # [otel]
+        team_settings(cfg)  # [team]
         import_config(cfg)  # [import]
         return Checked(cfg, preparer)
     except ConfigError as e:

@@ -40,6 +40,8 @@ from kimi_intercept.commands.options import (
 from kimi_intercept.commands.sanitizer_commands import compress, masked
 from kimi_intercept.commands.stats import BY_CHOICES
 from kimi_intercept.commands.statusline import statusline_command
+from kimi_intercept.commands.stores import one_store, stores_options
+from kimi_intercept.commands.team import team as team_group
 from kimi_intercept.commands.top import top_command
 
 
@@ -72,10 +74,11 @@ for _command in (proxy, init, run, env, doctor):
     main.add_command(_command)
 main.add_command(statusline_command)
 main.add_command(top_command)
+main.add_command(team_group)
 
 
 @main.command()
-@common_options
+@stores_options
 @out_option
 @since_option
 @until_option
@@ -93,51 +96,79 @@ main.add_command(top_command)
     help="Seconds between the pages' own reloads in the browser (default: 5 with --watch, "
     "none without)",
 )
+@click.option("--team", is_flag=True, help="Report on the team store ([team] url): every "
+              "developer's rows, with a per-developer page")  # fmt: skip
+@click.option("--developer", "developers", multiple=True,
+              help="With --team: only this developer's rows (repeatable)")  # fmt: skip
 def report(
     config_path: Path,
-    db: Path | None,
+    dbs: tuple[Path, ...],
     out_dir: Path,
     since: Any,
     until: Any,
     watch: bool,
     refresh_s: int | None,
+    team: bool,
+    developers: tuple[str, ...],
 ) -> None:
-    """Write the static HTML report (overview, providers, models, clients, conversations)."""
-    from kimi_intercept.accounting.prices import price_book
-    from kimi_intercept.config.settings import ConfigError
-    from kimi_intercept.reports.pages import Report, build_report
-    from kimi_intercept.storage import DatabaseNotFound
+    """Write the static HTML report (overview, providers, models, clients, conversations;
+    developers when several --db files are combined or with --team)."""
+    from kimi_intercept.commands.team import team_store
 
     cfg = load(config_path)
-    db_path = db if db is not None else cfg.database
-    if not db_path.is_file():
-        raise click.ClickException(no_database(db_path))
-    writable_dir(out_dir, "the report")
+    if team and dbs:
+        raise click.ClickException("--team reads the team store: leave out --db")
+    if developers and not team:
+        raise click.ClickException("--developer filters the team store: add --team")
+    if watch and (team or len(dbs) > 1):
+        raise click.ClickException("--watch follows one database file: give one --db")
     if watch and refresh_s is None:
         refresh_s = WATCH_REFRESH_S
+    source = team_store(cfg, day_of(since), developers) if team else one_store(dbs, cfg.database)
+    with source as db_path:
+        if not db_path.is_file():
+            raise click.ClickException(no_database(db_path))
+        writable_dir(out_dir, "the report")
 
-    def build() -> Report:
-        try:
-            price_book(cfg)
-            return build_report(
-                db_path, out_dir, since=day_of(since), until=day_of(until), cfg=cfg,
-                refresh_s=refresh_s,
-            )  # fmt: skip
-        except ConfigError as e:
-            raise click.ClickException(f"{config_path}: {e}") from e
-        except DatabaseNotFound:
-            raise click.ClickException(no_database(db_path)) from None
-        except OSError as e:  # the folder became unwritable, the disk is full …
-            raise cannot_write("the report", out_dir, e) from None
-        except sqlite3.DatabaseError as e:  # not a database, or not readable
-            raise click.ClickException(f"Cannot read {db_path.resolve()}: {e}") from e
+        def build() -> Any:
+            return _build(cfg, config_path, db_path, out_dir, since, until, refresh_s)
 
-    if watch:
-        _watch_report(db_path, build)
-        return
-    result = build()
+        if watch:
+            _watch_report(db_path, build)
+            return
+        result = build()
     click.echo(f"Report written to {result.path.resolve()}")
     click.echo(result.totals.summary())
+
+
+def _build(
+    cfg: Any,
+    config_path: Path,
+    db_path: Path,
+    out_dir: Path,
+    since: Any,
+    until: Any,
+    refresh_s: int | None = None,
+) -> Any:
+    from kimi_intercept.accounting.prices import price_book
+    from kimi_intercept.config.settings import ConfigError
+    from kimi_intercept.reports.pages import build_report
+    from kimi_intercept.storage import DatabaseNotFound
+
+    try:
+        price_book(cfg)
+        return build_report(
+            db_path, out_dir, since=day_of(since), until=day_of(until), cfg=cfg,
+            refresh_s=refresh_s,
+        )  # fmt: skip
+    except ConfigError as e:
+        raise click.ClickException(f"{config_path}: {e}") from e
+    except DatabaseNotFound:
+        raise click.ClickException(no_database(db_path)) from None
+    except OSError as e:  # the folder became unwritable, the disk is full …
+        raise cannot_write("the report", out_dir, e) from None
+    except sqlite3.DatabaseError as e:  # not a database, or not readable
+        raise click.ClickException(f"Cannot read {db_path.resolve()}: {e}") from e
 
 
 WATCH_REFRESH_S = 5
@@ -171,7 +202,7 @@ def _watch_report(db_path: Path, build: Callable[[], Any]) -> None:
 
 
 @main.command()
-@common_options
+@stores_options
 @click.option(
     "--days", type=click.IntRange(1, 36500), default=30, show_default=True,
     help="How many days, up to today (UTC)",
@@ -185,7 +216,7 @@ def _watch_report(db_path: Path, build: Callable[[], Any]) -> None:
 )
 @json_option
 def stats(
-    config_path: Path, db: Path | None, days: int, since: str | None, by: str | None,
+    config_path: Path, dbs: tuple[Path, ...], days: int, since: str | None, by: str | None,
     as_json: bool,
 ) -> None:  # fmt: skip
     """Token, cost and cache totals as a table: today, the last 7 and the last N days
@@ -194,13 +225,13 @@ def stats(
     from kimi_intercept.commands.stats import stats_output
 
     cfg = load(config_path)
-    db_path = db if db is not None else cfg.database
     today = datetime.now(timezone.utc).date()
     if since is not None:
         days = max(1, (today - date.fromisoformat(since)).days + 1)
     since = (today - timedelta(days=days - 1)).isoformat()
-    with reading(db_path) as ro:
+    with one_store(dbs, cfg.database) as merged, reading(merged) as ro:
         out = stats_output(ro, cfg, by, since, today, days)
+    db_path = " + ".join(map(str, dbs)) if dbs else cfg.database
     if as_json:
         echo_json(out.json)
         return
@@ -215,7 +246,7 @@ def stats(
 
 
 @main.command()
-@common_options
+@stores_options
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv",
               show_default=True)  # fmt: skip
 @click.option(
@@ -232,7 +263,7 @@ def stats(
 )  # fmt: skip
 def export(
     config_path: Path,
-    db: Path | None,
+    dbs: tuple[Path, ...],
     fmt: str,
     table: str,
     since: Any,
@@ -242,8 +273,8 @@ def export(
     """Stream requests (or conversations) as CSV or JSON, row by row."""
     from kimi_intercept.commands import export as exporter
 
-    db_path = resolve_db_path(config_path, db)
-    with reading(db_path) as ro:
+    default = resolve_db_path(config_path, None) if not dbs else Path()
+    with one_store(dbs, default) as db_path, reading(db_path) as ro:
         if out_file is None:
             n = exporter.write(sys.stdout, ro, fmt, table, day_of(since), day_of(until))
         else:

@@ -56,6 +56,7 @@ DIALECTS = ("openai", "anthropic", "gemini")
 TABLES = (
     "intercept", "routing", "storage", "models", "providers",
     "prices", "sanitizer", "context", "import", "proxy", "budget", "dialects", "kimi", "cache",
+    "otel", "team",
 )  # fmt: skip
 INTERCEPT_KEYS = ("hosts",)
 ROUTING_KEYS = (

@@ -3,7 +3,8 @@ charts, no script, no network) and the shadow-mode comparison.
 
 Modules: :mod:`.pages` (:func:`build_report`, :func:`write_report`), :mod:`.data` (a range's
 totals from the ``daily`` rollups), :mod:`.tables` (latency, providers, models, errors),
-:mod:`.conversations`, :mod:`.charts`, :mod:`.formatting`, :mod:`.compare` (shadow pairs). Reads
+:mod:`.conversations`, :mod:`.developers` (per developer, merged stores only),
+:mod:`.charts`, :mod:`.formatting`, :mod:`.compare` (shadow pairs). Reads
 the store read-only; depends on config, accounting and storage.
 """
 

@@ -59,6 +59,7 @@ from kimi_intercept.reports.data import (
     read_totals,
     windows,
 )
+from kimi_intercept.reports.developers import developer_rows
 from kimi_intercept.reports.formatting import (
     finalize,
     fmt_compact,
@@ -200,6 +201,7 @@ def report_context(
     context.update(sanitizer_value(db, since, until, cfg))
     context.update(money_context(db, facts, since, until, cfg))
     context.update(cache_breaks=client_breaks(db, since, until))
+    context.update(developers=developer_rows(db, since, until))  # merged stores only
     return context
 
 
@@ -227,9 +229,10 @@ def render_pages(
     context: dict[str, Any], db: sqlite_utils.Database, cfg: Config | None = None
 ) -> dict[str, str]:
     """Every page of a :func:`report_context` as ``{path relative to the output: html}``."""
-    nav = [{"href": name, "label": label} for name, label in PAGES.items()]
+    names = {**PAGES, **({"developers.html": "Developers"} if context.get("developers") else {})}
+    nav = [{"href": name, "label": label} for name, label in names.items()]
     pages = {}
-    for name in PAGES:
+    for name in names:
         pages[name] = env.get_template(name).render(**context, nav=nav, page=name, root="")
     if not context["empty"]:
         conv_nav = [{"href": "../" + n["href"], "label": n["label"]} for n in nav]
