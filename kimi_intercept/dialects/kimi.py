@@ -300,9 +300,3 @@ def _caps(out: dict, changes: list[str]) -> None:
         else:
             del out["stop"]
         changes.append(f"stop: dropped {' and '.join(why)}; kept {kept!r}")
-
-
-def restore_tool_names(raw: bytes, renamed: dict[str, str]) -> bytes:
-    """The client's tool names back in one Kimi answer (an SSE event or a JSON body); see
-    :func:`.kimi_ids.restore_answer`, which also restores tool-call ids."""
-    return restore_answer(raw, renamed, {})

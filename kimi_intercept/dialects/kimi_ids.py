@@ -67,8 +67,8 @@ def restore_answer(raw: bytes, renamed: dict[str, str], ids: dict[str, str]) -> 
     (``ids``: id Kimi saw → client's) back into one Kimi answer: a whole SSE event of a
     chat-completions stream (``data: {...}``) or a whole non-streamed JSON body. Anything that
     does not parse, or needs no change, is returned unchanged (the same bytes)."""
-    if not (renamed or ids):
-        return raw
+    if not (renamed or ids) or b"tool_calls" not in raw:
+        return raw  # only tool calls carry names or ids to restore: most events are text
     is_sse = raw.lstrip().startswith(b"data:")
     payload = raw.split(b":", 1)[1].strip() if is_sse else raw
     try:

@@ -233,10 +233,6 @@ class TeamShipper:
         self._thread = threading.Thread(target=self._run, name="kimi-team", daemon=True)
         self._thread.start()
 
-    def poke(self) -> None:
-        """Ship soon (a row was just recorded)."""
-        self._wake.set()
-
     def close(self, timeout_s: float = 10.0) -> None:
         """One last shipment (bounded by ``timeout_s``), then stop."""
         self._stop.set()
