@@ -1,0 +1,282 @@
+"""Shared by the side-by-side benchmarks (overhead, concurrency, soak, stream_delay).
+
+One :class:`~kimi_intercept.commands.simulator.FakeUpstream` on loopback serves every setup:
+
+- ``direct``: the client posts to the fake itself (no proxy);
+- ``floor``: ``mitmdump -s benchmarks/floor.py`` (a 3-line reroute, answers streamed), the client
+  posts to ``https://api.openai.com/v1/chat/completions`` through it, trusting its CA;
+- ``kimi``: ``mitmdump -s addons/kimi.py`` with kimi pointed at the fake, same client settings;
+- ``litellm`` (optional, ``--litellm PATH`` of a ``litellm`` executable): LiteLLM's proxy with a
+  model ``gpt-4o`` served by ``openai/kimi-k2.6`` at the fake; the client posts to its base URL.
+
+Both mitmdumps get the same options (``connection_strategy=lazy``, default flow output) and,
+with ``probe=True``, the same ``benchmarks/probe.py`` addon, which answers
+``GET http://probe.invalid/rss`` with the process's RSS after ``malloc_trim(0)``.
+Scripts that print numbers, not tests: nothing here asserts a duration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import ssl
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))  # the shared test config
+
+from proxyproc import clean_env, render_config  # noqa: E402
+
+from kimi_intercept.commands.mitmdump import (  # noqa: E402
+    LISTENING,
+    mitmdump_command,
+    start_proxy_process,
+)
+from kimi_intercept.commands.simulator import FakeUpstream  # noqa: E402
+
+PROXIED_URL = "https://api.openai.com/v1/chat/completions"
+PROBE_URL = "http://probe.invalid/rss"
+TICKS = os.sysconf("SC_CLK_TCK")
+MITM_ARGS = ["--listen-host", "127.0.0.1", "--listen-port", "0", "--set", "connection_strategy=lazy"]
+
+
+@dataclass
+class Setup:
+    """Where a client sends its request for one setup; ``pid`` is the proxy's process."""
+
+    name: str
+    url: str
+    proxy: str | None = None
+    ca: str | None = None
+    pid: int | None = None
+
+    def client_kwargs(self) -> dict:
+        """``httpx.Client`` keyword arguments for this setup."""
+        kw: dict = {"trust_env": False}
+        if self.proxy:
+            kw["proxy"] = self.proxy
+            kw["verify"] = ssl.create_default_context(cafile=self.ca)
+        return kw
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` in seconds (``/proc/<pid>/stat`` fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def chat_body(stream: bool, prompt: str = "Reply with one short sentence about latency. ") -> bytes:
+    """A ~256 B chat-completions request (streamed ones ask for the usage chunk)."""
+    body: dict = {
+        "model": "gpt-4o",
+        "stream": stream,
+        "messages": [
+            {"role": "system", "content": "You are a terse assistant."},
+            {"role": "user", "content": prompt * 3},
+        ],
+    }
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    return json.dumps(body).encode()
+
+
+HEADERS = {"content-type": "application/json", "authorization": "Bearer sk-bench-client"}
+
+
+def timed(client, url: str, body: bytes) -> tuple[float, float]:
+    """``(ms to the first body byte, ms to the end)`` of one POST; raises on a non-200."""
+    t0 = time.perf_counter()
+    ttft = None
+    with client.stream("POST", url, content=body, headers=HEADERS) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"{url}: HTTP {r.status_code}: {r.read()[:300]!r}")
+        for chunk in r.iter_raw():
+            if ttft is None and chunk:
+                ttft = time.perf_counter() - t0
+    total = time.perf_counter() - t0
+    return (ttft if ttft is not None else total) * 1e3, total * 1e3
+
+
+def pct(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``, linearly interpolated."""
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[max(0, round(q * 100) - 1)]
+
+
+def run_client(script: str, spec: dict, timeout: float = 3600) -> dict:
+    """Run ``script --client-spec SPEC`` in its own process; its stdout's last line is JSON."""
+    done = subprocess.run(
+        [sys.executable, script, "--client-spec", json.dumps(spec)],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"client failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+class _Mitmdump:
+    """A plain ``mitmdump`` (the floor) with its output drained by a thread."""
+
+    def __init__(self, args: list[str], env: dict[str, str], confdir: Path) -> None:
+        self.confdir = confdir
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self._seen = threading.Event()
+        self.port = 0
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._seen.wait(30) or not self.port:
+            self.stop()
+            raise RuntimeError("mitmdump did not start:\n" + "\n".join(self.lines[-40:]))
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if len(self.lines) < 1000:
+                self.lines.append(line.rstrip())
+            if not self.port and (m := LISTENING.search(line)):
+                self.port = int(m.group(1))
+                self._seen.set()
+        self._seen.set()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class _LiteLLM:
+    """LiteLLM's proxy (``litellm --config``) serving ``gpt-4o`` from the fake upstream."""
+
+    def __init__(self, exe: str, fake_url: str, tmp: Path) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        cfg = tmp / "litellm.yaml"
+        cfg.write_text(
+            "model_list:\n  - model_name: gpt-4o\n    litellm_params:\n"
+            f"      model: openai/kimi-k2.6\n      api_base: {fake_url}/v1\n"
+            "      api_key: sk-bench-upstream\n"
+        )
+        self.proc = subprocess.Popen(
+            [exe, "--config", str(cfg), "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env(),
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        import httpx
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/health/liveliness").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError("litellm did not start within 120 s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@contextmanager
+def side_by_side(
+    tmp: Path,
+    names: tuple[str, ...] = ("direct", "floor", "kimi"),
+    gap_ms: float = 0.0,
+    litellm: str | None = None,
+    probe: bool = False,
+    kimi_config_extra: str = "",
+) -> Iterator[tuple[dict[str, Setup], FakeUpstream, Path]]:
+    """Start the fake upstream and the ``names`` setups (plus ``litellm`` if a path is given);
+    yields ``(setups by name, the fake, kimi's database path)`` and stops everything."""
+    db = tmp / "kimi.db"
+    extra = ["-s", str(HERE / "probe.py")] if probe else []
+    with ExitStack() as stack:
+        fake = stack.enter_context(FakeUpstream(default_gap_s=gap_ms / 1e3))
+        spare = stack.enter_context(FakeUpstream())  # kimi's fallback; never used here
+        setups: dict[str, Setup] = {}
+        if "direct" in names:
+            setups["direct"] = Setup("direct", fake.url + "/v1/chat/completions")
+        if "floor" in names:
+            confdir = tmp / "floor-confdir"
+            confdir.mkdir()
+            floor = _Mitmdump(
+                [*mitmdump_command(), *MITM_ARGS, "--set", f"confdir={confdir}",
+                 "-s", str(HERE / "floor.py"), *extra],
+                clean_env({"FLOOR_UPSTREAM": fake.url}),
+                confdir,
+            )  # fmt: skip
+            stack.callback(floor.stop)
+            setups["floor"] = Setup(
+                "floor", PROXIED_URL, f"http://127.0.0.1:{floor.port}",
+                str(confdir / "mitmproxy-ca-cert.pem"), floor.proc.pid,
+            )  # fmt: skip
+        if "kimi" in names:
+            config = tmp / "config.toml"
+            config.write_text(render_config(db, fake.url, spare.url) + kimi_config_extra)
+            confdir = tmp / "kimi-confdir"
+            confdir.mkdir()
+            kimi = start_proxy_process(
+                config, confdir, ["--set", "connection_strategy=lazy", *extra],
+                env=clean_env(), cwd=tmp,
+            )  # fmt: skip
+            stack.callback(kimi.stop)
+            setups["kimi"] = Setup(
+                "kimi", PROXIED_URL, kimi.proxy_url, str(kimi.ca_path), kimi.proc.pid
+            )
+        if litellm:
+            exe = shutil.which(litellm) or litellm
+            lite = _LiteLLM(exe, fake.url, tmp)
+            stack.callback(lite.stop)
+            setups["litellm"] = Setup(
+                "litellm", f"http://127.0.0.1:{lite.port}/v1/chat/completions",
+                pid=lite.proc.pid,
+            )  # fmt: skip
+        yield setups, fake, db
+
+
+def machine() -> str:
+    """``"2 CPUs (model), Python 3.11.7, Linux 6.x"`` for the printed header."""
+    model = ""
+    try:
+        m = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+        model = f" ({m.group(1).strip()})" if m else ""
+    except OSError:
+        pass
+    return (
+        f"{os.cpu_count()} CPUs{model}, Python {sys.version.split()[0]}, "
+        f"{os.uname().sysname} {os.uname().release}"
+    )
