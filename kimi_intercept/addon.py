@@ -46,6 +46,7 @@ notes ``mitmproxy.md`` appendix):
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import sys
@@ -62,6 +63,7 @@ from kimi_intercept.config.cache import cache_settings
 from kimi_intercept.config.discovery import find_config
 from kimi_intercept.config.settings import Config, ConfigError, allow_hosts_patterns
 from kimi_intercept.config.team import otel_settings, team_settings
+from kimi_intercept.relay import offload
 from kimi_intercept.relay.console import console_line
 from kimi_intercept.relay.server import ROUTE_HEADER, Relay
 from kimi_intercept.routing.body import BodyTooLarge, decoded_body
@@ -327,19 +329,23 @@ class KimiIntercept:
             return self._unplanned(flow, self._rejected(flow, bad))
         peer = flow.client_conn.peername
         # Planning parses, translates and serializes bodies of up to megabytes (~7-9 ms for
-        # 0.5-1 MB): a worker thread, so other streams on mitmproxy's loop never wait for it.
-        plan = await asyncio.to_thread(
-            plan_or_reject,
-            self.cfg,
-            method=req.method,
-            url=req.pretty_url,
-            host=req.pretty_host,
-            path=req.path,
-            headers=list(req.headers.items(multi=True)),
-            body=body,
-            client_host=peer[0] if peer else None,
-            started=req.timestamp_start,
-            tracker=self.conversations,
+        # 0.5-1 MB): a worker thread for big ones, so other streams on mitmproxy's loop never
+        # wait for it; small ones inline (a thread hop costs more than planning them).
+        plan = await offload.sized(
+            len(body),
+            functools.partial(
+                plan_or_reject,
+                self.cfg,
+                method=req.method,
+                url=req.pretty_url,
+                host=req.pretty_host,
+                path=req.path,
+                headers=list(req.headers.items(multi=True)),
+                body=body,
+                client_host=peer[0] if peer else None,
+                started=req.timestamp_start,
+                tracker=self.conversations,
+            ),
         )
         if plan is None:
             return

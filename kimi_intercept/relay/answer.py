@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
@@ -129,23 +130,32 @@ async def _stream(
     bridge, meter, stall = r.bridge, r.meter, sender.routing.stall_timeout_s
     events = EventSplitter() if sse else None
     try:
-        await _write_or_gone(out.prepare(request))
         # a translated JSON answer goes out whole, so does one whose tool names / ids change
         whole = not sse and (bridge.translate or bool(target.renamed or target.tool_ids))
+        left = upstream.content_length if not sse and not whole else None
+        if left is not None:  # passed through unchanged: same length, no chunked framing
+            out.content_length = left
+        await _write_or_gone(out.prepare(request))
+        tail = b""  # the last bytes, sent with the end of the response (one write)
         while chunk:
-            for piece in events.push(chunk) if events is not None else (chunk,):
-                await forward(out, piece, meter, sse, plan, r, target, bridge, whole)
+            # one write per upstream read, however many events (a write = a syscall + an event
+            # for mitmproxy to relay)
+            pieces = events.push(chunk) if events is not None else (chunk,)
+            data = await forward(out, pieces, meter, sse, plan, r, target, bridge, whole)
+            if left is not None and (left := left - len(chunk)) <= 0:
+                tail = data  # the whole body is in
+                break
+            await send(out, data, plan, r)
             chunk = await next_chunk(upstream, clock, stall)
-        rest = events.flush() if events is not None else b""
-        if rest:
-            await forward(out, rest, meter, sse, plan, r, target, bridge, whole)
+        if events is not None:
+            tail += await forward(out, (events.flush(),), meter, sse, plan, r, target, bridge)
         r.upstream_done = True  # all of the answer is in; only the closing bytes are left
         if whole:
             raw = restore_answer(meter.body_bytes(), target.renamed, target.tool_ids)
-            await send(out, bridge.body(upstream.status, raw), plan, r)
+            tail += bridge.body(upstream.status, raw)
         elif sse:
-            await send(out, _translated(bridge, None), plan, r)
-        await _write_or_gone(out.write_eof())
+            tail += _translated(bridge, None)
+        await finish(out, tail, plan, r)
         r.outcome = "ok" if upstream.status < 400 else "error"
         if upstream.status >= 400:
             r.error = f"HTTP {upstream.status}: {_body_message(meter)}"
@@ -273,16 +283,14 @@ async def continue_answer(
         clock.feed(first)
         try:
             while chunk:
-                for piece in events.push(chunk):
-                    await forward(out, piece, meter, True, plan, r, target, r.bridge)
+                data = await forward(out, events.push(chunk), meter, True, plan, r, target,
+                                     r.bridge)  # fmt: skip
+                await send(out, data, plan, r)
                 chunk = await next_chunk(
                     upstream, clock, sender.routing.stall_timeout_s, "the continuation stalled"
                 )
-            rest = events.flush()
-            if rest:
-                await forward(out, rest, meter, True, plan, r, target, r.bridge)
-            await send(out, _translated(r.bridge, None), plan, r)
-            await _write_or_gone(out.write_eof())
+            tail = await forward(out, (events.flush(),), meter, True, plan, r, target, r.bridge)
+            await finish(out, tail + _translated(r.bridge, None), plan, r)
         except BaseException:
             upstream.close()
             raise
@@ -295,7 +303,7 @@ async def continue_answer(
 
 async def forward(
     out: web.StreamResponse,
-    piece: bytes,
+    pieces: Iterable[bytes],
     meter: Any,
     sse: bool,
     plan: RoutePlan,
@@ -303,9 +311,24 @@ async def forward(
     target: Target,
     bridge: Bridge,
     whole: bool = False,
-) -> None:
-    """Meter one whole SSE event (or a body chunk) of the provider's answer, then send the
-    client its form of it (translated when the dialects differ; held when ``whole``)."""
+) -> bytes:
+    """Meter the whole SSE events (or body chunks) of one upstream read; return the client's
+    form of them (translated when the dialects differ; nothing when ``whole``), to be sent in
+    one write. When one breaks the answer (:class:`_StreamBroken`), what came before it is
+    sent first (and a provider error event itself too)."""
+    data: list[bytes] = []
+    try:
+        for piece in pieces:
+            if piece:
+                _one(piece, data, meter, sse, r, target, bridge, whole)
+    except _StreamBroken:
+        await send(out, b"".join(data), plan, r)
+        raise
+    return b"".join(data)
+
+
+def _one(piece: bytes, data: list[bytes], meter: Any, sse: bool, r: Outcome, target: Target,
+         bridge: Bridge, whole: bool) -> None:  # fmt: skip
     meter.feed(piece)
     if sse and meter.malformed_events:
         raise _StreamBroken("malformed SSE event (not JSON)")  # never forwarded
@@ -318,7 +341,7 @@ async def forward(
     if not whole:
         if sse and (target.renamed or target.tool_ids):
             piece = restore_answer(piece, target.renamed, target.tool_ids)
-        await send(out, _translated(bridge, piece) if sse else piece, plan, r)
+        data.append(_translated(bridge, piece) if sse else piece)
     if sse and meter.error is not None:  # forwarded as the provider sent it, then cut
         raise _StreamBroken(f"provider error event: {json.dumps(meter.error)[:300]}")
 
@@ -377,6 +400,13 @@ async def send(out: web.StreamResponse, data: bytes, plan: RoutePlan, r: Outcome
         return
     await _write_or_gone(out.write(data))
     if r.ttft_ms is None:
+        r.ttft_ms = ms_since(plan.received)
+
+
+async def finish(out: web.StreamResponse, data: bytes, plan: RoutePlan, r: Outcome) -> None:
+    """Send the last bytes and the end of the response in one write."""
+    await _write_or_gone(out.write_eof(data))
+    if data and r.ttft_ms is None:
         r.ttft_ms = ms_since(plan.received)
 
 

@@ -54,7 +54,7 @@ from kimi_intercept.config.budget import budget_settings
 from kimi_intercept.config.cache import cache_settings
 from kimi_intercept.config.settings import Config
 from kimi_intercept.dialects.bridge import error_json, openai_error_body
-from kimi_intercept.relay import refusal, shadow
+from kimi_intercept.relay import offload, refusal, shadow
 from kimi_intercept.relay.admission import cannot_try, tokens_guess
 from kimi_intercept.relay.answer import attempt_row, client_left, ms_since, pipe
 from kimi_intercept.relay.budget import BudgetTracker, gate
@@ -213,7 +213,9 @@ class Relay:
         mirrored = None
         try:
             if plan.kind == "reroute":
-                await asyncio.to_thread(self.breaks.prepare, plan, self.preparer.prepare)
+                await offload.sized(
+                    _body_size(plan), self.breaks.prepare, plan, self.preparer.prepare
+                )
             if shadow.wanted(self.cfg.routing, plan, self._rng):
                 mirrored = asyncio.ensure_future(shadow.mirror(self.cfg, self.upstream, plan))
             return await self._serve(request, plan, attempts, result)
@@ -410,7 +412,7 @@ class Relay:
                 log.warning("%s", alert)
             row.update(row_fields(plan))
             extra = ledger_rows(plan, self.preparer.store_originals)
-            if brk := await asyncio.to_thread(self.breaks.observe, plan, row):
+            if brk := await offload.sized(_body_size(plan), self.breaks.observe, plan, row):
                 extra["cache_breaks"] = [brk]
             if mirrored is not None:  # shadow mode: compare with what the client got
                 answer = getattr(r.meter, "answer_text", None) or getattr(
@@ -425,3 +427,8 @@ class Relay:
             log.exception("kimi-intercept: could not record a request (the client was answered)")
         finally:
             self.live.ended(live_key)  # publishes the providers' health with it
+
+
+def _body_size(plan: RoutePlan) -> int:
+    """Bytes of the request as planned (what preparing and observing it work on)."""
+    return len(plan.targets[0].body) if plan.targets else 0

@@ -9,6 +9,7 @@ without its attempts and extra rows, nor they without it.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 import zlib
@@ -23,10 +24,20 @@ from kimi_intercept.storage.schema import ATTEMPT_COLUMNS, EXTRA_TABLES, REQUEST
 # Logged under the store's name: these messages were the writer's before this module existed.
 logger = logging.getLogger("kimi_intercept.storage.store")
 
-_INSERT_REQUEST = (
-    f"INSERT OR IGNORE INTO requests ({', '.join(REQUEST_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in REQUEST_COLUMNS)})"
-)
+
+def _insert_sql(table: str, columns: Sequence[str], verb: str = "INSERT") -> str:
+    return f"{verb} INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+
+
+_REQUEST_NAMES = tuple(REQUEST_COLUMNS)
+_ATTEMPT_NAMES = tuple(c for c in ATTEMPT_COLUMNS if c != "id")  # rowid, assigned by SQLite
+_INSERT_REQUEST = _insert_sql("requests", _REQUEST_NAMES)
+_INSERT_REQUEST_ONCE = _insert_sql("requests", _REQUEST_NAMES, "INSERT OR IGNORE")
+_INSERT_ATTEMPT = _insert_sql("attempts", _ATTEMPT_NAMES)
+_INSERT_EXTRA = {
+    table: (tuple(columns), _insert_sql(table, tuple(columns), "INSERT OR IGNORE"))
+    for table, (columns, _pk) in EXTRA_TABLES.items()
+}
 
 
 @dataclass
@@ -162,40 +173,53 @@ def _compress(value: Any) -> bytes | None:
 def insert_entries(
     db: sqlite_utils.Database, entries: Sequence[Entry], *, idempotent: bool = False
 ) -> int:
-    """Write ``entries`` in one ``BEGIN IMMEDIATE`` transaction (rolled back on any error).
+    """Write ``entries`` in one ``BEGIN IMMEDIATE`` transaction (rolled back on any error),
+    with one prepared ``INSERT`` per table run by ``executemany`` (sqlite-utils' ``insert_all``
+    re-reads the schema on every call: it is kept for migrations and reads).
 
     Plain: a request id already stored raises ``IntegrityError``. ``idempotent`` (replaying
     the spool, or rewriting a batch that went to a deleted file): ``INSERT OR IGNORE`` keyed
     by the request id, and a request already stored keeps its attempts (they are not added
-    twice); extra rows are always ``OR IGNORE`` on their primary key.
+    twice); extra rows are always ``OR IGNORE`` on their primary key. A ``dict``/``list``
+    value is stored as its JSON text, as sqlite-utils would.
 
     :returns: how many request rows were inserted
     :raises sqlite3.Error, ValueError, TypeError, OverflowError: nothing was written
     """
-    db.conn.execute("BEGIN IMMEDIATE")
+    conn = db.conn
+    conn.execute("BEGIN IMMEDIATE")
     try:
         attempts: list[dict[str, Any]] = []
         inserted = 0
         if idempotent:
             for e in entries:
-                cur = db.conn.execute(_INSERT_REQUEST, [e.request.get(c) for c in REQUEST_COLUMNS])
+                cur = conn.execute(_INSERT_REQUEST_ONCE, _values(e.request, _REQUEST_NAMES))
                 if cur.rowcount == 1:
                     inserted += 1
                     attempts.extend(e.attempts)
         else:
-            db.table("requests").insert_all([e.request for e in entries])
+            conn.executemany(_INSERT_REQUEST, [_values(e.request, _REQUEST_NAMES) for e in entries])
             inserted = len(entries)
             attempts = [a for e in entries for a in e.attempts]
         if attempts:
-            db.table("attempts").insert_all(attempts)
+            conn.executemany(_INSERT_ATTEMPT, [_values(a, _ATTEMPT_NAMES) for a in attempts])
         for table, rows in _by_table(entries).items():
             if rows:
-                db.table(table).insert_all(rows, ignore=True)
-        db.conn.execute("COMMIT")
+                names, sql = _INSERT_EXTRA[table]
+                conn.executemany(sql, [_values(r, names) for r in rows])
+        conn.execute("COMMIT")
     except BaseException:
-        db.conn.rollback()
+        conn.rollback()
         raise
     return inserted
+
+
+def _values(row: dict[str, Any], names: Sequence[str]) -> list[Any]:
+    out = [row.get(n) for n in names]
+    for i, v in enumerate(out):
+        if isinstance(v, (dict, list, tuple)):
+            out[i] = json.dumps(v, default=repr, ensure_ascii=False)
+    return out
 
 
 def _by_table(entries: Iterable[Entry]) -> dict[str, list[dict[str, Any]]]:
