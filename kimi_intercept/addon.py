@@ -95,6 +95,10 @@ class _ConnectionNoise(logging.Filter):
 _CONNECTION_LOGGER = logging.getLogger("mitmproxy.proxy.server")
 _UNPLANNED_KEY = "kimi_intercept_unplanned"  # a rejected plan passed through (on_plan_error)
 _JSON = {"content-type": "application/json"}
+_NOT_TO_RELAY = frozenset(
+    {b"authorization", b"x-api-key", b"api-key", b"x-goog-api-key", b"cookie",
+     b"content-encoding"}
+)  # fmt: skip
 _LAST_RESORT = (
     b'{"error": {"message": "kimi-intercept failed on this request; see its log", '
     b'"type": "kimi_intercept_error", "param": null, "code": "internal_error"}}'
@@ -192,18 +196,17 @@ class KimiIntercept:
             ctx.options.update(dumper_filter=wanted or None)
 
     def _record(self, row: dict[str, Any], attempts: list[dict[str, Any]], *extra: Any) -> None:
-        """The relay's recorder: the row to the store writer, its line to the console."""
+        """The relay's recorder: the row's line to the console, the row to the store writer."""
         assert self.writer is not None
+        try:
+            breaks = extra[0].get("cache_breaks", ()) if extra else ()
+            log.info("%s", console_line(row, attempts, breaks))
+        except Exception:  # a formatting bug must not cost the row
+            log.exception("kimi-intercept: could not format the console line of %s", row.get("id"))
+        # after the line: printing it releases the GIL, which a woken writer thread would take
         self.writer.put(row, attempts, *extra)
         if self.telemetry is not None:
             self.telemetry.record(row, attempts)  # a queue put: exported by its own threads
-        try:
-            breaks = extra[0].get("cache_breaks", ()) if extra else ()
-            line = console_line(row, attempts, breaks)
-        except Exception:  # a formatting bug must not cost the row
-            log.exception("kimi-intercept: could not format the console line of %s", row.get("id"))
-            return
-        log.info("%s", line)
 
     async def running(self) -> None:
         assert self.cfg is not None
@@ -354,14 +357,18 @@ class KimiIntercept:
         route_id = self.relay.park(plan)
         flow.metadata[_METADATA_KEY] = route_id
         flow.marked = MARKER
-        # The plan holds the body and any keys; the hop to the relay carries neither.
-        for name in ("authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie"):
-            req.headers.pop(name, None)
-        req.headers.pop("content-encoding", None)  # the relay hop carries no body to decode
+        # The plan holds the body and any keys; the hop to the relay carries neither (nor a
+        # Content-Encoding: there is no body to decode). One pass over the header fields.
+        req.headers = http.Headers(
+            [(k, v) for k, v in req.headers.fields if k.lower() not in _NOT_TO_RELAY]
+            + [(ROUTE_HEADER.encode(), route_id.encode())]
+        )
         req.content = b""
-        # no query: Gemini clients may carry their key there (?key=…), and mitmdump logs URLs
-        req.url = f"http://127.0.0.1:{self.relay.port}{req.path.partition('?')[0]}"
-        req.headers[ROUTE_HEADER] = route_id
+        # no query: Gemini clients may carry their key there (?key=…), and mitmdump logs URLs.
+        # The fields one by one: setting ``url`` parses and validates it again.
+        req.scheme, req.port = "http", self.relay.port
+        req.host = "127.0.0.1"
+        req.path = req.path.partition("?")[0]
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         routed = _METADATA_KEY in flow.metadata or _UNPLANNED_KEY in flow.metadata

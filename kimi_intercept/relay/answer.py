@@ -138,8 +138,7 @@ async def _stream(
         await _write_or_gone(out.prepare(request))
         tail = b""  # the last bytes, sent with the end of the response (one write)
         while chunk:
-            # one write per upstream read, however many events (a write = a syscall + an event
-            # for mitmproxy to relay)
+            # one write per upstream read, however many events it held (fewer syscalls)
             pieces = events.push(chunk) if events is not None else (chunk,)
             data = await forward(out, pieces, meter, sse, plan, r, target, bridge, whole)
             if left is not None and (left := left - len(chunk)) <= 0:
@@ -363,7 +362,8 @@ async def next_chunk(
         left = clock.left(stall)
         if left <= 0:
             raise asyncio.TimeoutError
-        chunk = await asyncio.wait_for(upstream.content.readany(), timeout=left)
+        async with asyncio.timeout(left):  # no task per read, unlike wait_for on 3.11
+            chunk = await upstream.content.readany()
     except asyncio.TimeoutError as e:
         only = " (keep-alives do not count)" if clock.keepalives else ""
         raise _StreamBroken(f"{what}: no data for {stall:g} s{only}") from e

@@ -8,7 +8,6 @@ price leaves ``cost_usd`` NULL, never 0.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import uuid
@@ -19,6 +18,7 @@ from kimi_intercept.accounting import pricing, tokens
 from kimi_intercept.accounting.usage import Usage, trusted
 from kimi_intercept.config.settings import Config
 from kimi_intercept.dialects import text_of
+from kimi_intercept.relay import offload
 from kimi_intercept.relay.failures import redact
 from kimi_intercept.routing.plan import RoutePlan
 from kimi_intercept.routing.targets import Target
@@ -75,10 +75,13 @@ async def build_row(
     source = "provider" if usage is not None else None
     estimate: Usage | None = None
     if r.status is not None and r.status < 400 and meter is not None:
-        estimate = await asyncio.to_thread(
+        text = meter.completion_text or ""
+        size = (len(plan.targets[0].body) if plan.targets else 0) + len(text)
+        estimate = await offload.sized(
+            size,
             _estimate,
             plan.request_json,
-            meter.completion_text or "",
+            text,
             plan.prompt_tokens_estimate,
             cache,
         )

@@ -88,17 +88,15 @@ class Upstream:
         assert self.session is not None
         deadline = time.monotonic() + budget
         try:
-            upstream = await asyncio.wait_for(
-                self.session.post(
+            async with asyncio.timeout(budget):  # no task per await, unlike wait_for on 3.11
+                upstream = await self.session.post(
                     target.url,
                     data=target.body,
                     headers=target.headers,
                     timeout=aiohttp.ClientTimeout(
                         total=None, sock_connect=self.routing.connect_timeout_s
                     ),
-                ),
-                timeout=budget,
-            )
+                )
         except asyncio.TimeoutError as e:
             raise AttemptFailed(
                 classify_transport("timeout", f"no answer within {budget:g} s")
@@ -110,13 +108,15 @@ class Upstream:
         try:
             remaining = max(deadline - time.monotonic(), 0.001)
             if upstream.status >= 400:
-                body = await asyncio.wait_for(upstream.read(), timeout=remaining)
+                async with asyncio.timeout(remaining):
+                    body = await upstream.read()
                 failure = classify_response(upstream.status, upstream.headers, body)
                 if failure is None or failure.action is Action.CLIENT:
                     return upstream, body  # the client's own error: forwarded unchanged
                 upstream.release()
                 raise AttemptFailed(failure)
-            first = await asyncio.wait_for(upstream.content.readany(), timeout=remaining)
+            async with asyncio.timeout(remaining):
+                first = await upstream.content.readany()
             checks = plan.rule.validate if plan and plan.rule else Validation()
             validating = plan is not None and plan.kind == "reroute"  # passthrough: as is
             if validating and target.dialect == "openai" and checks.empty:
@@ -164,7 +164,8 @@ class Upstream:
             try:
                 if wait <= 0:
                     raise asyncio.TimeoutError
-                chunk = await asyncio.wait_for(upstream.content.readany(), timeout=wait)
+                async with asyncio.timeout(wait):
+                    chunk = await upstream.content.readany()
             except asyncio.TimeoutError:
                 if stalled > wait:
                     raise  # the first-content budget ran out

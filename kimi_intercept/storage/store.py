@@ -38,6 +38,10 @@ logger = logging.getLogger(__name__)
 MAX_PENDING = 10_000
 #: Seconds between attempts to write to a database that failed (reopen, then replay the spool).
 RETRY_S = 5.0
+#: Seconds the writer waits after a row arrives for more to write in the same transaction: a
+#: wake-up of the writer thread costs the proxy's loop a GIL hand-off, so rows are written a
+#: few at a time under load (a flush or close writes at once).
+LINGER_S = 0.2
 
 
 class _Flush:
@@ -80,6 +84,7 @@ class StoreWriter:
         max_batch: int = 2000,
         max_pending: int = MAX_PENDING,
         retry_s: float = RETRY_S,
+        linger_s: float = LINGER_S,
     ) -> None:
         self.path = Path(path)
         self.spool = Spool(self.path, Path(spool) if spool else None)
@@ -91,6 +96,7 @@ class StoreWriter:
         self._max_batch = max_batch
         self._max_pending = max_pending
         self._retry_s = retry_s
+        self._linger_s = linger_s
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._backlog: collections.deque[Any] = collections.deque()  # taken, not yet handled
         self._held: list[Entry] = []  # neither the database nor the spool took them
@@ -197,7 +203,8 @@ class StoreWriter:
             self._conn.close(checkpoint=True)
 
     def _collect(self) -> tuple[list[Any], bool]:
-        """Wait for the next item, then take what else is waiting (up to ``max_batch`` rows)."""
+        """Wait for the next item, then take what else arrives within ``linger_s`` (up to
+        ``max_batch`` rows; a flush or stop request ends the wait at once)."""
         stop = False
         items: list[Any] = []
         rows = 0
@@ -207,6 +214,7 @@ class StoreWriter:
             else:
                 waiting = self._db is None or self.spool.pending or self._held
                 item = self._queue.get(timeout=self._retry_s if waiting else None)
+            until = time.monotonic() + self._linger_s
             while True:
                 items.append(item)
                 if item is _STOP:
@@ -215,7 +223,12 @@ class StoreWriter:
                     rows += 1
                 if rows >= self._max_batch:
                     break
-                item = self._backlog.popleft() if self._backlog else self._queue.get_nowait()
+                if self._backlog:
+                    item = self._backlog.popleft()
+                elif stop or isinstance(item, _Flush) or (left := until - time.monotonic()) <= 0:
+                    item = self._queue.get_nowait()
+                else:
+                    item = self._queue.get(timeout=left)
         except queue.Empty:
             pass
         return items, stop

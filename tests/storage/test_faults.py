@@ -242,8 +242,9 @@ def test_a_lock_held_by_another_process_spools_then_everything_is_written(db_pat
 
 def test_memory_is_bounded_while_the_database_is_locked(db_path):
     w = StoreWriter(
-        db_path, busy_timeout_ms=100, retries=3, backoff_s=1.0, retry_s=0.2, max_pending=50
-    )
+        db_path, busy_timeout_ms=100, retries=3, backoff_s=1.0, retry_s=0.2, max_pending=50,
+        linger_s=0,  # request 0 is a batch of its own, as the test forms it
+    )  # fmt: skip
     locker = Locker(db_path)
     try:
         w.put(request(0))

@@ -411,7 +411,7 @@ def test_writer_retries_after_busy_timeout(db_path, caplog):
 
 
 def test_bad_row_is_logged_and_the_rest_of_the_batch_written(db_path, caplog):
-    w = StoreWriter(db_path, backoff_s=0.01)
+    w = StoreWriter(db_path, backoff_s=0.01, linger_s=0)  # batches as the test forms them
     good = [request(n) for n in range(1, 6)]
     bad_unbindable = request(100, client=object())
     bad_overflow = request(101, prompt_tokens=2**70)
