@@ -376,6 +376,8 @@ class KimiIntercept:
             flow.response.stream = True
 
     def response(self, flow: http.HTTPFlow) -> None:
+        if (route_id := flow.metadata.get(_METADATA_KEY)) and self.relay is not None:
+            self.relay.answered(route_id)  # the client has it all: its row may be built now
         plan = flow.metadata.pop(_UNPLANNED_KEY, None)
         if plan is not None and self.relay is not None and flow.response is not None:
             self.relay.record_passed(plan, flow.response.status_code, None)
@@ -384,6 +386,7 @@ class KimiIntercept:
         route_id = flow.metadata.get(_METADATA_KEY)
         if route_id and self.relay is not None:
             self.relay.discard(route_id)  # never reached the relay: drop the parked plan
+            self.relay.answered(route_id)
         plan = flow.metadata.pop(_UNPLANNED_KEY, None)
         if plan is not None and self.relay is not None:
             status = flow.response.status_code if flow.response is not None else None

@@ -39,6 +39,7 @@ open proxy to anything on the machine.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import secrets
@@ -56,6 +57,7 @@ from kimi_intercept.config.settings import Config
 from kimi_intercept.dialects.bridge import error_json, openai_error_body
 from kimi_intercept.relay import offload, refusal, shadow
 from kimi_intercept.relay.admission import cannot_try, tokens_guess
+from kimi_intercept.relay.after import AfterAnswer
 from kimi_intercept.relay.answer import attempt_row, client_left, ms_since, pipe
 from kimi_intercept.relay.budget import BudgetTracker, gate
 from kimi_intercept.relay.cache_breaks import CacheBreaks
@@ -122,6 +124,7 @@ class Relay:
         self.breaks = CacheBreaks(cache_settings(cfg))  # .cache_breaks
         self._rng = random.Random()
         self.inflight = InFlight()
+        self.after = AfterAnswer(lambda work: work())  # rows built once the client has it
         self.arriving = 0  # intercepted calls the addon is planning (they will be parked)
 
     async def start(self) -> int:
@@ -144,6 +147,7 @@ class Relay:
         (row outcome ``shutdown``), answers in flight get ``drain_s`` seconds, the rest are cut
         (:class:`~.inflight.InFlight`); then every row is handed to the writer."""
         busy, cut = await self.inflight.drain(drain_s, self._coming)
+        self.after.release_all()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=10)
         await asyncio.sleep(0.2)  # mitmproxy forwards the last answers' last bytes
@@ -151,6 +155,7 @@ class Relay:
             log.info("kimi-intercept: drained %d answer(s) in flight, %d cut", busy, cut)
 
     async def stop(self) -> None:
+        self.after.release_all()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=10)
         await self.live.flush()
@@ -189,8 +194,14 @@ class Relay:
         plan.kind = "passthrough"
         self._spawn(self._finish(plan, [], refusal.passed_through(status, error)))
 
+    def answered(self, route_id: str) -> None:
+        """The addon's ``response``/``error`` hook: the client has the end of this call's
+        answer, so its row may be built now (:mod:`.after`)."""
+        self.after.release(route_id)
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        parked = self._routes.pop(request.headers.get(ROUTE_HEADER, ""), None)
+        route_id = request.headers.get(ROUTE_HEADER, "")
+        parked = self._routes.pop(route_id, None)
         if parked is None:
             body = openai_error_body("unknown or used route id", "not_found")
             return web.json_response(body, status=404)
@@ -234,7 +245,9 @@ class Relay:
             return web.json_response(body, status=500)
         finally:
             self.inflight.leave(timer)
-            self._spawn(self._finish(plan, attempts, result, mirrored, live_key))
+            finish = functools.partial(self._finish, plan, attempts, result, mirrored, live_key,
+                                       ms_since(plan.received))  # fmt: skip
+            self.after.add(route_id, lambda: self._spawn(finish()))
 
     async def _count_tokens(self, plan: RoutePlan) -> web.Response:
         """Anthropic ``/v1/messages/count_tokens``, answered locally with the tiktoken estimate
@@ -400,12 +413,13 @@ class Relay:
         r: Outcome,
         mirrored: asyncio.Future[dict[str, Any]] | None = None,
         live_key: str = "",
+        duration_ms: float | None = None,
     ) -> None:
-        """Build and hand over the ``requests`` row. Never raises (a bug here is only logged)."""
+        """Build and hand over the ``requests`` row (``duration_ms``: when the answer ended,
+        default now). Never raises (a bug here is only logged)."""
         try:
-            row = await build_row(
-                plan, attempts, r, ms_since(plan.received), self.cfg, self.preparer.cache
-            )
+            took = ms_since(plan.received) if duration_ms is None else duration_ms
+            row = await build_row(plan, attempts, r, took, self.cfg, self.preparer.cache)
             for i, a in enumerate(attempts):
                 attempts[i] = clean_row({**a, "request_id": row["id"]})
             for alert in self.budget.add(row):
