@@ -19,7 +19,6 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
@@ -28,7 +27,7 @@ from aiohttp import web
 from kimi_intercept.accounting.sse import EventSplitter
 from kimi_intercept.config.rules import Validation
 from kimi_intercept.dialects import json_bytes
-from kimi_intercept.dialects.bridge import Bridge, TranslationFailed
+from kimi_intercept.dialects.bridge import Bridge
 from kimi_intercept.dialects.kimi import restore_answer
 from kimi_intercept.relay.bounds import DataClock
 from kimi_intercept.relay.failures import (
@@ -37,6 +36,16 @@ from kimi_intercept.relay.failures import (
     describe_exc,
     error_message,
     redact,
+)
+from kimi_intercept.relay.forwarding import (
+    ClientGone,
+    StreamBroken,
+    finish,
+    forward,
+    ms_since,
+    send,
+    translated,
+    write_or_gone,
 )
 from kimi_intercept.relay.health import health_key
 from kimi_intercept.relay.rows import Outcome
@@ -50,14 +59,6 @@ log = logging.getLogger(__name__)
 _DROP_RESPONSE_HEADERS = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
 )
-
-
-class _ClientGone(Exception):
-    pass
-
-
-class _StreamBroken(Exception):
-    pass
 
 
 async def pipe(
@@ -86,6 +87,10 @@ async def pipe(
         prompt_tokens=plan.prompt_tokens_estimate,
     )
     r.meter = bridge.meter(sse)
+    held = getattr(first, "meter", None)  # read while held for its first content: once only
+    metered = type(held) is type(r.meter) and not getattr(held, "malformed_events", 1)
+    if metered:
+        r.meter = held
     checks = plan.rule.validate if plan.rule else Validation()
     if sse and checks.repetition and target.dialect == "openai" and plan.kind == "reroute":
         r.repetition = RepetitionDetector()
@@ -99,12 +104,12 @@ async def pipe(
     out.headers["x-kimi-intercept-attempts"] = str(len(attempts))
     if r.overhead_ms is not None:
         out.headers["x-kimi-intercept-overhead-ms"] = f"{r.overhead_ms:.1f}"
-    clock = DataClock(sse)
-    clock.feed(first)
+    clock = first.clock if metered else DataClock(sse)  # type: ignore[attr-defined]
+    if not metered:
+        clock.feed(first)
     try:
-        return await _stream(
-            sender, request, out, plan, target, upstream, first, attempts, r, budget, sse, clock
-        )
+        return await _stream(sender, request, out, plan, target, upstream, first, attempts, r,
+                             budget, sse, clock, metered)  # fmt: skip
     except asyncio.CancelledError:
         if r.cut is None:  # the client left (aiohttp cancels the handler)
             raise
@@ -126,6 +131,7 @@ async def _stream(
     budget: float,
     sse: bool,
     clock: DataClock,
+    metered: bool,
 ) -> web.StreamResponse:
     bridge, meter, stall = r.bridge, r.meter, sender.routing.stall_timeout_s
     events = EventSplitter() if sse else None
@@ -135,12 +141,13 @@ async def _stream(
         left = upstream.content_length if not sse and not whole else None
         if left is not None:  # passed through unchanged: same length, no chunked framing
             out.content_length = left
-        await _write_or_gone(out.prepare(request))
+        await write_or_gone(out.prepare(request))
         tail = b""  # the last bytes, sent with the end of the response (one write)
         while chunk:
             # one write per upstream read, however many events it held (fewer syscalls)
             pieces = events.push(chunk) if events is not None else (chunk,)
-            data = await forward(out, pieces, meter, sse, plan, r, target, bridge, whole)
+            data = await forward(out, pieces, meter, sse, plan, r, target, bridge, whole, metered)
+            metered = False  # (only the held first bytes were read already)
             if left is not None and (left := left - len(chunk)) <= 0:
                 tail = data  # the whole body is in
                 break
@@ -153,16 +160,16 @@ async def _stream(
             raw = restore_answer(meter.body_bytes(), target.renamed, target.tool_ids)
             tail += bridge.body(upstream.status, raw)
         elif sse:
-            tail += _translated(bridge, None)
+            tail += translated(bridge, None)
         await finish(out, tail, plan, r)
         r.outcome = "ok" if upstream.status < 400 else "error"
         if upstream.status >= 400:
             r.error = f"HTTP {upstream.status}: {_body_message(meter)}"
         return out
-    except _ClientGone:
+    except ClientGone:
         client_left(r)
         return out
-    except _StreamBroken as e:
+    except StreamBroken as e:
         broken = str(e)
         if attempts:  # the committed attempt: say why it did not end well
             attempts[-1]["error"] = redact(f"broke off mid-answer: {broken}")
@@ -174,9 +181,9 @@ async def _stream(
                     sender, out, plan, target, meter, attempts, r, budget, broken
                 ):
                     return out
-            except _StreamBroken as again:
+            except StreamBroken as again:
                 broken = str(again)
-            except _ClientGone:
+            except ClientGone:
                 client_left(r)
                 return out
         r.outcome = "incomplete"
@@ -228,8 +235,8 @@ async def continue_answer(
     """Re-send the conversation plus the partial answer as an assistant prefix (Moonshot
     partial mode, https://platform.kimi.ai/docs/guide/use-partial-mode-feature-of-kimi-api)
     to the next providers, and stream the continuation into the same response. True when
-    it completed; False when no provider would take it. Raises :class:`_StreamBroken` if the
-    continuation breaks too, :class:`_ClientGone` if the client leaves."""
+    it completed; False when no provider would take it. Raises :class:`StreamBroken` if the
+    continuation breaks too, :class:`ClientGone` if the client leaves."""
     prefix = {"role": "assistant", "content": meter.answer_text, "partial": True}
     for target in plan.targets[plan.targets.index(broken_target) + 1 :]:
         if target.dialect != "openai" or target.skip_reason:
@@ -289,7 +296,7 @@ async def continue_answer(
                     upstream, clock, sender.routing.stall_timeout_s, "the continuation stalled"
                 )
             tail = await forward(out, (events.flush(),), meter, True, plan, r, target, r.bridge)
-            await finish(out, tail + _translated(r.bridge, None), plan, r)
+            await finish(out, tail + translated(r.bridge, None), plan, r)
         except BaseException:
             upstream.close()
             raise
@@ -300,63 +307,10 @@ async def continue_answer(
     return False
 
 
-async def forward(
-    out: web.StreamResponse,
-    pieces: Iterable[bytes],
-    meter: Any,
-    sse: bool,
-    plan: RoutePlan,
-    r: Outcome,
-    target: Target,
-    bridge: Bridge,
-    whole: bool = False,
-) -> bytes:
-    """Meter the whole SSE events (or body chunks) of one upstream read; return the client's
-    form of them (translated when the dialects differ; nothing when ``whole``), to be sent in
-    one write. When one breaks the answer (:class:`_StreamBroken`), what came before it is
-    sent first (and a provider error event itself too)."""
-    data: list[bytes] = []
-    try:
-        for piece in pieces:
-            if piece:
-                _one(piece, data, meter, sse, r, target, bridge, whole)
-    except _StreamBroken:
-        await send(out, b"".join(data), plan, r)
-        raise
-    return b"".join(data)
-
-
-def _one(piece: bytes, data: list[bytes], meter: Any, sse: bool, r: Outcome, target: Target,
-         bridge: Bridge, whole: bool) -> None:  # fmt: skip
-    meter.feed(piece)
-    if sse and meter.malformed_events:
-        raise _StreamBroken("malformed SSE event (not JSON)")  # never forwarded
-    if r.repetition is not None and len(meter.answer_parts) > r.answer_seen:
-        new, r.answer_seen = meter.answer_parts[r.answer_seen :], len(meter.answer_parts)
-        for text in new:
-            loop = r.repetition.feed(text)
-            if loop:
-                raise _StreamBroken(loop)  # this piece is not forwarded
-    if not whole:
-        if sse and (target.renamed or target.tool_ids):
-            piece = restore_answer(piece, target.renamed, target.tool_ids)
-        data.append(_translated(bridge, piece) if sse else piece)
-    if sse and meter.error is not None:  # forwarded as the provider sent it, then cut
-        raise _StreamBroken(f"provider error event: {json.dumps(meter.error)[:300]}")
-
-
-def _translated(bridge: Bridge, piece: bytes | None) -> bytes:
-    """The client's bytes for one upstream event (``None``: the closing bytes)."""
-    try:
-        return bridge.piece(piece) if piece is not None else bridge.finish()
-    except TranslationFailed as e:  # cut with an in-band error, never half-translated bytes
-        raise _StreamBroken(f"cannot translate the provider's answer: {e}") from e
-
-
 async def next_chunk(
     upstream: aiohttp.ClientResponse, clock: DataClock, stall: float, what: str = "stalled"
 ) -> bytes:
-    """The next chunk of a committed answer; :class:`_StreamBroken` when ``stall`` seconds pass
+    """The next chunk of a committed answer; :class:`StreamBroken` when ``stall`` seconds pass
     without data (keep-alives do not count: :class:`~.bounds.DataClock`) or the read fails."""
     try:
         left = clock.left(stall)
@@ -366,9 +320,9 @@ async def next_chunk(
             chunk = await upstream.content.readany()
     except asyncio.TimeoutError as e:
         only = " (keep-alives do not count)" if clock.keepalives else ""
-        raise _StreamBroken(f"{what}: no data for {stall:g} s{only}") from e
+        raise StreamBroken(f"{what}: no data for {stall:g} s{only}") from e
     except (aiohttp.ClientError, OSError) as e:
-        raise _StreamBroken(describe_exc(e)) from e
+        raise StreamBroken(describe_exc(e)) from e
     clock.feed(chunk)
     return chunk
 
@@ -393,28 +347,6 @@ def _uncancel() -> None:
     task = asyncio.current_task()
     if task is not None:
         task.uncancel()
-
-
-async def send(out: web.StreamResponse, data: bytes, plan: RoutePlan, r: Outcome) -> None:
-    if not data:
-        return
-    await _write_or_gone(out.write(data))
-    if r.ttft_ms is None:
-        r.ttft_ms = ms_since(plan.received)
-
-
-async def finish(out: web.StreamResponse, data: bytes, plan: RoutePlan, r: Outcome) -> None:
-    """Send the last bytes and the end of the response in one write."""
-    await _write_or_gone(out.write_eof(data))
-    if data and r.ttft_ms is None:
-        r.ttft_ms = ms_since(plan.received)
-
-
-async def _write_or_gone(awaitable: Any) -> None:
-    try:
-        await awaitable
-    except (ConnectionError, aiohttp.ClientConnectionResetError) as e:
-        raise _ClientGone() from e
 
 
 def client_left(r: Outcome) -> None:
@@ -444,7 +376,3 @@ def attempt_row(
 def _body_message(meter: Any) -> str:
     body = meter.body_bytes() if hasattr(meter, "body_bytes") else b""
     return error_message(body)
-
-
-def ms_since(t: float) -> float:
-    return (time.time() - t) * 1000.0

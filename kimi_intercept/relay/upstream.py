@@ -29,6 +29,7 @@ from kimi_intercept.relay.failures import (
     classify_transport,
     describe_exc,
 )
+from kimi_intercept.relay.forwarding import Held
 from kimi_intercept.relay.health import ProviderHealth, backoff_delay
 from kimi_intercept.relay.validate import answer_has_content, json_answer_problem, wants_json
 from kimi_intercept.routing.plan import RoutePlan
@@ -158,7 +159,9 @@ class Upstream:
                     Failure("stream_error", Action.FALLBACK, upstream.status, message)
                 )
             if sse and answer_has_content(meter):
-                return b"".join(held)
+                out = Held(b"".join(held))  # the relay goes on with this meter and clock
+                out.meter, out.clock = meter, clock
+                return out
             stalled = clock.left(stall)
             wait = min(max(deadline - time.monotonic(), 0.001), stalled)
             try:
