@@ -54,6 +54,7 @@ class Upstream:
             timeout=aiohttp.ClientTimeout(total=None),
             auto_decompress=False,
             trust_env=False,  # never send our own upstream calls back into the proxy
+            cookie_jar=aiohttp.DummyCookieJar(),  # providers' cookies are not ours to keep
         )
 
     async def close(self) -> None:
