@@ -280,3 +280,158 @@ def machine() -> str:
         f"{os.cpu_count()} CPUs{model}, Python {sys.version.split()[0]}, "
         f"{os.uname().sysname} {os.uname().release}"
     )
+
+
+# -- added for concurrency.py, soak.py and stream_delay.py -------------------------------------
+
+
+@contextmanager
+def setups_at(
+    tmp: Path,
+    names: tuple[str, ...] = ("direct", "floor", "kimi"),
+    upstream_url: str | None = None,
+    gap_ms: float = 0.0,
+    litellm: str | None = None,
+    probe: bool = False,
+    proxy_env: dict[str, str] | None = None,
+) -> Iterator[tuple[dict[str, Setup], FakeUpstream | None, Path]]:
+    """Like :func:`side_by_side`, with two more choices.
+
+    ``upstream_url`` (``http://127.0.0.1:<port>``, serving ``POST /v1/chat/completions``): every
+    setup goes there instead of a :class:`FakeUpstream` (then the yielded fake is ``None``; kimi's
+    fallback is still a fake, never used). ``proxy_env``: extra environment for both mitmdumps
+    (e.g. ``{"PROBE_TRACEMALLOC": "1"}``). Yields ``(setups by name, the fake or None, kimi's
+    database path)``; raises ``RuntimeError`` / ``ProxyStartError`` if a proxy does not start.
+    """
+    db = tmp / "kimi.db"
+    extra = ["-s", str(HERE / "probe.py")] if probe else []
+    env_extra = dict(proxy_env or {})
+    with ExitStack() as stack:
+        fake = None
+        if upstream_url is None:
+            fake = stack.enter_context(FakeUpstream(default_gap_s=gap_ms / 1e3))
+            upstream_url = fake.url
+        spare = stack.enter_context(FakeUpstream())  # kimi's fallback; never used here
+        setups: dict[str, Setup] = {}
+        if "direct" in names:
+            setups["direct"] = Setup("direct", upstream_url + "/v1/chat/completions")
+        if "floor" in names:
+            confdir = tmp / "floor-confdir"
+            confdir.mkdir()
+            floor = _Mitmdump(
+                [*mitmdump_command(), *MITM_ARGS, "--set", f"confdir={confdir}",
+                 "-s", str(HERE / "floor.py"), *extra],
+                clean_env({"FLOOR_UPSTREAM": upstream_url, **env_extra}),
+                confdir,
+            )  # fmt: skip
+            stack.callback(floor.stop)
+            setups["floor"] = Setup(
+                "floor", PROXIED_URL, f"http://127.0.0.1:{floor.port}",
+                str(confdir / "mitmproxy-ca-cert.pem"), floor.proc.pid,
+            )  # fmt: skip
+        if "kimi" in names:
+            config = tmp / "config.toml"
+            config.write_text(render_config(db, upstream_url, spare.url))
+            confdir = tmp / "kimi-confdir"
+            confdir.mkdir()
+            kimi = start_proxy_process(
+                config, confdir, ["--set", "connection_strategy=lazy", *extra],
+                env=clean_env(env_extra), cwd=tmp,
+            )  # fmt: skip
+            stack.callback(kimi.stop)
+            setups["kimi"] = Setup(
+                "kimi", PROXIED_URL, kimi.proxy_url, str(kimi.ca_path), kimi.proc.pid
+            )
+        if litellm:
+            exe = shutil.which(litellm) or litellm
+            lite = _LiteLLM(exe, upstream_url, tmp)
+            stack.callback(lite.stop)
+            setups["litellm"] = Setup(
+                "litellm", f"http://127.0.0.1:{lite.port}/v1/chat/completions",
+                pid=lite.proc.pid,
+            )  # fmt: skip
+        yield setups, fake, db
+
+
+def ssl_context(setup: Setup) -> ssl.SSLContext | None:
+    """An SSL context trusting only the setup's mitmproxy CA (``None`` for a setup without one),
+    for ``aiohttp`` (``ssl=``) or ``httpx`` (``verify=``)."""
+    return ssl.create_default_context(cafile=setup.ca) if setup.ca else None
+
+
+def probe_rss_kb(setup: Setup, path: str = "/rss", timeout: float = 120) -> dict:
+    """``GET http://probe.invalid<path>`` through the setup's proxy (plain HTTP; the proxy must
+    run ``benchmarks/probe.py``): ``{"rss_kb": N}`` (KiB after ``malloc_trim``), plus ``"top"``
+    for ``/trace/diff``. Raises ``RuntimeError`` on a non-200 and ``httpx.HTTPError``."""
+    import httpx
+
+    url = "http://probe.invalid" + path
+    with httpx.Client(proxy=setup.proxy, trust_env=False, timeout=timeout) as c:
+        r = c.get(url)
+    if r.status_code != 200:
+        raise RuntimeError(f"probe {url}: HTTP {r.status_code}: {r.text[:300]}")
+    return r.json()
+
+
+def settled_count(db: Path, table: str = "requests", quiet_s: float = 3.0, limit_s: float = 120):
+    """Rows in ``table`` once the count has not changed for ``quiet_s`` seconds (the proxy's
+    writer thread inserts after answers end), or after ``limit_s``; 0 if the table is missing."""
+    import sqlite3
+
+    last, since, deadline = -1, time.monotonic(), time.monotonic() + limit_s
+    while True:
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            try:
+                n = con.execute(f"select count(*) from {table}").fetchone()[0]
+            finally:
+                con.close()
+        except sqlite3.OperationalError:
+            n = 0
+        now = time.monotonic()
+        if n != last:
+            last, since = n, now
+        elif now - since >= quiet_s or now > deadline:
+            return n
+        time.sleep(0.25)
+
+
+def bytes_per_table(db: Path) -> tuple[str, dict[str, int], dict[str, int]]:
+    """On-disk bytes of each table with its indexes, and its row count.
+
+    Returns ``(method, {table: bytes}, {table: rows})``. ``method`` is ``"dbstat"`` (sum of the
+    page sizes of each b-tree, SQLite's ``dbstat`` virtual table) or, if SQLite was built
+    without it, ``"file"``: the whole file after ``PRAGMA wal_checkpoint(TRUNCATE)`` under the
+    key ``"*"``. The ``"*"`` key always holds the whole database (every table, index, free page).
+    """
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        tables = {
+            name: tbl
+            for name, tbl in con.execute(
+                "select name, tbl_name from sqlite_master where type in ('table', 'index')"
+            )
+        }
+        rows = {
+            t: con.execute(f'select count(*) from "{t}"').fetchone()[0]
+            for t in set(tables.values())
+            if not t.startswith("sqlite_")
+        }
+        try:
+            sizes: dict[str, int] = {}
+            for name, size in con.execute("select name, sum(pgsize) from dbstat group by name"):
+                owner = tables.get(name, name)
+                sizes[owner] = sizes.get(owner, 0) + size
+            page = con.execute("pragma page_size").fetchone()[0]
+            sizes["*"] = con.execute("pragma page_count").fetchone()[0] * page
+            return "dbstat", sizes, rows
+        except sqlite3.OperationalError:
+            con.execute("pragma wal_checkpoint(TRUNCATE)")
+            total = db.stat().st_size
+            wal = db.with_name(db.name + "-wal")
+            total += wal.stat().st_size if wal.exists() else 0
+            return "file", {"*": total}, rows
+    finally:
+        con.close()
