@@ -271,7 +271,7 @@ class RateLimiter:
         if tokens < 0:
             raise ValueError(f"tokens must not be negative, not {tokens}")
         limit = self._limits.get(provider)
-        if limit is None:
+        if limit is None or limit == (None, None):  # unlimited: nothing to keep per call
             return True
         rpm, tpm = limit
         now = self._clock()

@@ -150,7 +150,11 @@ async def build_row(
             "response_id": getattr(meter, "response_id", None),
             "host": plan.host,
             "error": redact(r.error) if r.error else None,
-            "details": json.dumps({k: v for k, v in details.items() if v is not None}, default=str),
+            "details": json.dumps(
+                {k: v for k, v in details.items() if v is not None},
+                default=str,
+                separators=(",", ":"),
+            ),  # fmt: skip
             **money,
         }
     )
@@ -183,7 +187,8 @@ def _money(
         )
     measured = getattr(plan.prepared, "measured", None)
     if measured is not None:
-        out["sanitizer_tokens"] = measured.as_dict()
+        if any((tokens := measured.as_dict()).values()):  # nothing removed: nothing written
+            out["sanitizer_tokens"] = tokens
         if not plan.prepared.holdout:
             if cfg is not None:
                 info = pricing.price_book(cfg).model_info_at(
