@@ -46,8 +46,12 @@ from kimi_intercept.commands.simulator import FakeUpstream  # noqa: E402
 
 PROXIED_URL = "https://api.openai.com/v1/chat/completions"
 PROBE_URL = "http://probe.invalid/rss"
+#: Seconds kimi-intercept is left alone after its ready line (its tokenizer loads meanwhile).
+SETTLE_S = 2.0
 TICKS = os.sysconf("SC_CLK_TCK")
-MITM_ARGS = ["--listen-host", "127.0.0.1", "--listen-port", "0", "--set", "connection_strategy=lazy"]
+MITM_ARGS = [
+    "--listen-host", "127.0.0.1", "--listen-port", "0", "--set", "connection_strategy=lazy"
+]  # fmt: skip
 
 
 @dataclass
@@ -222,49 +226,12 @@ def side_by_side(
 ) -> Iterator[tuple[dict[str, Setup], FakeUpstream, Path]]:
     """Start the fake upstream and the ``names`` setups (plus ``litellm`` if a path is given);
     yields ``(setups by name, the fake, kimi's database path)`` and stops everything."""
-    db = tmp / "kimi.db"
-    extra = ["-s", str(HERE / "probe.py")] if probe else []
-    with ExitStack() as stack:
-        fake = stack.enter_context(FakeUpstream(default_gap_s=gap_ms / 1e3))
-        spare = stack.enter_context(FakeUpstream())  # kimi's fallback; never used here
-        setups: dict[str, Setup] = {}
-        if "direct" in names:
-            setups["direct"] = Setup("direct", fake.url + "/v1/chat/completions")
-        if "floor" in names:
-            confdir = tmp / "floor-confdir"
-            confdir.mkdir()
-            floor = _Mitmdump(
-                [*mitmdump_command(), *MITM_ARGS, "--set", f"confdir={confdir}",
-                 "-s", str(HERE / "floor.py"), *extra],
-                clean_env({"FLOOR_UPSTREAM": fake.url}),
-                confdir,
-            )  # fmt: skip
-            stack.callback(floor.stop)
-            setups["floor"] = Setup(
-                "floor", PROXIED_URL, f"http://127.0.0.1:{floor.port}",
-                str(confdir / "mitmproxy-ca-cert.pem"), floor.proc.pid,
-            )  # fmt: skip
-        if "kimi" in names:
-            config = tmp / "config.toml"
-            config.write_text(render_config(db, fake.url, spare.url) + kimi_config_extra)
-            confdir = tmp / "kimi-confdir"
-            confdir.mkdir()
-            kimi = start_proxy_process(
-                config, confdir, ["--set", "connection_strategy=lazy", *extra],
-                env=clean_env(), cwd=tmp,
-            )  # fmt: skip
-            stack.callback(kimi.stop)
-            setups["kimi"] = Setup(
-                "kimi", PROXIED_URL, kimi.proxy_url, str(kimi.ca_path), kimi.proc.pid
-            )
-        if litellm:
-            exe = shutil.which(litellm) or litellm
-            lite = _LiteLLM(exe, fake.url, tmp)
-            stack.callback(lite.stop)
-            setups["litellm"] = Setup(
-                "litellm", f"http://127.0.0.1:{lite.port}/v1/chat/completions",
-                pid=lite.proc.pid,
-            )  # fmt: skip
+    with setups_at(tmp, names, None, gap_ms, litellm, probe, None, kimi_config_extra) as (
+        setups,
+        fake,
+        db,
+    ):
+        assert fake is not None
         yield setups, fake, db
 
 
@@ -294,6 +261,7 @@ def setups_at(
     litellm: str | None = None,
     probe: bool = False,
     proxy_env: dict[str, str] | None = None,
+    kimi_config_extra: str = "",
 ) -> Iterator[tuple[dict[str, Setup], FakeUpstream | None, Path]]:
     """Like :func:`side_by_side`, with two more choices.
 
@@ -302,6 +270,8 @@ def setups_at(
     fallback is still a fake, never used). ``proxy_env``: extra environment for both mitmdumps
     (e.g. ``{"PROBE_TRACEMALLOC": "1"}``). Yields ``(setups by name, the fake or None, kimi's
     database path)``; raises ``RuntimeError`` / ``ProxyStartError`` if a proxy does not start.
+    ``kimi_config_extra``: TOML appended to kimi's config. kimi is given :data:`SETTLE_S` after
+    its ready line (it loads its tokenizer in the background), so no run measures that load.
     """
     db = tmp / "kimi.db"
     extra = ["-s", str(HERE / "probe.py")] if probe else []
@@ -331,7 +301,7 @@ def setups_at(
             )  # fmt: skip
         if "kimi" in names:
             config = tmp / "config.toml"
-            config.write_text(render_config(db, upstream_url, spare.url))
+            config.write_text(render_config(db, upstream_url, spare.url) + kimi_config_extra)
             confdir = tmp / "kimi-confdir"
             confdir.mkdir()
             kimi = start_proxy_process(
@@ -342,6 +312,7 @@ def setups_at(
             setups["kimi"] = Setup(
                 "kimi", PROXIED_URL, kimi.proxy_url, str(kimi.ca_path), kimi.proc.pid
             )
+            time.sleep(SETTLE_S)
         if litellm:
             exe = shutil.which(litellm) or litellm
             lite = _LiteLLM(exe, upstream_url, tmp)

@@ -121,7 +121,8 @@ def report(res: dict, args: argparse.Namespace) -> dict:
             print(f"  {label:10} {others}  ratio {ratio:.2f}×{goal}")
         cpu = statistics.median(res["kimi"]["cpu_ms"]) / statistics.median(res["floor"]["cpu_ms"])
         ratios["cpu"] = cpu
-        print(f"  CPU/call   ratio {cpu:.2f}×  (target ≤ 1.5×: {'met' if cpu <= 1.5 else 'NOT met'})")
+        verdict = "met" if cpu <= 1.5 else "NOT met"
+        print(f"  CPU/call   ratio {cpu:.2f}×  (target ≤ 1.5×: {verdict})")
     return ratios
 
 

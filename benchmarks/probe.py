@@ -41,8 +41,11 @@ def request(flow):
     elif flow.request.path == "/trace/diff" and _first is not None:
         stats = tracemalloc.take_snapshot().compare_to(_first, "traceback")
         out["top"] = [
-            {"kb": round(s.size_diff / 1024, 1), "count": s.count_diff,
-             "where": [str(fr) for fr in s.traceback.format()[-6:]]}
+            {
+                "kb": round(s.size_diff / 1024, 1),
+                "count": s.count_diff,
+                "where": [str(fr) for fr in s.traceback.format()[-6:]],
+            }
             for s in stats[:15]
         ]
     flow.response = http.Response.make(200, json.dumps(out), {"content-type": "application/json"})

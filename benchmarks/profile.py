@@ -4,7 +4,8 @@ Usage: python benchmarks/profile.py [--setup kimi|floor] [--seconds 15] [--top 1
 
 Starts the setup (``benchmarks/harness.py``), drives it from a client process with a keep-alive
 ``httpx.Client`` alternating JSON and streamed calls, and records the mitmdump process with
-``py-spy record --format raw --threads --gil`` (only samples holding the GIL: Python work, not waits) (py-spy must be installed: ``pip install py-spy``;
+``py-spy record --format raw --threads --gil`` (only samples holding the GIL: Python work,
+not waits; py-spy must be installed: ``pip install py-spy``;
 sampling another process needs ptrace rights, e.g. root). Printed: busy samples per thread, and
 the functions with the most samples inclusive (on the stack) and self (at the top). A script
 that prints numbers, not a test.
