@@ -200,13 +200,24 @@ class KimiIntercept:
         assert self.writer is not None
         try:
             breaks = extra[0].get("cache_breaks", ()) if extra else ()
-            log.info("%s", console_line(row, attempts, breaks))
+            self._console(console_line(row, attempts, breaks))
         except Exception:  # a formatting bug must not cost the row
             log.exception("kimi-intercept: could not format the console line of %s", row.get("id"))
         # after the line: printing it releases the GIL, which a woken writer thread would take
         self.writer.put(row, attempts, *extra)
         if self.telemetry is not None:
             self.telemetry.record(row, attempts)  # a queue put: exported by its own threads
+
+    def _console(self, line: str) -> None:
+        """One line in mitmdump's output. Straight to its terminal handler when there is one:
+        a log record also fires mitmproxy's deprecated ``add_log`` event through every addon
+        (a cross-thread wake-up and a hook dispatch per call)."""
+        termlog = ctx.master.addons.get("termlog") if self.is_running else None
+        handler = getattr(termlog, "logger", None)
+        if not isinstance(handler, logging.Handler):
+            log.info("%s", line)  # mitmweb, the console UI: their own log views
+        elif log.isEnabledFor(logging.INFO):
+            handler.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "%s", (line,), None))
 
     async def running(self) -> None:
         assert self.cfg is not None
