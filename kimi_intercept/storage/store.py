@@ -38,9 +38,9 @@ logger = logging.getLogger(__name__)
 MAX_PENDING = 10_000
 #: Seconds between attempts to write to a database that failed (reopen, then replay the spool).
 RETRY_S = 5.0
-#: Seconds the writer waits after a row arrives for more to write in the same transaction: a
-#: wake-up of the writer thread costs the proxy's loop a GIL hand-off, so rows are written a
-#: few at a time under load (a flush or close writes at once).
+#: Seconds the writer sleeps after a row arrives, then writes all that came meanwhile in one
+#: transaction: each wake-up of the writer thread costs the proxy's loop a GIL hand-off, so rows
+#: are written a few at a time under load (a flush or close writes at once).
 LINGER_S = 0.2
 
 
@@ -97,6 +97,7 @@ class StoreWriter:
         self._max_pending = max_pending
         self._retry_s = retry_s
         self._linger_s = linger_s
+        self._wake = threading.Event()  # set by flush() and close(): stop lingering
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._backlog: collections.deque[Any] = collections.deque()  # taken, not yet handled
         self._held: list[Entry] = []  # neither the database nor the spool took them
@@ -145,6 +146,7 @@ class StoreWriter:
             return self._queue.empty()
         marker = _Flush()
         self._queue.put(marker)
+        self._wake.set()
         return marker.done.wait(timeout_s)
 
     def close(self, timeout_s: float | None = None) -> bool:
@@ -159,6 +161,7 @@ class StoreWriter:
         if not self._closed:
             self._closed = True
             self._queue.put(_STOP)
+            self._wake.set()
         self._thread.join(timeout_s)
         if self._thread.is_alive():
             logger.warning(
@@ -203,8 +206,9 @@ class StoreWriter:
             self._conn.close(checkpoint=True)
 
     def _collect(self) -> tuple[list[Any], bool]:
-        """Wait for the next item, then take what else arrives within ``linger_s`` (up to
-        ``max_batch`` rows; a flush or stop request ends the wait at once)."""
+        """Wait for the next item; unless it asks for a flush or the stop, sleep ``linger_s``
+        (a flush or close wakes it: :attr:`_wake`), then take what else is waiting (up to
+        ``max_batch`` rows). Puts never wake the thread: one wake-up per batch."""
         stop = False
         items: list[Any] = []
         rows = 0
@@ -214,7 +218,9 @@ class StoreWriter:
             else:
                 waiting = self._db is None or self.spool.pending or self._held
                 item = self._queue.get(timeout=self._retry_s if waiting else None)
-            until = time.monotonic() + self._linger_s
+                if isinstance(item, tuple) and self._linger_s > 0:
+                    self._wake.wait(self._linger_s)
+            self._wake.clear()
             while True:
                 items.append(item)
                 if item is _STOP:
@@ -223,12 +229,7 @@ class StoreWriter:
                     rows += 1
                 if rows >= self._max_batch:
                     break
-                if self._backlog:
-                    item = self._backlog.popleft()
-                elif stop or isinstance(item, _Flush) or (left := until - time.monotonic()) <= 0:
-                    item = self._queue.get_nowait()
-                else:
-                    item = self._queue.get(timeout=left)
+                item = self._backlog.popleft() if self._backlog else self._queue.get_nowait()
         except queue.Empty:
             pass
         return items, stop
