@@ -5,6 +5,8 @@ One :class:`~kimi_intercept.commands.simulator.FakeUpstream` on loopback serves 
 - ``direct``: the client posts to the fake itself (no proxy);
 - ``floor``: ``mitmdump -s benchmarks/floor.py`` (a 3-line reroute, answers streamed), the client
   posts to ``https://api.openai.com/v1/chat/completions`` through it, trusting its CA;
+- ``hop`` (when asked for): ``mitmdump -s benchmarks/floor_relay.py``, the floor plus a bare
+  in-process aiohttp relay hop — the relay design's own cost, without kimi-intercept's work;
 - ``kimi``: ``mitmdump -s addons/kimi.py`` with kimi pointed at the fake, same client settings;
 - ``litellm`` (optional, ``--litellm PATH`` of a ``litellm`` executable): LiteLLM's proxy with a
   model ``gpt-4o`` served by ``openai/kimi-k2.6`` at the fake; the client posts to its base URL.
@@ -285,18 +287,20 @@ def setups_at(
         setups: dict[str, Setup] = {}
         if "direct" in names:
             setups["direct"] = Setup("direct", upstream_url + "/v1/chat/completions")
-        if "floor" in names:
-            confdir = tmp / "floor-confdir"
+        for name, script in (("floor", "floor.py"), ("hop", "floor_relay.py")):
+            if name not in names:
+                continue
+            confdir = tmp / f"{name}-confdir"
             confdir.mkdir()
             floor = _Mitmdump(
                 [*mitmdump_command(), *MITM_ARGS, "--set", f"confdir={confdir}",
-                 "-s", str(HERE / "floor.py"), *extra],
+                 "-s", str(HERE / script), *extra],
                 clean_env({"FLOOR_UPSTREAM": upstream_url, **env_extra}),
                 confdir,
             )  # fmt: skip
             stack.callback(floor.stop)
-            setups["floor"] = Setup(
-                "floor", PROXIED_URL, f"http://127.0.0.1:{floor.port}",
+            setups[name] = Setup(
+                name, PROXIED_URL, f"http://127.0.0.1:{floor.port}",
                 str(confdir / "mitmproxy-ca-cert.pem"), floor.proc.pid,
             )  # fmt: skip
         if "kimi" in names:

@@ -1,12 +1,13 @@
 """Added latency and CPU per request: direct vs the floor vs kimi-intercept (vs LiteLLM).
 
-Usage: python benchmarks/overhead.py [--rounds 5] [--requests 100] [--cold 20] [--litellm PATH]
-                                     [--json FILE]
+Usage: python benchmarks/overhead.py [--rounds 5] [--requests 100] [--cold 20] [--hop]
+                                     [--litellm PATH] [--json FILE]
 
 Setups (``benchmarks/harness.py``): ``direct`` to one fake upstream on loopback, the ``floor``
 (``mitmdump -s benchmarks/floor.py``: a 3-line reroute, HTTPS interception included) and
 ``kimi`` (``mitmdump -s addons/kimi.py``, routed to the same fake through its relay, one SQLite
-row per call), optionally ``litellm``. The client is a separate process with a keep-alive
+row per call), optionally ``hop`` (``--hop``: the floor plus a bare relay hop,
+``benchmarks/floor_relay.py``) and ``litellm``. The client is a separate process with a keep-alive
 ``httpx.Client`` posting a ~256 B chat request; the fake answers ~250 B of JSON, or 9 SSE events
 sent at once.
 
@@ -118,11 +119,21 @@ def report(res: dict, args: argparse.Namespace) -> dict:
             goal = ""
             if target is not None:
                 goal = f"  (target ≤ {target}×: {'met' if ratio <= target else 'NOT met'})"
-            print(f"  {label:10} {others}  ratio {ratio:.2f}×{goal}")
+            hop = ""
+            if "hop" in added and added["floor"] > 0:
+                ratios[metric + "_hop"] = added["hop"] / added["floor"]
+                hop = f" (hop alone {added['hop'] / added['floor']:.2f}×)"
+            print(f"  {label:10} {others}  ratio {ratio:.2f}×{hop}{goal}")
         cpu = statistics.median(res["kimi"]["cpu_ms"]) / statistics.median(res["floor"]["cpu_ms"])
         ratios["cpu"] = cpu
         verdict = "met" if cpu <= 1.5 else "NOT met"
-        print(f"  CPU/call   ratio {cpu:.2f}×  (target ≤ 1.5×: {verdict})")
+        hop = ""
+        if "hop" in res:
+            ratios["cpu_hop"] = statistics.median(res["hop"]["cpu_ms"]) / statistics.median(
+                res["floor"]["cpu_ms"]
+            )
+            hop = f" (hop alone {ratios['cpu_hop']:.2f}×)"
+        print(f"  CPU/call   ratio {cpu:.2f}×{hop}  (target ≤ 1.5×: {verdict})")
     return ratios
 
 
@@ -132,6 +143,9 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=100, help="warm calls of each kind per round")
     ap.add_argument("--cold", type=int, default=20, help="new-connection calls per round")
     ap.add_argument("--litellm", metavar="PATH", help="also measure LiteLLM's proxy (executable)")
+    ap.add_argument(
+        "--hop", action="store_true", help="also measure the floor plus a bare relay hop"
+    )
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--client-spec", help=argparse.SUPPRESS)  # internal: run as the client
     args = ap.parse_args()
@@ -139,7 +153,8 @@ def main() -> None:
         print(json.dumps(client(json.loads(args.client_spec))))
         return
     with tempfile.TemporaryDirectory(prefix="kimi-overhead-") as tmp:
-        with side_by_side(Path(tmp), litellm=args.litellm) as (setups, _fake, _db):
+        names = ("direct", "floor", "hop", "kimi") if args.hop else ("direct", "floor", "kimi")
+        with side_by_side(Path(tmp), names, litellm=args.litellm) as (setups, _fake, _db):
             spec = {
                 "setups": {n: s.as_dict() for n, s in setups.items()},
                 "rounds": args.rounds,
