@@ -179,18 +179,18 @@ def test_every_non_streamed_translation_gives_a_json_object(body, status):
 
 def test_a_translator_failure_cuts_the_stream_with_an_error_in_the_clients_dialect(monkeypatch):
     """The safety net for what no fuzzing found: the relay gets TranslationFailed (and turns it
-    into an in-band error and a cut stream, ``relay.answer``), never a half-written body."""
+    into an in-band error and a cut stream, ``relay.forwarding``), never a half-written body."""
     from kimi_intercept.dialects import gemini_stream
     from kimi_intercept.dialects.bridge import TranslationFailed
-    from kimi_intercept.relay import answer
+    from kimi_intercept.relay import forwarding
 
     def broken(self, raw_event):
         raise KeyError("surprise")
 
     monkeypatch.setattr(gemini_stream.StreamTranslator, "feed", broken)
     bridge = Bridge("gemini", "openai", "kimi-k2.6")
-    with pytest.raises(answer._StreamBroken) as broke:
-        answer._translated(bridge, sse({"choices": []}))
+    with pytest.raises(forwarding.StreamBroken) as broke:
+        forwarding.translated(bridge, sse({"choices": []}))
     assert str(broke.value) == "cannot translate the provider's answer: KeyError: 'surprise'"
     assert isinstance(broke.value.__cause__, TranslationFailed)
     event = bridge.error_event(str(broke.value), "stream_interrupted")
