@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kimi_intercept.config.cache import CacheSettings
+from kimi_intercept.dialects.memo import MESSAGES
 from kimi_intercept.routing.plan import RoutePlan
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,9 @@ def _message(m: Any) -> Message:
 
 def fingerprint(hub: dict[str, Any]) -> Fingerprint:
     """The :class:`Fingerprint` of an OpenAI-hub request body (``model``, ``tools``,
-    ``messages``); anything malformed digests as it is."""
+    ``messages``); anything malformed digests as it is. Each message's and tool's digests are
+    remembered by content (:data:`~kimi_intercept.dialects.memo.MESSAGES`): the next turn of a
+    conversation digests only its new messages."""
     messages = hub.get("messages") if isinstance(hub.get("messages"), list) else []
     tools = hub.get("tools") if isinstance(hub.get("tools"), list) else []
     unstamped = None
@@ -159,14 +162,18 @@ def fingerprint(hub: dict[str, Any]) -> Fingerprint:
             "developer",
         )
     ):
-        unstamped = _digest(TIMESTAMP.sub("<time>", _text(messages[0].get("content"))))
+        unstamped = MESSAGES.memo("unstamped", messages[0].get("content"), _unstamped)
     model = hub.get("model")
     return Fingerprint(
         model=model if isinstance(model, str) else None,
-        tools=tuple(_digest(t) for t in tools),
-        messages=tuple(_message(m) for m in messages),
+        tools=tuple(MESSAGES.memo("digest", t, _digest) for t in tools),
+        messages=tuple(MESSAGES.memo("message", m, _message) for m in messages),
         system_unstamped=unstamped,
     )
+
+
+def _unstamped(content: Any) -> bytes:
+    return _digest(TIMESTAMP.sub("<time>", _text(content)))
 
 
 def first_change(prev: Fingerprint, now: Fingerprint) -> Change:
