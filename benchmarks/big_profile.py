@@ -75,7 +75,7 @@ def one_request(cfg, preparer, breaks, tracker, body: bytes, times: dict) -> Non
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--kb", type=int, default=800)
+    ap.add_argument("--kb", type=int, default=650)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--profile", choices=("first", "next", "none"), default="none")
     ap.add_argument("--top", type=int, default=25)

@@ -9,10 +9,10 @@ addons/kimi.py``: planned, sanitized, counted, relayed, one SQLite row per call)
 a separate process with one keep-alive ``httpx.Client`` per setup (warmed up with small calls,
 so no CONNECT or TLS handshake is timed).
 
-The conversation (about ``--kb`` KB of JSON, ~200k o200k tokens): a system prompt, five tool
-definitions, then turns of an assistant message with a tool call, the tool's output (file reads,
-search results, build logs; a quarter of the logs are 800-2,500 lines, which the sanitizer
-masks) and a user message; sent as an OpenAI chat request, streamed, with
+The conversation (``--kb`` KB of JSON; the default 650 is ~200k o200k tokens): a system
+prompt, five tool definitions, then turns of an assistant message with a tool call, the tool's
+output (file reads, search results, build and test logs; a quarter of the logs are 800-2,500
+lines, which the sanitizer masks) and a user message; sent as an OpenAI chat request, streamed, with
 ``stream_options.include_usage``. Per round, each setup in turn (the order rotates):
 
 - **first turn**: a conversation never seen (its own random seed per round and setup: every
@@ -198,8 +198,12 @@ def client(spec: dict) -> dict:
     finally:
         for c in clients.values():
             c.close()
+    from kimi_intercept.accounting.tokens import estimate_prompt_tokens
+
+    sample = next_turn(conversation(0, spec["kb"]), 0)
+    n = estimate_prompt_tokens(sample)
     return {"results": out, "bytes": statistics.median(sizes),
-            "messages": len(next_turn(conversation(0, spec["kb"]), 0)["messages"])}  # fmt: skip
+            "messages": len(sample["messages"]), "tokens": n}  # fmt: skip
 
 
 def _cell(values: list[float]) -> str:
@@ -211,8 +215,9 @@ def report(res: dict, args: argparse.Namespace) -> dict:
     results = res["results"]
     print(
         f"kimi-intercept big prompt — {time.strftime('%Y-%m-%d %H:%M')}, {machine()}\n"
-        f"{args.rounds} interleaved rounds; a streamed chat request of {res['bytes'] / 1e3:.0f} KB "
-        f"(~{res['bytes'] / 4 / 1e3:.0f}k tokens at 4 B/token, {res['messages']} messages)\n"
+        f"{args.rounds} interleaved rounds; a streamed chat request of "
+        f"{res['bytes'] / 1e3:.0f} KB, {res['messages']} messages, "
+        f"~{res['tokens'] / 1e3:.0f}k o200k tokens before sanitizing\n"
         "ms: median [min..max] over rounds; CPU: mean proxy CPU ms per call\n"
     )
     print(f"{'setup':7} {'turn':6} {'TTFT':>24} {'total':>24} {'CPU ms/call':>12}")
@@ -240,7 +245,7 @@ def report(res: dict, args: argparse.Namespace) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=8, help="interleaved rounds (plus one warm-up)")
-    ap.add_argument("--kb", type=int, default=800, help="size of the conversation in KB of JSON")
+    ap.add_argument("--kb", type=int, default=650, help="conversation size, KB of JSON")
     ap.add_argument("--names", default="floor,kimi,direct", help="setups, comma-separated")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--client-spec", help=argparse.SUPPRESS)  # internal: run as the client

@@ -51,6 +51,10 @@ REPLY_PRIMING_TOKENS = 3
 #: Flat estimate per image part: OpenAI's "low detail" image cost (85 tokens) from its vision
 #: guide. Real cost depends on size and detail and on the provider; this is a placeholder.
 IMAGE_TOKENS = 85
+#: Fewest bytes of request JSON per o200k token of real text (English ~4, code and logs ~3,
+#: Chinese ~2.5): ``bytes / MIN_BYTES_PER_TOKEN`` bounds a prompt's tokens from above, so a
+#: request that surely sits far below a context window need not be counted before it is sent.
+MIN_BYTES_PER_TOKEN = 2.0
 #: Message fields counted as text when they are strings (besides content and tool_calls).
 _STRING_FIELDS = frozenset({"role", "name", "tool_call_id", "reasoning_content"})
 

@@ -95,9 +95,32 @@ class Change:
 
 
 def _digest(value: Any) -> bytes:
-    """Digest of a JSON value, blind to ``cache_control`` markers (agents move them)."""
-    text = json.dumps(_strip(value), sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=12).digest()
+    """Digest of a JSON value, blind to ``cache_control`` markers (agents move them) and to key
+    order: 8 bytes of Python's hash of its canonical form (no serialization; compared within
+    this process only, never stored). Values that are not JSON are serialized and hashed."""
+    try:
+        return hash(_canonical(value)).to_bytes(8, "little", signed=True)
+    except (TypeError, RecursionError):
+        text = json.dumps(_strip(value), sort_keys=True, ensure_ascii=False, default=str)
+        return hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=8).digest()
+
+
+def _canonical(value: Any) -> Any:
+    """A hashable form of a JSON value: dict keys sorted, ``cache_control`` left out, scalar
+    types kept apart (``1``, ``1.0``, ``true``). Raises ``TypeError`` for other values."""
+    t = type(value)
+    if t is str:
+        return value
+    if t is dict:
+        items = [(k, _canonical(v)) for k, v in value.items() if k != "cache_control"]
+        if not all(type(k) is str for k, _ in items):
+            raise TypeError("a key that is not a string")
+        return ("d", *sorted(items, key=lambda kv: kv[0]))
+    if t is list:
+        return ("l", *[_canonical(v) for v in value])
+    if t in (int, float, bool, type(None)):
+        return (t.__name__, value)
+    raise TypeError(f"not a JSON value: {t.__name__}")
 
 
 def _strip(value: Any) -> Any:

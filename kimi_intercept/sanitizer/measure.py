@@ -36,7 +36,7 @@ from typing import Any
 
 from kimi_intercept.accounting.pricing import CACHE_WRITE_5M_MULTIPLIER
 from kimi_intercept.config.settings import ModelInfo
-from kimi_intercept.dialects.memo import MESSAGES
+from kimi_intercept.dialects.memo import content_key
 from kimi_intercept.sanitizer.settings import MaskedItem
 
 
@@ -136,13 +136,12 @@ class PrefixMemory:
 
 
 def _hash(message: Any) -> int:
-    """A hash of one message blind to its key order, remembered by content
-    (:data:`~kimi_intercept.dialects.memo.MESSAGES`)."""
-    return MESSAGES.memo("measure", message, _hash_uncached)
-
-
-def _hash_uncached(message: Any) -> int:
-    return hash(json.dumps(message, sort_keys=True, ensure_ascii=False, default=str))
+    """A hash of one message's content (:func:`~kimi_intercept.dialects.memo.content_key`:
+    key order counts, as it does for a provider's prompt cache); no serialization."""
+    try:
+        return hash(content_key(message))
+    except (TypeError, RecursionError):  # not JSON: hashed as it prints
+        return hash(json.dumps(message, sort_keys=True, ensure_ascii=False, default=str))
 
 
 def saved_usd(info: ModelInfo | None, m: Measured, cache_writes: bool) -> float | None:

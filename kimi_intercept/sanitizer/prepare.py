@@ -8,7 +8,10 @@ first attempt; the passed-through share is never changed. Steps:
    rebuild the upstream requests.
 2. **Gauge** the prompt against the first provider's context window
    (:func:`.sanitize.count_prompt_tokens`, cached by content so the next turn only counts what is
-   new); log a warning when it crosses ``[context] warn_at`` thresholds.
+   new); log a warning when it crosses ``[context] warn_at`` thresholds. A request whose bytes
+   bound its tokens below the lowest threshold (:data:`~.tokens.MIN_BYTES_PER_TOKEN`), or with
+   no known window, is not counted here: the relay counts it after the answer, for the row
+   (``Prepared.counted_later``).
 3. **Compress** (:func:`.compress.compress_request`) at or above ``[context] compress_at``; and,
    when a provider answers "context length exceeded", compress to fit and retry that provider
    once (:meth:`Preparer.compress_for_retry`).
@@ -26,6 +29,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from kimi_intercept.accounting.tokens import MIN_BYTES_PER_TOKEN
 from kimi_intercept.config.keys import unknown_key_message
 from kimi_intercept.config.settings import Config, ConfigError
 from kimi_intercept.routing.plan import RoutePlan, iso_utc, to_hub
@@ -68,6 +72,7 @@ class Prepared:
     retried_compressed: bool = False
     measured: Measured | None = None  # the sanitizer's removal by position
     holdout: bool | None = None  # True: measured only, the original was sent
+    counted_later: bool = False  # surely far below the window: counted after the answer
 
 
 class Preparer:
@@ -115,9 +120,12 @@ class Preparer:
                 )  # fmt: skip
                 if result.items and not done.holdout:
                     self._rebuild(plan, result.body)
+            window = _window(plan)
+            if plan.request_json and not self._may_reach(plan, window):
+                done.counted_later = True  # the relay's row counts it (rows.build_row)
+                return done
             tokens = count_prompt_tokens(plan.request_json, self.cache) if plan.request_json else 0
             plan.prompt_tokens_estimate = done.prompt_tokens_after = tokens
-            window = _window(plan)
             done.share = context_share(tokens, window)
             level = warning_level(done.share, self.context)
             if level is not None and done.share is not None:
@@ -130,6 +138,15 @@ class Preparer:
         except Exception:
             log.exception("kimi-intercept: could not prepare the request; sending it unchanged")
         return done
+
+    def _may_reach(self, plan: RoutePlan, window: int | None) -> bool:
+        """Whether the prompt may reach the lowest ``warn_at`` / ``compress_at`` share of
+        ``window`` (tokens), judged by the largest upstream body's bytes."""
+        if not window:
+            return False
+        sent = max((len(t.body) for t in plan.targets), default=0)
+        lowest = min((*self.context.warn_at, self.context.compress_at))
+        return sent / MIN_BYTES_PER_TOKEN >= lowest * window
 
     def compress_for_retry(self, plan: RoutePlan, window: int | None) -> bool:
         """After "context length exceeded": our estimate was evidently too low for that
