@@ -45,6 +45,8 @@ def content_key(value: Any) -> Any:
         return ("d", *[(k, v if type(v) is str else content_key(v)) for k, v in value.items()])
     if t is list:
         return ("l", *[v if type(v) is str else content_key(v) for v in value])
+    if t is float:  # repr: -0.0 == 0.0 in Python, not in JSON
+        return ("float", repr(value))
     if t in _SCALARS:
         return (t.__name__, value)
     raise TypeError(f"not a JSON value: {t.__name__}")

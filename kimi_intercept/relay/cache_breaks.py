@@ -118,7 +118,9 @@ def _canonical(value: Any) -> Any:
         return ("d", *sorted(items, key=lambda kv: kv[0]))
     if t is list:
         return ("l", *[_canonical(v) for v in value])
-    if t in (int, float, bool, type(None)):
+    if t is float:  # repr: -0.0 == 0.0 in Python, not in JSON
+        return ("float", repr(value))
+    if t in (int, bool, type(None)):
         return (t.__name__, value)
     raise TypeError(f"not a JSON value: {t.__name__}")
 

@@ -121,7 +121,7 @@ class Preparer:
                 if result.items and not done.holdout:
                     self._rebuild(plan, result.body)
             window = _window(plan)
-            if plan.request_json and not self._may_reach(plan, window):
+            if plan.dialect == "openai" and plan.request_json and not self._may_reach(plan, window):
                 done.counted_later = True  # the relay's row counts it (rows.build_row)
                 return done
             tokens = count_prompt_tokens(plan.request_json, self.cache) if plan.request_json else 0

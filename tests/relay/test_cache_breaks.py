@@ -210,3 +210,14 @@ def test_a_break_after_our_compression_is_ours_but_not_called_a_bug(caplog):
         "compression", 1, "an earlier user message edited",
     )  # fmt: skip
     assert "after our context compression" in caplog.text and "BUG" not in caplog.text
+
+
+def test_digests_ignore_cache_control_and_key_order_but_not_types():
+    from kimi_intercept.relay.cache_breaks import _digest
+
+    block = {"type": "text", "text": "hello", "cache_control": {"type": "ephemeral"}}
+    assert _digest(block) == _digest({"text": "hello", "type": "text"})
+    assert _digest({"n": 1}) != _digest({"n": 1.0}) != _digest({"n": True})
+    assert _digest({"n": 0.0}) != _digest({"n": -0.0})
+    assert _digest({"a": [1, "x"]}) != _digest({"a": ["x", 1]})
+    assert _digest({1: "not json"}) == _digest({1: "not json"})  # serialized instead
