@@ -104,10 +104,17 @@ class ContentMemo:
             self._data.clear()
             self._bytes = 0
 
-    def memo(self, tag: str, value: Any, compute: Callable[[Any], T]) -> T:
-        """``compute(value)``, remembered under ``(tag, content_key(value))``, sized as the
-        key's strings (:func:`text_size`) plus the result (its ``sys.getsizeof`` when it is a
-        string or bytes, else 200). Values that are not JSON are computed every time."""
+    def memo(
+        self,
+        tag: str,
+        value: Any,
+        compute: Callable[[Any], T],
+        size: Callable[[T], int] | None = None,
+    ) -> T:
+        """``compute(value)``, remembered under ``(tag, content_key(value))``. Its size in bytes
+        is ``size(result)`` when given (it must cover the key's strings too), else the key's
+        strings (:func:`text_size`) plus 200. Values that are not JSON are computed every
+        time."""
         try:
             key = (tag, content_key(value))
         except (TypeError, RecursionError):
@@ -116,8 +123,7 @@ class ContentMemo:
         if found is not _MISSING:
             return found  # type: ignore[no-any-return]
         result = compute(value)
-        extra = sys.getsizeof(result) if isinstance(result, (str, bytes)) else 200
-        self.put(key, result, text_size(value) + extra)
+        self.put(key, result, size(result) if size is not None else text_size(value) + 200)
         return result
 
 
@@ -139,8 +145,11 @@ def text_size(value: Any) -> int:
 MESSAGES = ContentMemo(max_entries=60_000, max_bytes=64 << 20)
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False)  # what json.dumps(v, ensure_ascii=False) uses
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+    return _ENCODER.encode(value)
 
 
 def body_bytes(
@@ -170,7 +179,12 @@ def body_bytes(
 def _fragment(m: Any, memo: ContentMemo, seen: dict[int, tuple[Any, str]] | None) -> str:
     if seen is not None and (hit := seen.get(id(m))) is not None and hit[0] is m:
         return hit[1]
-    text = memo.memo("json", m, _dumps) if type(m) is dict else _dumps(m)
+    text = memo.memo("json", m, _dumps, _twice) if type(m) is dict else _dumps(m)
     if seen is not None:
         seen[id(m)] = (m, text)
     return text
+
+
+def _twice(text: str) -> int:
+    """The size of a message's JSON text and of its key's strings (about as long)."""
+    return 2 * sys.getsizeof(text)
