@@ -250,6 +250,7 @@ class _Seen:
     client: Fingerprint | None
     sent: Fingerprint
     compressed: bool
+    received: float = 0.0  # the request's RoutePlan.received (epoch seconds)
 
 
 class CacheBreaks:
@@ -296,9 +297,15 @@ class CacheBreaks:
             request_id=row["id"], provider=row.get("provider"), model=row.get("model"),
             ratio=ratio, prompt_tokens=prompt, client=_shared(plan.cache_view, sent), sent=sent,
             compressed=bool(prepared is not None and getattr(prepared, "compression", None)),
+            received=getattr(plan, "received", 0.0) or 0.0,
         )  # fmt: skip
         with self._lock:
             prev = self._seen.pop(conv, None)
+            if prev is not None and prev.received > seen.received:
+                # a later request of this conversation finished first (rows are built after
+                # the answers): it stays the one to compare with, and this one is not judged
+                self._seen[conv] = prev
+                return None
             self._seen[conv] = seen
             while len(self._seen) > s.conversations:
                 self._seen.popitem(last=False)
