@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kimi_intercept.accounting.tokens import MIN_BYTES_PER_TOKEN
+from kimi_intercept.accounting.tokens import loaded as tokens_loaded
 from kimi_intercept.config.keys import unknown_key_message
 from kimi_intercept.config.settings import Config, ConfigError
 from kimi_intercept.routing.plan import RoutePlan, iso_utc, to_hub
@@ -121,7 +122,7 @@ class Preparer:
                 if result.items and not done.holdout:
                     self._rebuild(plan, result.body)
             window = _window(plan)
-            if plan.dialect == "openai" and plan.request_json and not self._may_reach(plan, window):
+            if self._count_later(plan, window):
                 done.counted_later = True  # the relay's row counts it (rows.build_row)
                 return done
             tokens = count_prompt_tokens(plan.request_json, self.cache) if plan.request_json else 0
@@ -139,14 +140,19 @@ class Preparer:
             log.exception("kimi-intercept: could not prepare the request; sending it unchanged")
         return done
 
-    def _may_reach(self, plan: RoutePlan, window: int | None) -> bool:
-        """Whether the prompt may reach the lowest ``warn_at`` / ``compress_at`` share of
-        ``window`` (tokens), judged by the largest upstream body's bytes."""
-        if not window:
+    def _count_later(self, plan: RoutePlan, window: int | None) -> bool:
+        """Whether the prompt's count can wait for the answer: an OpenAI client (Anthropic's
+        ``message_start`` carries the estimate), a tokenizer already loaded (the first
+        requests wait for it, as before), and a prompt that surely stays below the lowest
+        ``warn_at`` / ``compress_at`` share of ``window`` (tokens; by the largest upstream
+        body's bytes) or no known window."""
+        if plan.dialect != "openai" or not plan.request_json or not tokens_loaded():
             return False
+        if not window:
+            return True
         sent = max((len(t.body) for t in plan.targets), default=0)
         lowest = min((*self.context.warn_at, self.context.compress_at))
-        return sent / MIN_BYTES_PER_TOKEN >= lowest * window
+        return sent / MIN_BYTES_PER_TOKEN < lowest * window
 
     def compress_for_retry(self, plan: RoutePlan, window: int | None) -> bool:
         """After "context length exceeded": our estimate was evidently too low for that
