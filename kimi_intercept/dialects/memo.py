@@ -145,6 +145,8 @@ def text_size(value: Any) -> int:
 MESSAGES = ContentMemo(max_entries=60_000, max_bytes=64 << 20)
 
 
+#: Bodies with fewer messages than this are serialized whole (a few µs; the memo costs more).
+MEMO_FROM_MESSAGES = 8
 _ENCODER = json.JSONEncoder(ensure_ascii=False)  # what json.dumps(v, ensure_ascii=False) uses
 
 
@@ -163,6 +165,9 @@ def body_bytes(
     memo = MESSAGES if memo is None else memo
     if type(body) is not dict or not all(type(k) is str for k in body):
         return json_bytes(body)
+    history = body.get("messages", body.get("contents"))
+    if type(history) is not list or len(history) < MEMO_FROM_MESSAGES:
+        return json_bytes(body)  # a short conversation: serialized whole is cheaper
     parts = []
     for k, v in body.items():
         if k in ("messages", "contents") and type(v) is list:
