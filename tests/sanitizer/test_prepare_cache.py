@@ -115,3 +115,20 @@ def test_a_prompt_far_below_the_window_is_counted_after_the_answer_not_before():
     p = prepared(Preparer(preparer_cfg()), "openai", turns("openai", 1)[0])
     assert p.prepared.counted_later and p.prompt_tokens_estimate is None
     assert p.prepared.prompt_tokens_after is None  # the relay's row fills it in
+
+
+def test_a_masked_original_is_offered_to_the_writer_once_savings_every_time():
+    from kimi_intercept.sanitizer.prepare import ledger_rows
+
+    warm = Preparer(preparer_cfg())
+    offered: list[str] = []
+    for body in turns("openai", 3):
+        plan = prepared(warm, "openai", body)
+        rows = ledger_rows(plan, store_originals=True)
+        items = plan.prepared.sanitized.items
+        assert sum(r["items"] for r in rows["savings"]) == len(items)  # every masked text
+        new = [r["id"] for r in rows["masked"]]
+        assert all(r["original"] for r in rows["masked"])
+        assert not set(new) & set(offered)  # never offered twice
+        offered += new
+    assert set(offered) == {i.id for i in items}  # the last turn carries them all
