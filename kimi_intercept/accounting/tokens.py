@@ -218,7 +218,7 @@ def _count_all(enc: tiktoken.Encoding, pieces: list[str]) -> int:
 
 
 def _workers() -> ThreadPoolExecutor:
-    """The counting threads (started on first use, daemon threads of the process)."""
+    """The counting threads (started on first use; idle ones end with the process)."""
     global _pool
     with _pool_lock:
         if _pool is None:
