@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kimi_intercept.config.cache import CacheSettings
+from kimi_intercept.dialects.memo import MESSAGES
 from kimi_intercept.routing.plan import RoutePlan
 
 log = logging.getLogger(__name__)
@@ -94,9 +95,34 @@ class Change:
 
 
 def _digest(value: Any) -> bytes:
-    """Digest of a JSON value, blind to ``cache_control`` markers (agents move them)."""
-    text = json.dumps(_strip(value), sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=12).digest()
+    """Digest of a JSON value, blind to ``cache_control`` markers (agents move them) and to key
+    order: 8 bytes of Python's hash of its canonical form (no serialization; compared within
+    this process only, never stored). Values that are not JSON are serialized and hashed."""
+    try:
+        return hash(_canonical(value)).to_bytes(8, "little", signed=True)
+    except (TypeError, RecursionError):
+        text = json.dumps(_strip(value), sort_keys=True, ensure_ascii=False, default=str)
+        return hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=8).digest()
+
+
+def _canonical(value: Any) -> Any:
+    """A hashable form of a JSON value: dict keys sorted, ``cache_control`` left out, scalar
+    types kept apart (``1``, ``1.0``, ``true``). Raises ``TypeError`` for other values."""
+    t = type(value)
+    if t is str:
+        return value
+    if t is dict:
+        items = [(k, _canonical(v)) for k, v in value.items() if k != "cache_control"]
+        if not all(type(k) is str for k, _ in items):
+            raise TypeError("a key that is not a string")
+        return ("d", *sorted(items, key=lambda kv: kv[0]))
+    if t is list:
+        return ("l", *[_canonical(v) for v in value])
+    if t is float:  # repr: -0.0 == 0.0 in Python, not in JSON
+        return ("float", repr(value))
+    if t in (int, bool, type(None)):
+        return (t.__name__, value)
+    raise TypeError(f"not a JSON value: {t.__name__}")
 
 
 def _strip(value: Any) -> Any:
@@ -146,7 +172,9 @@ def _message(m: Any) -> Message:
 
 def fingerprint(hub: dict[str, Any]) -> Fingerprint:
     """The :class:`Fingerprint` of an OpenAI-hub request body (``model``, ``tools``,
-    ``messages``); anything malformed digests as it is."""
+    ``messages``); anything malformed digests as it is. Each message's and tool's digests are
+    remembered by content (:data:`~kimi_intercept.dialects.memo.MESSAGES`): the next turn of a
+    conversation digests only its new messages."""
     messages = hub.get("messages") if isinstance(hub.get("messages"), list) else []
     tools = hub.get("tools") if isinstance(hub.get("tools"), list) else []
     unstamped = None
@@ -159,14 +187,18 @@ def fingerprint(hub: dict[str, Any]) -> Fingerprint:
             "developer",
         )
     ):
-        unstamped = _digest(TIMESTAMP.sub("<time>", _text(messages[0].get("content"))))
+        unstamped = MESSAGES.memo("unstamped", messages[0].get("content"), _unstamped)
     model = hub.get("model")
     return Fingerprint(
         model=model if isinstance(model, str) else None,
-        tools=tuple(_digest(t) for t in tools),
-        messages=tuple(_message(m) for m in messages),
+        tools=tuple(MESSAGES.memo("digest", t, _digest) for t in tools),
+        messages=tuple(MESSAGES.memo("message", m, _message) for m in messages),
         system_unstamped=unstamped,
     )
+
+
+def _unstamped(content: Any) -> bytes:
+    return _digest(TIMESTAMP.sub("<time>", _text(content)))
 
 
 def first_change(prev: Fingerprint, now: Fingerprint) -> Change:
@@ -218,6 +250,7 @@ class _Seen:
     client: Fingerprint | None
     sent: Fingerprint
     compressed: bool
+    received: float = 0.0  # the request's RoutePlan.received (epoch seconds)
 
 
 class CacheBreaks:
@@ -264,9 +297,15 @@ class CacheBreaks:
             request_id=row["id"], provider=row.get("provider"), model=row.get("model"),
             ratio=ratio, prompt_tokens=prompt, client=_shared(plan.cache_view, sent), sent=sent,
             compressed=bool(prepared is not None and getattr(prepared, "compression", None)),
+            received=getattr(plan, "received", 0.0) or 0.0,
         )  # fmt: skip
         with self._lock:
             prev = self._seen.pop(conv, None)
+            if prev is not None and prev.received > seen.received:
+                # a later request of this conversation finished first (rows are built after
+                # the answers): it stays the one to compare with, and this one is not judged
+                self._seen[conv] = prev
+                return None
             self._seen[conv] = seen
             while len(self._seen) > s.conversations:
                 self._seen.popitem(last=False)

@@ -87,6 +87,7 @@ async def build_row(
         )
         if usage is None:
             usage, source = estimate, "estimate"
+    await _counted_later(plan, estimate, cache)
     target = r.target
     model = (meter.model if meter is not None else None) or (target.model if target else None)
     info = target.model_info if target else None
@@ -221,6 +222,18 @@ def _estimate(
     except Exception:
         log.exception("kimi-intercept: token estimate failed; the row is left without tokens")
         return Usage()
+
+
+async def _counted_later(plan: RoutePlan, estimate: Usage | None, cache: Any) -> None:
+    """A prompt the preparer did not count before sending (surely far below the window:
+    ``Prepared.counted_later``) gets its count now, for the row's ``tokens_after_sanitize``."""
+    done = plan.prepared
+    if not getattr(done, "counted_later", False) or done.prompt_tokens_after is not None:
+        return
+    n = estimate.prompt_tokens if estimate is not None else None
+    if n is None and plan.request_json:
+        n = (await asyncio.to_thread(_estimate, plan.request_json, "", None, cache)).prompt_tokens
+    plan.prompt_tokens_estimate = done.prompt_tokens_after = n
 
 
 def _skipped(attempt: dict[str, Any]) -> bool:

@@ -21,12 +21,12 @@ from typing import Any
 
 from kimi_intercept.config.rules import ChainEntry, Rule, apply_overrides
 from kimi_intercept.config.settings import Config, ModelInfo, Provider
-from kimi_intercept.dialects import json_bytes
 from kimi_intercept.dialects.kimi import (
     KimiRequestError,
     normalize_anthropic_for_kimi,
     normalize_for_kimi,
 )
+from kimi_intercept.dialects.memo import body_bytes
 from kimi_intercept.dialects.system_prompt import add_system_text
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,7 @@ def reroute_targets(
     base = forwardable(headers, _CLIENT_SECRETS)
     base["content-type"] = "application/json"
     targets = []
+    seen: dict[int, tuple[Any, str]] = {}  # message JSON texts shared by the targets' bodies
     for entry in chain:
         provider = cfg.providers[entry.provider]
         if entry.model:
@@ -154,7 +155,7 @@ def reroute_targets(
                 provider=provider.name,
                 url=_url(provider, model, stream),
                 headers={**base, **_auth(provider, headers)},
-                body=json_bytes(body),
+                body=body_bytes(body, seen=seen),
                 model=model,
                 model_info=cfg.model_info(model, provider.name),
                 skip_reason=skip,
@@ -208,7 +209,9 @@ def _without_kimi_fields(hub: dict[str, Any]) -> dict[str, Any]:
     messages = body.get("messages")
     if isinstance(messages, list):
         body["messages"] = [
-            {k: v for k, v in m.items() if k != "reasoning_content"} if isinstance(m, dict) else m
+            {k: v for k, v in m.items() if k != "reasoning_content"}
+            if isinstance(m, dict) and "reasoning_content" in m
+            else m
             for m in messages
         ]
     return body

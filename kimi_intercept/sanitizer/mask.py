@@ -291,10 +291,11 @@ def _take(lines: list[str], max_lines: int, max_chars: int) -> int:
 
 
 def _mask_uncached(text: str, settings: SanitizeSettings, count: Callable[[str], int]) -> Any:
-    """The :class:`_Mask` of ``text``, or :data:`_NOT_MASKED`. ``count`` counts the result (a
-    cached counter keeps it for whole-prompt counts); the original and intermediate texts are
-    counted directly."""
-    before = tokens.count_text(text)
+    """The :class:`_Mask` of ``text``, or :data:`_NOT_MASKED`. ``count`` counts the original
+    and the result (a cached counter keeps them for whole-prompt counts: an original that is
+    not masked is sent as it is, and counted again there); intermediate texts are counted
+    directly."""
+    before = count(text)
     if before <= settings.threshold_tokens:
         return _NOT_MASKED
     lines, weights = _collapse(text, settings)

@@ -36,6 +36,7 @@ from typing import Any
 
 from kimi_intercept.accounting.pricing import CACHE_WRITE_5M_MULTIPLIER
 from kimi_intercept.config.settings import ModelInfo
+from kimi_intercept.dialects.memo import content_key
 from kimi_intercept.sanitizer.settings import MaskedItem
 
 
@@ -107,7 +108,10 @@ class PrefixMemory:
         with self.lock:
             prev = self.turns.get(conversation) if conversation else None
         o_hash = tuple(_hash(m) for m in originals)
-        s_hash = tuple(_hash(m) for m in sent)
+        s_hash = tuple(  # most messages are sent as they came: hashed once
+            o_hash[j] if j < len(originals) and m is originals[j] else _hash(m)
+            for j, m in enumerate(sent)
+        )
         ids = frozenset(i.id for i in items)
         cached = new = rebilled = 0
         for item in items:
@@ -132,7 +136,12 @@ class PrefixMemory:
 
 
 def _hash(message: Any) -> int:
-    return hash(json.dumps(message, sort_keys=True, ensure_ascii=False, default=str))
+    """A hash of one message's content (:func:`~kimi_intercept.dialects.memo.content_key`:
+    key order counts, as it does for a provider's prompt cache); no serialization."""
+    try:
+        return hash(content_key(message))
+    except (TypeError, RecursionError):  # not JSON: hashed as it prints
+        return hash(json.dumps(message, sort_keys=True, ensure_ascii=False, default=str))
 
 
 def saved_usd(info: ModelInfo | None, m: Measured, cache_writes: bool) -> float | None:

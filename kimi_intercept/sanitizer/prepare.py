@@ -8,7 +8,10 @@ first attempt; the passed-through share is never changed. Steps:
    rebuild the upstream requests.
 2. **Gauge** the prompt against the first provider's context window
    (:func:`.sanitize.count_prompt_tokens`, cached by content so the next turn only counts what is
-   new); log a warning when it crosses ``[context] warn_at`` thresholds.
+   new); log a warning when it crosses ``[context] warn_at`` thresholds. A request whose bytes
+   bound its tokens below the lowest threshold (:data:`~.tokens.MIN_BYTES_PER_TOKEN`), or with
+   no known window, is not counted here: the relay counts it after the answer, for the row
+   (``Prepared.counted_later``).
 3. **Compress** (:func:`.compress.compress_request`) at or above ``[context] compress_at``; and,
    when a provider answers "context length exceeded", compress to fit and retry that provider
    once (:meth:`Preparer.compress_for_retry`).
@@ -23,9 +26,13 @@ Every sanitized request is measured by position (:class:`.measure.PrefixMemory`)
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from kimi_intercept.accounting.tokens import MIN_BYTES_PER_TOKEN
+from kimi_intercept.accounting.tokens import loaded as tokens_loaded
 from kimi_intercept.config.keys import unknown_key_message
 from kimi_intercept.config.settings import Config, ConfigError
 from kimi_intercept.routing.plan import RoutePlan, iso_utc, to_hub
@@ -55,6 +62,8 @@ from kimi_intercept.sanitizer.settings import SANITIZER_KEYS
 log = logging.getLogger(__name__)
 
 PREPARE_KEYS = frozenset({"store_originals", "holdout_share"})
+#: How many masked originals' ids a proxy remembers as recorded (~40 bytes each).
+CARRIED_IDS = 16_384
 
 
 @dataclass
@@ -68,6 +77,8 @@ class Prepared:
     retried_compressed: bool = False
     measured: Measured | None = None  # the sanitizer's removal by position
     holdout: bool | None = None  # True: measured only, the original was sent
+    carried: frozenset[str] = frozenset()  # masked ids an earlier request already recorded
+    counted_later: bool = False  # surely far below the window: counted after the answer
 
 
 class Preparer:
@@ -91,6 +102,10 @@ class Preparer:
             raise ConfigError(str(e)) from None
         self.cache = MaskCache()
         self.memory = PrefixMemory()
+        # ids of masked originals already handed to the writer (its ``masked`` rows): the next
+        # turns carry them again, and would compress and offer each one again for nothing
+        self._carried: OrderedDict[str, None] = OrderedDict()
+        self._carried_lock = threading.Lock()
 
     def prepare(self, plan: RoutePlan) -> Prepared:
         """Sanitize and gauge (and maybe compress) ``plan`` in place; never raises for bad
@@ -106,6 +121,8 @@ class Preparer:
                 done.holdout = bool(
                     self.holdout_share and holdout_roll(plan.conversation) < self.holdout_share
                 )
+                if not done.holdout:
+                    done.carried = self._carry(result.items)
                 key = messages_key(plan.dialect)
                 originals = plan.native.get(key) or []
                 sent = originals if done.holdout else result.body.get(key) or []
@@ -115,9 +132,12 @@ class Preparer:
                 )  # fmt: skip
                 if result.items and not done.holdout:
                     self._rebuild(plan, result.body)
+            window = _window(plan)
+            if self._count_later(plan, window):
+                done.counted_later = True  # the relay's row counts it (rows.build_row)
+                return done
             tokens = count_prompt_tokens(plan.request_json, self.cache) if plan.request_json else 0
             plan.prompt_tokens_estimate = done.prompt_tokens_after = tokens
-            window = _window(plan)
             done.share = context_share(tokens, window)
             level = warning_level(done.share, self.context)
             if level is not None and done.share is not None:
@@ -130,6 +150,32 @@ class Preparer:
         except Exception:
             log.exception("kimi-intercept: could not prepare the request; sending it unchanged")
         return done
+
+    def _count_later(self, plan: RoutePlan, window: int | None) -> bool:
+        """Whether the prompt's count can wait for the answer: an OpenAI client (Anthropic's
+        ``message_start`` carries the estimate), a tokenizer already loaded (the first
+        requests wait for it, as before), and a prompt that surely stays below the lowest
+        ``warn_at`` / ``compress_at`` share of ``window`` (tokens; by the largest upstream
+        body's bytes) or no known window."""
+        if plan.dialect != "openai" or not plan.request_json or not tokens_loaded():
+            return False
+        if not window:
+            return True
+        sent = max((len(t.body) for t in plan.targets), default=0)
+        lowest = min((*self.context.warn_at, self.context.compress_at))
+        return sent / MIN_BYTES_PER_TOKEN < lowest * window
+
+    def _carry(self, items: Any) -> frozenset[str]:
+        """The ids of ``items`` an earlier request already recorded; all of them are
+        remembered now (at most :data:`CARRIED_IDS`, least recently carried forgotten)."""
+        with self._carried_lock:
+            known = frozenset(i.id for i in items if i.id in self._carried)
+            for item in items:
+                self._carried[item.id] = None
+                self._carried.move_to_end(item.id)
+            while len(self._carried) > CARRIED_IDS:
+                self._carried.popitem(last=False)
+        return known
 
     def compress_for_retry(self, plan: RoutePlan, window: int | None) -> bool:
         """After "context length exceeded": our estimate was evidently too low for that
@@ -185,7 +231,9 @@ def _window(plan: RoutePlan) -> int | None:
 
 def ledger_rows(plan: RoutePlan, store_originals: bool) -> dict[str, list[dict[str, Any]]]:
     """Rows for the ``masked`` and ``savings`` tables (the writer adds the request id, stores
-    each original once per content hash, and sums savings per tool)."""
+    each original once per content hash, and sums savings per tool). A ``masked`` row is
+    offered once per proxy run: texts an earlier request carried (``Prepared.carried``) get
+    only their ``savings``."""
     done: Prepared | None = plan.prepared
     if done is None or done.sanitized is None or not done.sanitized.items or done.holdout:
         return {}
@@ -196,6 +244,8 @@ def ledger_rows(plan: RoutePlan, store_originals: bool) -> dict[str, list[dict[s
             {"tool": item.tool or item.kind, "items": 1,
              "tokens_before": item.tokens_before, "tokens_after": item.tokens_after}
         )  # fmt: skip
+        if item.id in done.carried:
+            continue
         row = {
             "id": item.id, "created_at": now, "tool": item.tool, "kind": item.kind,
             "dialect": plan.dialect, "lines": item.lines, "bytes": item.bytes,

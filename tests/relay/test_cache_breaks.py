@@ -210,3 +210,26 @@ def test_a_break_after_our_compression_is_ours_but_not_called_a_bug(caplog):
         "compression", 1, "an earlier user message edited",
     )  # fmt: skip
     assert "after our context compression" in caplog.text and "BUG" not in caplog.text
+
+
+def test_digests_ignore_cache_control_and_key_order_but_not_types():
+    from kimi_intercept.relay.cache_breaks import _digest
+
+    block = {"type": "text", "text": "hello", "cache_control": {"type": "ephemeral"}}
+    assert _digest(block) == _digest({"text": "hello", "type": "text"})
+    assert _digest({"n": 1}) != _digest({"n": 1.0}) != _digest({"n": True})
+    assert _digest({"n": 0.0}) != _digest({"n": -0.0})
+    assert _digest({"a": [1, "x"]}) != _digest({"a": ["x", 1]})
+    assert _digest({1: "not json"}) == _digest({1: "not json"})  # serialized instead
+
+
+def test_a_request_observed_after_a_later_one_of_its_conversation_is_not_judged():
+    breaks = CacheBreaks(SETTINGS)
+    first, second, third = (_plan(hub()) for _ in range(3))
+    for n, plan in enumerate((first, second, third)):
+        plan.received = 100.0 + n
+        breaks.prepare(plan, lambda p: None)
+    breaks.observe(first, _row(1, 1000, 900))
+    breaks.observe(third, _row(3, 1200, 1000))  # the third answer's row came first
+    assert breaks.observe(second, _row(2, 1100, 10)) is None  # late: not compared
+    assert breaks._seen["conv-1"].request_id == "req-3"
