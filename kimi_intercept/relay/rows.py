@@ -232,7 +232,8 @@ async def _counted_later(plan: RoutePlan, estimate: Usage | None, cache: Any) ->
         return
     n = estimate.prompt_tokens if estimate is not None else None
     if n is None and plan.request_json:
-        n = (await asyncio.to_thread(_estimate, plan.request_json, "", None, cache)).prompt_tokens
+        size = len(plan.targets[0].body) if plan.targets else 0
+        n = (await offload.sized(size, _estimate, plan.request_json, "", None, cache)).prompt_tokens
     plan.prompt_tokens_estimate = done.prompt_tokens_after = n
 
 
