@@ -35,13 +35,12 @@ from __future__ import annotations
 import hashlib
 import re
 import sys
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from kimi_intercept.accounting import tokens
+from kimi_intercept.dialects.memo import ContentMemo
 from kimi_intercept.sanitizer.settings import (  # noqa: F401 (re-exported)
     DEFAULT_SKIP_TOOLS,
     KINDS,
@@ -107,48 +106,18 @@ class _Mask:
     bytes: int
 
 
-class MaskCache:
+class MaskCache(ContentMemo):
     """Bounded, thread-safe LRU memo of masks and token counts, keyed by the text itself (and the
     settings): a hit costs one string hash and compare, no SHA-256 and no tokenizer. Bounded by
-    ``max_entries`` and ``max_bytes`` (sizes of the cached strings, originals included)."""
+    ``max_entries`` and ``max_bytes`` (sizes of the cached strings, originals included); the
+    LRU itself is :class:`~kimi_intercept.dialects.memo.ContentMemo`. ``get`` answers
+    ``_MISSING`` for a key it does not hold."""
 
     def __init__(self, max_entries: int = 16384, max_bytes: int = 64 << 20) -> None:
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self.hits = 0
-        self.misses = 0
-        self._bytes = 0
-        self._data: OrderedDict[tuple[Any, ...], tuple[Any, int]] = OrderedDict()
-        self._lock = threading.Lock()
+        super().__init__(max_entries, max_bytes)
 
-    def __len__(self) -> int:
-        return len(self._data)
-
-    @property
-    def bytes(self) -> int:
-        return self._bytes
-
-    def get(self, key: tuple[Any, ...]) -> Any:
-        with self._lock:
-            entry = self._data.get(key)
-            if entry is None:
-                self.misses += 1
-                return _MISSING
-            self._data.move_to_end(key)
-            self.hits += 1
-            return entry[0]
-
-    def put(self, key: tuple[Any, ...], value: Any, size: int) -> None:
-        with self._lock:
-            if key in self._data:
-                return
-            self._data[key] = (value, size)
-            self._bytes += size
-            while self._data and (
-                len(self._data) > self.max_entries or self._bytes > self.max_bytes
-            ):
-                _, (_, old) = self._data.popitem(last=False)
-                self._bytes -= old
+    def get(self, key: Any, default: Any = _MISSING) -> Any:
+        return super().get(key, default)
 
     def count(self, text: str) -> int:
         """:func:`~.tokens.count_text`, memoised for texts of 64+ characters."""
