@@ -1008,3 +1008,31 @@ def test_cli_masked_show(writer, db_path):
     assert "matches several items" in run("0123456789ab").output
     assert "No masked item '0123'" in run("0123").output
     assert run("ffffff").exit_code == 1
+
+
+def test_rows_put_together_are_written_in_one_transaction_and_a_flush_does_not_wait(
+    db_path, monkeypatch
+):
+    """The writer sleeps through its linger after a row (puts do not wake it), then writes all
+    that came meanwhile at once; a flush or close wakes it, so nobody waits for the linger."""
+    from kimi_intercept.storage import store as store_module
+
+    batches: list[int] = []
+    real = store_module.insert_entries
+
+    def counting(db, entries, **kw):
+        batches.append(len(entries))
+        return real(db, entries, **kw)
+
+    monkeypatch.setattr(store_module, "insert_entries", counting)
+    w = StoreWriter(db_path, linger_s=30)  # a linger no flush could sit out
+    try:
+        for n in range(5):
+            w.put(request(n))
+        t0 = time.monotonic()
+        assert w.flush(10)
+        assert time.monotonic() - t0 < 10  # not the 30 s linger
+        assert batches == [5]
+        assert count(db_path) == 5
+    finally:
+        w.close()
