@@ -20,7 +20,8 @@ lines, which the sanitizer masks) and a user message; sent as an OpenAI chat req
 - **next turn**: right after, the same history plus the assistant's reply and one new user
   message (what an agent sends next).
 
-Timed per call: TTFT (ms to the first body byte) and total (ms to the end of the answer), and
+Timed per call: TTFT (ms to the first token, ``harness.FirstToken``) and total (ms to the end
+of the answer), and
 the proxy's CPU (utime + stime of its process, read before the call and 0.3 s after it, so the
 row building after the answer counts too; /proc ticks are 10 ms, so the mean per call is
 printed). Printed: per setup and turn the median [min..max] of TTFT and total, the mean CPU ms

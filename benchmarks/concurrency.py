@@ -13,9 +13,10 @@ Method: the client is a separate process running asyncio + aiohttp. For each lev
 virtual clients, each with its own ``aiohttp.ClientSession`` holding one keep-alive connection
 (through the proxy: CONNECT + TLS trusting that proxy's CA), which makes one warm-up call and
 then posts streamed chat calls back to back for ``--seconds / --rounds`` seconds. Per call:
-TTFT = ms to the first body chunk, total = ms to the end of the body; a non-200 or an exception
-is an error. Printed per level and setup: completed calls/s (calls / the time from the window's
-start to the last call's end, summed over rounds), TTFT p50 and p99, total p50, errors, new
+TTFT = ms to the first token (the first SSE event with content), total = ms to the end of the
+body; a non-200 or an exception is an error. Printed per level and setup: completed calls/s
+(calls / the time from the window's start to the last call's end, summed over rounds), TTFT p50
+and p99, total p50, errors, new
 connections opened (N per round when keep-alive works); then per level the kimi/floor
 throughput ratio (target at 50 clients: ≥ 90 %) and TTFT p99 ratio (target at 50: ≤ 1.5×).
 The client shares the machine's CPUs with the proxies: at high levels it can be part of the
@@ -32,20 +33,32 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import HEADERS, Setup, chat_body, machine, pct, run_client, setups_at, ssl_context
+from harness import (
+    HEADERS,
+    FirstToken,
+    Setup,
+    chat_body,
+    machine,
+    pct,
+    run_client,
+    setups_at,
+    ssl_context,
+)
 
 
 async def _one_call(session, s: Setup, body: bytes, ssl_ctx) -> tuple[float, float]:
-    """``(TTFT ms, total ms)`` of one streamed POST; raises on a non-200."""
+    """``(TTFT ms, total ms)`` of one streamed POST (TTFT: its first token,
+    :class:`~harness.FirstToken`); raises on a non-200."""
     t0 = time.perf_counter()
     ttft = None
+    first = FirstToken()
     async with session.post(
         s.url, data=body, headers=HEADERS, proxy=s.proxy, ssl=ssl_ctx if ssl_ctx else True
     ) as r:
         if r.status != 200:
             raise RuntimeError(f"HTTP {r.status}: {(await r.read())[:200]!r}")
         async for chunk in r.content.iter_any():
-            if ttft is None and chunk:
+            if ttft is None and first.feed(chunk):
                 ttft = time.perf_counter() - t0
     total = time.perf_counter() - t0
     return (ttft if ttft is not None else total) * 1e3, total * 1e3

@@ -102,15 +102,50 @@ def chat_body(stream: bool, prompt: str = "Reply with one short sentence about l
 HEADERS = {"content-type": "application/json", "authorization": "Bearer sk-bench-client"}
 
 
+class FirstToken:
+    """Finds the first token of a streamed chat answer in the bytes as they arrive: the first SSE
+    event whose delta carries content, reasoning or a tool call (the role-only opening event,
+    https://platform.openai.com/docs/api-reference/chat-streaming, carries none). ``feed``
+    returns True once it has been seen; a body that is not SSE counts from its first byte."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self.seen = False
+
+    def feed(self, chunk: bytes) -> bool:
+        if self.seen or not chunk:
+            return self.seen
+        self._buf += chunk
+        if not self._buf.lstrip().startswith(b"data:"):
+            self.seen = True  # JSON: the first byte is the answer's start
+            return True
+        *events, self._buf = self._buf.replace(b"\r\n", b"\n").split(b"\n\n")
+        for event in events:
+            data = event.partition(b"data:")[2].strip()
+            if not data or data == b"[DONE]":
+                continue
+            try:
+                choices = json.loads(data).get("choices") or [{}]
+            except ValueError:
+                continue
+            delta = choices[0].get("delta") or {}
+            if delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls"):
+                self.seen = True
+                break
+        return self.seen
+
+
 def timed(client, url: str, body: bytes) -> tuple[float, float]:
-    """``(ms to the first body byte, ms to the end)`` of one POST; raises on a non-200."""
+    """``(ms to the first token, ms to the end)`` of one POST (:class:`FirstToken`: for a
+    streamed answer, its first content event; for JSON, the first byte); raises on a non-200."""
     t0 = time.perf_counter()
     ttft = None
+    first = FirstToken()
     with client.stream("POST", url, content=body, headers=HEADERS) as r:
         if r.status_code != 200:
             raise RuntimeError(f"{url}: HTTP {r.status_code}: {r.read()[:300]!r}")
         for chunk in r.iter_raw():
-            if ttft is None and chunk:
+            if ttft is None and first.feed(chunk):
                 ttft = time.perf_counter() - t0
     total = time.perf_counter() - t0
     return (ttft if ttft is not None else total) * 1e3, total * 1e3

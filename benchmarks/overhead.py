@@ -14,7 +14,9 @@ sent at once.
 Per round, each setup in turn (the order rotates every round): 10 warm-up calls, then
 ``--requests`` JSON calls and ``--requests`` streamed calls on one connection (warm), with the
 proxy's CPU time (utime + stime) read around them, then ``--cold`` streamed calls each on a new
-connection (CONNECT + TLS). Printed per setup: the median of the per-round medians with
+connection (CONNECT + TLS). TTFT is the time to the first token (``harness.FirstToken``: the
+first SSE event with content — the role-only opening event carries none), as a user sees it.
+Printed per setup: the median of the per-round medians with
 [min..max] across rounds, the p90 of every sample, and the ratios kimi/floor of the latency
 *added* over direct (targets: warm ≤ 1.3×) and of the CPU per request (target ≤ 1.5×).
 A script that prints numbers, not a test.
