@@ -197,8 +197,9 @@ class StreamTranslator:
         return out + self._emit({**event, **where, "delta": text})
 
     def _tool_delta(self, tc: dict[str, Any]) -> bytes:
-        key = tc.get("index") if isinstance(tc.get("index"), int) else tc.get("id")
-        key = self._last_key if key is None else key
+        key, call_id = tc.get("index"), tc.get("id")
+        if not isinstance(key, int):  # a malformed index: the call id, else the last call's
+            key = call_id if isinstance(call_id, str) and call_id else self._last_key
         self._last_key = key
         fn = _dict(tc.get("function"))
         out = b""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from kimi_intercept.accounting import tokens
+from kimi_intercept.relay import offload
 from kimi_intercept.routing.plan import RoutePlan, requested_max_tokens
 from kimi_intercept.routing.targets import Target
 
@@ -52,5 +53,4 @@ async def prompt_tokens(plan: RoutePlan) -> int:
 
 def tokens_guess(plan: RoutePlan) -> int:
     """Tokens a request may use, for local tpm limits: the prompt (bytes / 4) plus max output."""
-    body = len(plan.targets[0].body) if plan.targets else 0
-    return int(body / 4) + (requested_max_tokens(plan.request_json) or 0)
+    return int(offload.planned_bytes(plan) / 4) + (requested_max_tokens(plan.request_json) or 0)

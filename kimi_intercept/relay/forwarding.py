@@ -99,6 +99,8 @@ def translated(bridge: Bridge, piece: bytes | None) -> bytes:
 
 
 async def send(out: web.StreamResponse, data: bytes, plan: RoutePlan, r: Outcome) -> None:
+    """One write of ``data`` to the client (nothing when empty); the first also sets the row's
+    ``ttft_ms``. Raises :class:`ClientGone` if the client left."""
     if not data:
         return
     await write_or_gone(out.write(data))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -25,3 +25,9 @@ async def sized(size: int, fn: Callable[..., T], *args: object) -> T:
     if size <= INLINE_BYTES:
         return fn(*args)
     return await asyncio.to_thread(fn, *args)
+
+
+def planned_bytes(plan: Any) -> int:
+    """Bytes of a :class:`~kimi_intercept.routing.plan.RoutePlan`'s first upstream body (0 when
+    it has no target): the size its preparing, counting and observing work on."""
+    return len(plan.targets[0].body) if plan.targets else 0

@@ -76,7 +76,7 @@ async def build_row(
     estimate: Usage | None = None
     if r.status is not None and r.status < 400 and meter is not None:
         text = meter.completion_text or ""
-        size = (len(plan.targets[0].body) if plan.targets else 0) + len(text)
+        size = offload.planned_bytes(plan) + len(text)
         estimate = await offload.sized(
             size,
             _estimate,
@@ -232,7 +232,7 @@ async def _counted_later(plan: RoutePlan, estimate: Usage | None, cache: Any) ->
         return
     n = estimate.prompt_tokens if estimate is not None else None
     if n is None and plan.request_json:
-        size = len(plan.targets[0].body) if plan.targets else 0
+        size = offload.planned_bytes(plan)
         n = (await offload.sized(size, _estimate, plan.request_json, "", None, cache)).prompt_tokens
     plan.prompt_tokens_estimate = done.prompt_tokens_after = n
 

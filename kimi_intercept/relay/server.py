@@ -225,7 +225,7 @@ class Relay:
         try:
             if plan.kind == "reroute":
                 await offload.sized(
-                    _body_size(plan), self.breaks.prepare, plan, self.preparer.prepare
+                    offload.planned_bytes(plan), self.breaks.prepare, plan, self.preparer.prepare
                 )
             if shadow.wanted(self.cfg.routing, plan, self._rng):
                 mirrored = asyncio.ensure_future(shadow.mirror(self.cfg, self.upstream, plan))
@@ -268,7 +268,7 @@ class Relay:
         self, request: web.Request, plan: RoutePlan, attempts: list[dict[str, Any]], r: Outcome
     ) -> web.StreamResponse:
         rc = self.cfg.routing
-        body_bytes = len(plan.targets[0].body) if plan.targets else 0
+        body_bytes = offload.planned_bytes(plan)
         max_tokens = requested_max_tokens(plan.request_json)
         budget = first_byte_timeout(
             rc.first_byte_timeout_s,
@@ -426,7 +426,8 @@ class Relay:
                 log.warning("%s", alert)
             row.update(row_fields(plan))
             extra = ledger_rows(plan, self.preparer.store_originals)
-            if brk := await offload.sized(_body_size(plan), self.breaks.observe, plan, row):
+            size = offload.planned_bytes(plan)
+            if brk := await offload.sized(size, self.breaks.observe, plan, row):
                 extra["cache_breaks"] = [brk]
             if mirrored is not None:  # shadow mode: compare with what the client got
                 answer = getattr(r.meter, "answer_text", None) or getattr(
@@ -441,8 +442,3 @@ class Relay:
             log.exception("kimi-intercept: could not record a request (the client was answered)")
         finally:
             self.live.ended(live_key)  # publishes the providers' health with it
-
-
-def _body_size(plan: RoutePlan) -> int:
-    """Bytes of the request as planned (what preparing and observing it work on)."""
-    return len(plan.targets[0].body) if plan.targets else 0

@@ -259,3 +259,15 @@ def test_codex_code_mode_custom_tool_in_additional_tools_round_trips():
     assert (call["type"], call["namespace"], call["name"], call["call_id"]) == (
         "custom_tool_call", "functions", "exec", "get_weather_0",
     )  # fmt: skip
+
+
+def test_a_tool_call_whose_id_is_not_a_string_still_translates():
+    """Found by the fuzz test: ``{"id": []}`` (no index) used to crash the translator."""
+    chunk = {"id": "c", "object": "chat.completion.chunk", "model": "kimi-k2.6",
+             "choices": [{"index": 0, "delta": {"tool_calls": [
+                 {"id": [], "function": {"name": "f", "arguments": "{}"}}]},
+                 "finish_reason": None}]}  # fmt: skip
+    out = translate(b"data: " + json.dumps(chunk).encode() + b"\n\ndata: [DONE]\n\n")
+    added = [e for e in events(out) if e["type"] == "response.output_item.added"]
+    assert [e["item"]["type"] for e in added] == ["function_call"]
+    assert added[0]["item"]["name"] == "f"
