@@ -245,7 +245,7 @@ async def continue_answer(
             continue
         body = json.loads(target.body)
         body["messages"] = [*body.get("messages", []), prefix]
-        cont = dataclasses.replace(target, body=json_bytes(body))
+        cont = dataclasses.replace(target, body_source=json_bytes(body))
         started = time.time()
         try:
             upstream, first = await sender.open(cont, budget)

@@ -262,13 +262,12 @@ class CacheBreaks:
         self._lock = threading.Lock()
 
     def prepare(self, plan: RoutePlan, prepare: Callable[[RoutePlan], Any]) -> None:
-        """Run ``prepare(plan)`` (the sanitizer and compression), fingerprinting the client's
-        own request first when breaks are detected. Call in a worker thread."""
+        """Run ``prepare(plan)`` (the sanitizer and compression), keeping the client's own
+        request (hub dialect) aside first when breaks are detected: :meth:`observe`
+        fingerprints it after the answer, off the request's path (the sanitizer and the
+        targets never change a body in place, they build new ones). Call in a worker thread."""
         if self.settings.detect_breaks and plan.conversation and plan.request_json:
-            try:
-                plan.cache_view = fingerprint(plan.request_json)
-            except Exception:
-                log.exception("kimi-intercept: could not fingerprint a request for cache breaks")
+            plan.cache_view = plan.request_json
         prepare(plan)
 
     def observe(self, plan: RoutePlan, row: dict[str, Any]) -> dict[str, Any] | None:
@@ -293,9 +292,14 @@ class CacheBreaks:
             return None  # this provider does not report its cache
         ratio = min(cached / prompt, 1.0)
         prepared, sent = plan.prepared, fingerprint(plan.request_json)
+        view = plan.cache_view  # the client's own request, when kept (prepare)
+        if view is plan.request_json:
+            client: Fingerprint | None = sent  # nothing was rebuilt: what was sent is its own
+        else:
+            client = fingerprint(view) if isinstance(view, dict) else None
         seen = _Seen(
             request_id=row["id"], provider=row.get("provider"), model=row.get("model"),
-            ratio=ratio, prompt_tokens=prompt, client=_shared(plan.cache_view, sent), sent=sent,
+            ratio=ratio, prompt_tokens=prompt, client=_shared(client, sent), sent=sent,
             compressed=bool(prepared is not None and getattr(prepared, "compression", None)),
             received=getattr(plan, "received", 0.0) or 0.0,
         )  # fmt: skip

@@ -29,5 +29,13 @@ async def sized(size: int, fn: Callable[..., T], *args: object) -> T:
 
 def planned_bytes(plan: Any) -> int:
     """Bytes of a :class:`~kimi_intercept.routing.plan.RoutePlan`'s first upstream body (0 when
-    it has no target): the size its preparing, counting and observing work on."""
-    return len(plan.targets[0].body) if plan.targets else 0
+    it has no target): the size its preparing, counting and observing work on. Before that
+    body is built (:attr:`~kimi_intercept.routing.targets.Target.body` is made on first use),
+    the size of the client's request body stands for it: the same within what the plan
+    changes (model, Kimi's fields), and asking never builds a body the sanitizer replaces."""
+    if not plan.targets:
+        return 0
+    first = plan.targets[0]
+    if first.built or not plan.request_bytes:
+        return len(first.body)
+    return int(plan.request_bytes)

@@ -84,11 +84,12 @@ class RoutePlan:
     # (native, hub, hub_error) -> targets: the upstream requests again, after sanitizing
     rebuild: Callable[..., list[Target]] | None = field(default=None, repr=False)
     prepared: Any = None  # prepare.Prepared, once the relay prepared the request
-    cache_view: Any = None  # relay.cache_breaks.Fingerprint of the client's own request
+    cache_view: Any = None  # the client's own request (hub), kept for relay.cache_breaks
     dialect: str = "openai"  # the client's: openai | anthropic | gemini
     received: float = field(default_factory=time.time)
     prompt_tokens_estimate: int | None = None  # tiktoken count, filled in only when needed
     problem: Problem | None = None  # set when the call could not be planned (kind "rejected")
+    request_bytes: int = 0  # of the client's (decoded) request body
 
 
 def client_name(user_agent: str | None) -> str | None:
@@ -358,6 +359,7 @@ def plan_route(
         native=native,
         rebuild=rebuild,
         dialect="anthropic" if dialect == "anthropic_count" else dialect,
+        request_bytes=len(body),
     )
 
 

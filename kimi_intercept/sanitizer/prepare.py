@@ -155,13 +155,13 @@ class Preparer:
         """Whether the prompt's count can wait for the answer: an OpenAI client (Anthropic's
         ``message_start`` carries the estimate), a tokenizer already loaded (the first
         requests wait for it, as before), and a prompt that surely stays below the lowest
-        ``warn_at`` / ``compress_at`` share of ``window`` (tokens; by the largest upstream
-        body's bytes) or no known window."""
+        ``warn_at`` / ``compress_at`` share of ``window`` (tokens; by the bytes of the body
+        that goes first, whose model gives ``window``) or no known window."""
         if plan.dialect != "openai" or not plan.request_json or not tokens_loaded():
             return False
         if not window:
             return True
-        sent = max((len(t.body) for t in plan.targets), default=0)
+        sent = next((len(t.body) for t in plan.targets if not t.skip_reason), 0)
         lowest = min((*self.context.warn_at, self.context.compress_at))
         return sent / MIN_BYTES_PER_TOKEN < lowest * window
 

@@ -116,11 +116,13 @@ def _row(n, prompt, cached, conversation="conv-1"):
 
 
 def _send(breaks, client_json, n, prompt, cached, rewrite=None):
-    """One request: the client's body; ``rewrite`` plays our preparation on what is sent."""
+    """One request: the client's body; ``rewrite`` plays our preparation on what is sent (a
+    new body, as the sanitizer builds: the client's own is never changed in place)."""
     plan = _plan(copy.deepcopy(client_json))
 
     def prepare(p):
         if rewrite:
+            p.request_json = copy.deepcopy(p.request_json)
             rewrite(p.request_json)
 
     breaks.prepare(plan, prepare)
@@ -200,8 +202,11 @@ def test_a_break_after_our_compression_is_ours_but_not_called_a_bug(caplog):
     _send(breaks, hub(), 1, 1000, 900)
     plan = _plan(hub())
 
-    def compress(p):
-        del p.request_json["messages"][1:4]  # older turns folded away near the window
+    def compress(p):  # older turns folded away near the window, in a new body
+        p.request_json = {
+            **p.request_json,
+            "messages": [p.request_json["messages"][0], *p.request_json["messages"][4:]],
+        }
         p.prepared = SimpleNamespace(compression=["dropped 3 older messages"])
 
     breaks.prepare(plan, compress)

@@ -1,6 +1,6 @@
 """Where the proxy's CPU goes: py-spy samples of the floor or kimi-intercept under steady load.
 
-Usage: python benchmarks/profile.py [--setup kimi|floor] [--seconds 15] [--top 12] [--raw FILE]
+Usage: python benchmarks/cpu_profile.py [--setup kimi|floor] [--seconds 15] [--top 12] [--raw FILE]
 
 Starts the setup (``benchmarks/harness.py``), drives it from a client process with a keep-alive
 ``httpx.Client`` alternating JSON and streamed calls, and records the mitmdump process with
