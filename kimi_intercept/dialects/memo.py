@@ -69,11 +69,6 @@ class ContentMemo:
     def __len__(self) -> int:
         return len(self._data)
 
-    def __contains__(self, key: Any) -> bool:
-        """Whether ``key`` is held (not counted as a hit or a miss, not made recent)."""
-        with self._lock:
-            return key in self._data
-
     @property
     def bytes(self) -> int:
         """The sum of the sizes of the entries held (bytes, as given to :meth:`put`)."""

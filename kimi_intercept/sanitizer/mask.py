@@ -307,19 +307,10 @@ def _mask_uncached(text: str, settings: SanitizeSettings, count: Callable[[str],
     return _Mask(ident, masked, before, after, total_lines, size)
 
 
-def _surely_short(text: str, settings: SanitizeSettings) -> bool:
-    """The cheap exit before any counting or caching: tokens never exceed UTF-8 bytes."""
-    limit = settings.threshold_tokens
-    return len(text) * 4 <= limit or (len(text) <= limit and text.isascii())
-
-
-def needs_masking(text: str, settings: SanitizeSettings, cache: MaskCache) -> bool:
-    """Whether masking ``text`` would compute now: past the cheap exit and not in ``cache``."""
-    return not _surely_short(text, settings) and ("mask", settings, text) not in cache
-
-
 def _mask(text: str, settings: SanitizeSettings, cache: MaskCache | None) -> _Mask | None:
-    if _surely_short(text, settings):
+    # Cheap exit before any counting or caching: tokens never exceed UTF-8 bytes.
+    limit = settings.threshold_tokens
+    if len(text) * 4 <= limit or (len(text) <= limit and text.isascii()):
         return None
     if cache is None:
         result = _mask_uncached(text, settings, tokens.count_text)

@@ -38,7 +38,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from kimi_intercept.accounting import tokens
-from kimi_intercept.sanitizer.ahead import mask_ahead
 from kimi_intercept.sanitizer.mask import (  # noqa: F401 (re-exported: the sanitizer's public API)
     _JSON_OBJECT_RE,
     _MEMORY_TOOL_RE,
@@ -53,7 +52,6 @@ from kimi_intercept.sanitizer.mask import (  # noqa: F401 (re-exported: the sani
     _mask,
     content_id,
     mask_text,
-    needs_masking,
 )
 from kimi_intercept.sanitizer.walk import (  # noqa: F401
     messages_key,
@@ -103,49 +101,22 @@ def _memory_shape(text: str) -> bool:
     )
 
 
-class _Uncached(Exception):
-    """A walk with ``first_miss`` met a tool output that is not in the cache yet."""
-
-
 class _Sanitizer:
-    """The walk's :class:`~.walk.Visitor`. ``first_miss``: raise :class:`_Uncached` at the
-    first tool output to mask that the cache does not hold (with a cache). ``ahead`` (a dict,
-    used as an ordered set): only gather such outputs and change nothing.
-    :func:`sanitize_request` walks with ``first_miss`` (the next turn of a conversation finds
-    everything in the cache: one walk); on a miss it gathers, masks what it gathered on
-    several threads (:func:`~.ahead.mask_ahead`), then walks again."""
-
-    def __init__(
-        self,
-        settings: SanitizeSettings,
-        cache: MaskCache | None,
-        ahead: dict[str, None] | None = None,
-        first_miss: bool = False,
-    ) -> None:
+    def __init__(self, settings: SanitizeSettings, cache: MaskCache | None) -> None:
         self.settings = settings
         self.cache = cache
         self.items: list[MaskedItem] = []
         self.memory: dict[str, int] = {}
-        self.ahead = ahead
-        self.first_miss = first_miss and cache is not None
 
     def _count(self, text: str) -> int:
         return self.cache.count(text) if self.cache is not None else tokens.count_text(text)
 
     def tool(self, text: str, tool: str | None, kind: str, server: str | None) -> str | None:
-        s = self.settings
-        masks = s.enabled and kind not in s.skip_kinds and not skipped(tool, s)
-        if self.ahead is not None or self.first_miss:
-            if masks and self.cache is not None and needs_masking(text, s, self.cache):
-                if self.ahead is None:
-                    raise _Uncached
-                self.ahead[text] = None
-            if self.ahead is not None:
-                return None
         if _is_memory(tool, server, text, self.cache):
             key = tool or "unknown"
             self.memory[key] = self.memory.get(key, 0) + self._count(text)
-        if not masks:
+        s = self.settings
+        if not s.enabled or kind in s.skip_kinds or skipped(tool, s):
             return None
         m = _mask(text, s, self.cache)
         if m is None:
@@ -162,13 +133,9 @@ class _Sanitizer:
         if self.cache is None:
             return rewrite_spans(text, self)
         key = ("text", self.settings, text)
-        if self.ahead is not None:
-            if key not in self.cache:
-                rewrite_spans(text, self)  # gathers; nothing is kept of this walk
-            return None
         hit = self.cache.get(key)
         if hit is _MISSING:
-            inner = _Sanitizer(self.settings, self.cache, None, self.first_miss)
+            inner = _Sanitizer(self.settings, self.cache)
             new = rewrite_spans(text, inner)
             hit = (new, tuple(inner.items), tuple(inner.memory.items()))
             size = sys.getsizeof(text) + (sys.getsizeof(new) if new else 0)
@@ -197,17 +164,8 @@ def sanitize_request(
     ``anthropic``, ``gemini``). Returns a new body (the input is never mutated; unchanged
     messages are shared), the masked items in request order and the MCP memory accounting
     (done even when the sanitizer is disabled). Raises ``ValueError`` for an unknown dialect."""
-    if cache is None or not settings.enabled:
-        return _sanitize(dialect, body, _Sanitizer(settings, cache))
-    try:
-        return _sanitize(dialect, body, _Sanitizer(settings, cache, first_miss=True))
-    except _Uncached:
-        _mask_ahead(dialect, body.get(messages_key(dialect)), settings, cache)
-        return _sanitize(dialect, body, _Sanitizer(settings, cache))
-
-
-def _sanitize(dialect: str, body: dict[str, Any], run: _Sanitizer) -> SanitizeResult:
     key = messages_key(dialect)
+    run = _Sanitizer(settings, cache)
     out = dict(body)
     messages = body.get(key)
     if isinstance(messages, list):
@@ -229,20 +187,6 @@ def _sanitize(dialect: str, body: dict[str, Any], run: _Sanitizer) -> SanitizeRe
         memory_tokens=sum(run.memory.values()),
         memory_by_tool=run.memory,
     )
-
-
-def _mask_ahead(
-    dialect: str, messages: list[Any], settings: SanitizeSettings, cache: MaskCache
-) -> None:
-    """Mask the request's long tool outputs that ``cache`` does not hold yet on several
-    threads (:func:`~.ahead.mask_ahead`), so that the next walk finds them all."""
-    gather = _Sanitizer(settings, cache, ahead={})
-    names: dict[str, str] = {}
-    for msg in messages:
-        note_calls(dialect, msg, names)
-        rewrite_message(dialect, msg, names, gather)
-    if gather.ahead:
-        mask_ahead(list(gather.ahead), settings, cache)
 
 
 # --- counting a whole prompt with the cache --------------------------------------------------
