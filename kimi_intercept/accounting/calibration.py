@@ -86,7 +86,8 @@ FROM daily WHERE calib_samples > 0 GROUP BY provider, model
 """
 
 # The held-out rows: every HOLDOUT_EVERY-th (by rowid) of the latest RECENT calibration rows
-# (the partial index idx_requests_calibration), with their pairs as the store counts them.
+# (read newest first along idx_requests_started_at: most rows are calibration rows), with their
+# pairs as the store counts them.
 _HELD_OUT = f"""
 WITH recent AS (
   SELECT rowid AS rid, coalesce(provider, '') AS provider, coalesce(model, '') AS model,
@@ -98,7 +99,7 @@ WITH recent AS (
       THEN completion_tokens END AS ca,
     CASE WHEN completion_tokens IS NOT NULL AND completion_tokens_estimate > 0
       THEN completion_tokens_estimate END AS ce
-  FROM requests INDEXED BY idx_requests_calibration
+  FROM requests INDEXED BY idx_requests_started_at
   WHERE {CALIB} AND duplicate_of IS NULL
   ORDER BY started_at DESC
   LIMIT {{recent}}
