@@ -180,13 +180,14 @@ class Reader:
 
 
 # Conversations with a call in the last hour; the gauge is the last call's prompt plus output
-# over the context window of the model that answered it.
+# over the context window of the model that answered it. The hour's rows are read along
+# started_at (``+conversation_id``: not along the conversation index, all rows ever).
 _CONVERSATIONS = """
 with recent as (
   select conversation_id, count(*) as calls, sum(cost_usd) as cost_usd,
          max(started_at) as last_at, sum(cached_tokens) as cached, sum(prompt_tokens) as prompt
   from requests
-  where started_at >= ? and conversation_id is not null and duplicate_of is null {where}
+  where started_at >= ? and +conversation_id is not null and duplicate_of is null {where}
   group by conversation_id order by last_at desc limit 8
 )
 select recent.*, last.client, {title} as title, last.model,

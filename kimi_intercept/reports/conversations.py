@@ -79,9 +79,10 @@ def conversation_rows(
     limit: int = CONVERSATION_LIST_LIMIT,
 ) -> tuple[list[dict[str, Any]], int]:
     """The ``limit`` most recently active conversations in the range with their sums, and how
-    many conversations the range has. The list comes from one pass over the range's rows;
-    the sums from each conversation's own rows (``idx_requests_conversation_id``)."""
-    where, params = range_where(since, until, "conversation_id IS NOT NULL")
+    many conversations the range has. The list comes from one pass over the range's rows
+    (``+``: along ``started_at``, not the conversation index, which would fetch every row by
+    its rowid); the sums from each conversation's own rows (``idx_requests_conversation_id``)."""
+    where, params = range_where(since, until, "+conversation_id IS NOT NULL")
     activity = db.execute(
         f"SELECT conversation_id, max(started_at) FROM requests {where} GROUP BY conversation_id",
         params,

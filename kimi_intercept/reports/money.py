@@ -128,7 +128,10 @@ def top_conversations(
     db: sqlite_utils.Database, since: str | None, until: str | None
 ) -> list[dict[str, Any]]:
     """The 10 conversations that cost the most (USD), with their request count and models."""
-    where, params = range_where(since, until, "duplicate_of IS NULL", "conversation_id IS NOT NULL")
+    # ``+``: the range's rows along started_at, not every row along the conversation index
+    where, params = range_where(
+        since, until, "duplicate_of IS NULL", "+conversation_id IS NOT NULL"
+    )
     top = list(db.query(_TOP_CONVERSATIONS.format(where=where), params))
     # Only a conversation's first stored row carries its title (m009), maybe outside the range.
     titles = conversation_titles(db, [c["id"] for c in top if c["title"] is None])
