@@ -30,6 +30,7 @@ from kimi_intercept.commands import export
 from kimi_intercept.config.settings import load_config
 from kimi_intercept.reports.pages import build_report, read_facts
 from kimi_intercept.storage import REQUEST_COLUMNS, open_db, open_readonly, prune
+from kimi_intercept.storage.ids import new_request_id
 
 MODELS = [  # provider, model, share, input, cached, output (USD / 1M)
     ("kimi", "kimi-k2.6", 0.60, 0.95, 0.16, 4.00),
@@ -89,7 +90,7 @@ def generate(path: Path, rows: int, days: int, seed: int = 7) -> float:
         )
         calib = not estimate and prompt is not None and rnd.random() < 0.10
         row = {
-            "id": f"{n:032x}",
+            "id": new_request_id(int(started.timestamp() * 1000)),  # as the proxy makes them
             "started_at": iso,
             "client": CLIENTS[conv % len(CLIENTS)],
             "client_host": "127.0.0.1",
@@ -115,8 +116,11 @@ def generate(path: Path, rows: int, days: int, seed: int = 7) -> float:
             "error": "server_error: HTTP 502" if outcome == "error" else None,
             "details": '{"finish_reason": "stop", "events": 42}',
             "dialect": "openai",
-            "conversation_id": f"{conv:064x}",
-            "conversation_title": f"Conversation {conv}: fix the failing test",
+            "conversation_id": f"{conv:032x}",
+            # stored on a conversation's first row only, as the writer does (storage.titles)
+            "conversation_title": (
+                f"Conversation {conv}: fix the failing test" if turn[conv] == 1 else None
+            ),
             "context_window": 262144,
             "prompt_tokens_estimate": int(prompt / 1.18) if calib else None,
             "completion_tokens_estimate": int(completion / 1.05) if calib else None,

@@ -11,8 +11,9 @@ learned from every counted row with both numbers: the ``daily`` table keeps thei
 ``calib_*`` columns, pruned days included), so the stored sums are the stored ratio. The report
 multiplies estimate-only rows by it ("calibrated estimate") once a model has
 :data:`MIN_SAMPLES` samples, and shows the error of the estimate on a held-out sample — every
-:data:`HOLDOUT_EVERY`-th row (by rowid) of the latest :data:`RECENT` samples, predicted with a
-ratio learned from all the other samples — before and after calibration::
+:data:`HOLDOUT_EVERY`-th row (by rowid) of the latest :data:`RECENT` samples among the latest
+:data:`SCAN` rows, predicted with a ratio learned from all the other samples — before and after
+calibration::
 
     error = sum(|estimate - provider|) / sum(provider)
 """
@@ -31,6 +32,9 @@ from kimi_intercept.storage.rollup import CALIB
 MIN_SAMPLES = 5
 HOLDOUT_EVERY = 5
 RECENT = 50_000  # the held-out rows are taken from this many latest samples
+# ... found among this many latest rows at most (read along idx_requests_started_at: almost every
+# answered row is a sample, but a database of mostly imported or estimated rows is not read whole)
+SCAN = 4 * RECENT
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,8 @@ FROM daily WHERE calib_samples > 0 GROUP BY provider, model
 """
 
 # The held-out rows: every HOLDOUT_EVERY-th (by rowid) of the latest RECENT calibration rows
-# (the partial index idx_requests_calibration), with their pairs as the store counts them.
+# among the latest SCAN rows (read newest first along idx_requests_started_at), with their pairs
+# as the store counts them.
 _HELD_OUT = f"""
 WITH recent AS (
   SELECT rowid AS rid, coalesce(provider, '') AS provider, coalesce(model, '') AS model,
@@ -98,8 +103,10 @@ WITH recent AS (
       THEN completion_tokens END AS ca,
     CASE WHEN completion_tokens IS NOT NULL AND completion_tokens_estimate > 0
       THEN completion_tokens_estimate END AS ce
-  FROM requests INDEXED BY idx_requests_calibration
-  WHERE {CALIB} AND duplicate_of IS NULL
+  FROM requests INDEXED BY idx_requests_started_at
+  WHERE {CALIB} AND duplicate_of IS NULL AND started_at >= coalesce((
+    SELECT started_at FROM requests INDEXED BY idx_requests_started_at
+    ORDER BY started_at DESC LIMIT 1 OFFSET {{scan}}), '')
   ORDER BY started_at DESC
   LIMIT {{recent}}
 ), held AS (SELECT * FROM recent WHERE rid % {{every}} = 0)
@@ -138,7 +145,8 @@ def learn(db: sqlite_utils.Database) -> dict[tuple[str, str], Calibration]:
     sums = _merge(db.query(_TOTALS_SQL))
     if not sums:
         return {}
-    held = _merge(db.query(_HELD_SUMS_SQL.format(recent=RECENT, every=HOLDOUT_EVERY)))
+    held_sql = _HELD_SUMS_SQL.format(recent=RECENT, every=HOLDOUT_EVERY, scan=SCAN - 1)
+    held = _merge(db.query(held_sql))
     train = {}
     for key, s in sums.items():
         h = held.get(key, {})
@@ -172,7 +180,7 @@ def _holdout_errors(
     params: list[Any] = []
     for (provider, model), (pr, cr) in ratios.items():
         params += [provider, model, pr if pr is not None else 1.0, cr if cr is not None else 1.0]
-    sql = _ERROR_SQL.format(values=values, recent=RECENT, every=HOLDOUT_EVERY)
+    sql = _ERROR_SQL.format(values=values, recent=RECENT, every=HOLDOUT_EVERY, scan=SCAN - 1)
     return {(r["provider"], r["model"]): r for r in db.query(sql, params)}
 
 

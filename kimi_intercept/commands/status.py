@@ -34,33 +34,41 @@ def read_live(status_file: Path) -> dict[str, Any] | None:
     return doc
 
 
+#: An attempt starts at most this long after its request (m009 dropped the index on
+#: ``attempts.started_at``: recent attempts are found through their requests' ``started_at``).
+REQUEST_MARGIN_MIN = 24 * 60
+
+_RECENT_ATTEMPTS = """
+with recent as (
+  select * from attempts
+  where request_id in (select id from requests where started_at >= :wide)
+    and started_at >= :since
+)
+select provider,
+       sum(coalesce(error, '') not like 'skipped: %') as tries,
+       sum(error is not null and error not like 'skipped: %') as failures,
+       sum(error like 'skipped: %') as skipped,
+       max(case when error is null then started_at end) as last_success,
+       (select a2.error from recent a2 where a2.provider = a.provider and a2.error is not null
+        order by a2.started_at desc limit 1) as last_error
+from recent a group by provider order by provider
+"""
+
+
 def recent_attempts(database: Path, minutes: int = 60) -> list[dict[str, Any]]:
     """Per provider over the last ``minutes``: tries, failures, skips (not tried: breaker open,
     cooling down, no key, context too small…), last error, last success."""
     if not database.exists():
         return []
-    since = (
-        (datetime.now(timezone.utc) - timedelta(minutes=minutes))
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
+    now = datetime.now(timezone.utc)
+    since, wide = (
+        (now - timedelta(minutes=m)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        for m in (minutes, minutes + REQUEST_MARGIN_MIN)
     )
     con = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
     con.row_factory = sqlite3.Row
     try:
-        found = con.execute(
-            """
-            select provider,
-                   sum(coalesce(error, '') not like 'skipped: %') as tries,
-                   sum(error is not null and error not like 'skipped: %') as failures,
-                   sum(error like 'skipped: %') as skipped,
-                   max(case when error is null then started_at end) as last_success,
-                   (select a2.error from attempts a2 where a2.provider = a.provider
-                      and a2.error is not null and a2.started_at >= ?
-                    order by a2.started_at desc limit 1) as last_error
-            from attempts a where started_at >= ? group by provider order by provider
-            """,
-            (since, since),
-        ).fetchall()
+        found = con.execute(_RECENT_ATTEMPTS, {"since": since, "wide": wide}).fetchall()
     except sqlite3.OperationalError:  # no tables yet
         return []
     finally:

@@ -23,7 +23,6 @@ input prints a short line saying so (Claude Code shows whatever the command prin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 from datetime import datetime, timezone
@@ -38,12 +37,14 @@ PREFIX = "kimi"
 
 
 def conversation_ids(session_id: str) -> list[str]:
-    """The conversation ids the proxy may have recorded for a Claude Code session id."""
+    """The conversation ids the proxy may have recorded for a Claude Code session id: each
+    way it keys a session, as 32 hex (rows since m009) and as the 64 hex of older rows."""
+    from kimi_intercept.routing.conversations import conversation_digest
     from kimi_intercept.routing.plan import SESSION_HEADERS
 
     keys = [f"{header}:{session_id}" for header in SESSION_HEADERS]
     keys.append(f"session:{session_id}")
-    return [hashlib.sha256(k.encode()).hexdigest() for k in keys]
+    return [conversation_digest(k, n) for k in keys for n in (32, 64)]
 
 
 _SESSION_SQL = """

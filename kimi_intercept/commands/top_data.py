@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kimi_intercept.commands.status import read_live
+from kimi_intercept.storage.titles import title_sql
 
 #: The windows ``top`` compares, in seconds.
 RATE_WINDOW_S = 60  # tokens per minute
@@ -155,7 +156,8 @@ class Reader:
                 f"""select started_at, client, client_model, provider, model, outcome,
                       status_code, fallback_used, prompt_tokens, cached_tokens,
                       completion_tokens, usage_source, cost_usd, ttft_ms, duration_ms,
-                      conversation_id, conversation_title,
+                      conversation_id, coalesce(conversation_title, {_TITLE_OF_ROW})
+                        as conversation_title,
                       {broke if has_breaks else "0"} as cache_break
                     from requests where 1 {where}
                     order by started_at desc limit ?""",
@@ -178,33 +180,36 @@ class Reader:
 
 
 # Conversations with a call in the last hour; the gauge is the last call's prompt plus output
-# over the context window of the model that answered it.
+# over the context window of the model that answered it. The hour's rows are read along
+# started_at (``+conversation_id``: not along the conversation index, all rows ever).
 _CONVERSATIONS = """
 with recent as (
   select conversation_id, count(*) as calls, sum(cost_usd) as cost_usd,
          max(started_at) as last_at, sum(cached_tokens) as cached, sum(prompt_tokens) as prompt
   from requests
-  where started_at >= ? and conversation_id is not null and duplicate_of is null {where}
+  where started_at >= ? and +conversation_id is not null and duplicate_of is null {where}
   group by conversation_id order by last_at desc limit 8
 )
-select recent.*, last.client, last.conversation_title as title, last.model,
+select recent.*, last.client, {title} as title, last.model,
        coalesce(last.prompt_tokens, 0) + coalesce(last.completion_tokens, 0) as context_used,
        last.context_window
 from recent join requests last on last.id = (
   select r.id from requests r where r.conversation_id = recent.conversation_id
   order by r.started_at desc, r.id desc limit 1)
 order by last_at desc
-"""
+""".replace("{title}", title_sql("recent.conversation_id"))
+# A row's conversation title when the row itself has none (only the first row has it: m009).
+_TITLE_OF_ROW = title_sql("requests.conversation_id")
 
 
 # The latest cache breaks (relay.cache_breaks), with their conversation's title.
 _BREAKS = """
 select b.started_at, b.client, b.previous_cached_ratio, b.cached_ratio, b.position, b.kind,
-       b.hint, b.changed_by, b.caused_by_us, r.conversation_title as title
-from cache_breaks b left join requests r on r.id = b.request_id
+       b.hint, b.changed_by, b.caused_by_us, {title} as title
+from cache_breaks b
 where b.started_at >= ? {where}
 order by b.started_at desc limit 4
-"""
+""".replace("{title}", title_sql("b.conversation_id"))
 
 
 def _ratio(part: float | None, whole: float | None) -> float | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +23,7 @@ from kimi_intercept.routing.plan import RoutePlan
 from kimi_intercept.routing.targets import Target
 from kimi_intercept.sanitizer.measure import saved_usd
 from kimi_intercept.sanitizer.sanitize import count_prompt_tokens
+from kimi_intercept.storage.ids import new_request_id
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ async def build_row(
     }
     return clean_row(
         {
-            "id": uuid.uuid4().hex,
+            "id": new_request_id(),
             "started_at": plan.started_at,
             "client": plan.client,
             "client_host": plan.client_host,

@@ -16,14 +16,16 @@ from kimi_intercept.reports.cache_breaks import conversation_breaks
 from kimi_intercept.reports.charts import gauge_line, turn_bars
 from kimi_intercept.reports.data import range_where
 from kimi_intercept.storage.rollup import COUNTED_SUMS_SQL
+from kimi_intercept.storage.titles import title_sql
 
 CONVERSATION_LIST_LIMIT = 500
 CONVERSATION_PAGES = 200
 TURN_LIMIT = 2000
 
-_FIRST_TURN_SQL = """
-SELECT conversation_title AS title, client, route FROM requests
-WHERE conversation_id = ? AND duplicate_of IS NULL ORDER BY started_at, id LIMIT 1
+# The title is the conversation's first stored one (only the first row carries it: m009).
+_FIRST_TURN_SQL = f"""
+SELECT {title_sql("r.conversation_id")} AS title, r.client, r.route FROM requests r
+WHERE r.conversation_id = ? AND r.duplicate_of IS NULL ORDER BY r.started_at, r.id LIMIT 1
 """
 _LAST_TURN_SQL = """
 SELECT prompt_tokens, context_window, provider, model FROM requests
@@ -77,12 +79,12 @@ def conversation_rows(
     limit: int = CONVERSATION_LIST_LIMIT,
 ) -> tuple[list[dict[str, Any]], int]:
     """The ``limit`` most recently active conversations in the range with their sums, and how
-    many conversations the range has. The list comes from the (conversation_id, started_at)
-    index alone; the sums from each conversation's own rows."""
-    where, params = range_where(since, until, "conversation_id IS NOT NULL")
+    many conversations the range has. The list comes from one pass over the range's rows
+    (``+``: along ``started_at``, not the conversation index, which would fetch every row by
+    its rowid); the sums from each conversation's own rows (``idx_requests_conversation_id``)."""
+    where, params = range_where(since, until, "+conversation_id IS NOT NULL")
     activity = db.execute(
-        "SELECT conversation_id, max(started_at) FROM requests "
-        f"INDEXED BY idx_requests_conversation_id_started_at {where} GROUP BY conversation_id",
+        f"SELECT conversation_id, max(started_at) FROM requests {where} GROUP BY conversation_id",
         params,
     ).fetchall()
     recent = sorted(activity, key=lambda a: (a[1] or "", a[0]), reverse=True)[:limit]

@@ -22,6 +22,7 @@ from kimi_intercept.config.settings import Config
 from kimi_intercept.reports.charts import MAX_CHART_DAYS, _bars, _hbars
 from kimi_intercept.reports.data import Facts, range_where
 from kimi_intercept.reports.formatting import fmt_usd
+from kimi_intercept.storage.titles import conversation_titles
 
 STACKED_MODELS = 6  # series in the stacked chart; the rest is "other"
 Z95 = 1.959964  # two-sided 95 % normal quantile (Welch's interval, large-sample form)
@@ -127,8 +128,16 @@ def top_conversations(
     db: sqlite_utils.Database, since: str | None, until: str | None
 ) -> list[dict[str, Any]]:
     """The 10 conversations that cost the most (USD), with their request count and models."""
-    where, params = range_where(since, until, "duplicate_of IS NULL", "conversation_id IS NOT NULL")
-    return list(db.query(_TOP_CONVERSATIONS.format(where=where), params))
+    # ``+``: the range's rows along started_at, not every row along the conversation index
+    where, params = range_where(
+        since, until, "duplicate_of IS NULL", "+conversation_id IS NOT NULL"
+    )
+    top = list(db.query(_TOP_CONVERSATIONS.format(where=where), params))
+    # Only a conversation's first stored row carries its title (m009), maybe outside the range.
+    titles = conversation_titles(db, [c["id"] for c in top if c["title"] is None])
+    for c in top:
+        c["title"] = c["title"] if c["title"] is not None else titles.get(c["id"])
+    return top
 
 
 _HOLDOUT = """

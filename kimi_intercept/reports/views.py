@@ -15,6 +15,7 @@ from typing import Any
 import sqlite_utils
 
 from kimi_intercept.reports.data import Facts, range_where
+from kimi_intercept.storage.titles import conversation_titles
 
 BLOCK = timedelta(hours=5)
 #: The sums every view row carries (tokens are counts; ``cost_usd`` is USD of priced rows,
@@ -77,7 +78,13 @@ def session_rows(
         if row is None:
             row = out[key] = _empty(session=key, title=r["conversation_title"],
                                     client=r["client"], first=r["started_at"])  # fmt: skip
+        elif row["title"] is None:
+            row["title"] = r["conversation_title"]
         _add(row, r)
+    # Only a conversation's first stored row carries its title (m009), maybe outside the range.
+    untitled = [k for k, row in out.items() if row["title"] is None and k != "(none)"]
+    for key, title in conversation_titles(db, untitled).items():
+        out[key]["title"] = title
     return sorted((_rounded(r) for r in out.values()), key=lambda r: r["last"], reverse=True)
 
 

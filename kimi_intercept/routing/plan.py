@@ -21,7 +21,6 @@ Everything else (other hosts, methods and paths) is left to mitmproxy untouched.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import re
 import time
@@ -33,7 +32,11 @@ from typing import Any
 from kimi_intercept.config.rules import ChainEntry, RequestFacts, Rule, first_match
 from kimi_intercept.config.settings import Config
 from kimi_intercept.dialects import DialectError, text_of
-from kimi_intercept.routing.conversations import ConversationTracker, title_text
+from kimi_intercept.routing.conversations import (
+    ConversationTracker,
+    conversation_digest,
+    title_text,
+)
 from kimi_intercept.routing.targets import Target, passthrough_target, reroute_targets
 
 CHAT_COMPLETIONS = "/chat/completions"
@@ -113,13 +116,14 @@ SESSION_HEADERS = ("x-kimi-session", "x-claude-code-session-id")
 
 
 def session_key(lower: dict[str, str], request_json: dict[str, Any]) -> str | None:
-    """The conversation id a client stated (hex SHA-256), or ``None``: a session header
-    (``lower``: lower-cased header names), or the session in Anthropic's ``metadata.user_id``
+    """The conversation id a client stated (32 hex, :func:`~.conversations.conversation_digest`),
+    or ``None``: a session header (``lower``: lower-cased header names), or the session in
+    Anthropic's ``metadata.user_id``
     (translated to ``user``): ``user_…_account_…_session_<uuid>`` as older Claude Code sends it,
     or a JSON object with ``session_id`` as newer versions do."""
     for name in SESSION_HEADERS:
         if lower.get(name):
-            return _sha256(f"{name}:{lower[name]}")
+            return conversation_digest(f"{name}:{lower[name]}")
     user = request_json.get("user")
     session = None
     if isinstance(user, str) and "_session_" in user:
@@ -130,11 +134,12 @@ def session_key(lower: dict[str, str], request_json: dict[str, Any]) -> str | No
         except (ValueError, AttributeError, RecursionError):
             found = None
         session = found if isinstance(found, str) and found else None
-    return _sha256(f"session:{session}") if session else None
+    return conversation_digest(f"session:{session}") if session else None
 
 
 def conversation_key(headers: list[tuple[str, str]], request_json: dict[str, Any]) -> str:
-    """A stable id for the conversation a request belongs to (hex SHA-256).
+    """A stable id for the conversation a request belongs to (32 hex,
+    :func:`~.conversations.conversation_digest`).
 
     An explicit session header wins (``x-kimi-session``, then Claude Code's
     ``x-claude-code-session-id``), then the session suffix of Anthropic's ``metadata.user_id``
@@ -159,13 +164,7 @@ def conversation_key(headers: list[tuple[str, str]], request_json: dict[str, Any
             break
     ua = (lower.get("user-agent") or "").split("/")[0]
     blob = json.dumps([ua, prefix], ensure_ascii=False, sort_keys=True, default=str)
-    return _sha256(blob)
-
-
-def _sha256(text: str) -> str:
-    """Hex SHA-256 of ``text``'s UTF-8 bytes; lone surrogates (a cut emoji from a JavaScript
-    client, or undecodable header bytes) are hashed as they are, never an error."""
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return conversation_digest(blob)
 
 
 def conversation_title(request_json: dict[str, Any], limit: int = 80) -> str | None:

@@ -23,12 +23,13 @@ file compacted with ``VACUUM``; their totals stay in ``daily`` / ``daily_savings
 Modules: :mod:`.schema` (the tables, ``migrations``, :func:`open_db`, :func:`open_readonly`),
 :mod:`.rollup` (the counting rule's triggers and the ``daily`` rollups), :mod:`.retention`
 (:func:`prune`), :mod:`.store` (:class:`StoreWriter`), :mod:`.rows` (the rows as written:
-:class:`Entry`, :func:`read_masked`), :mod:`.spool` (rows kept in a JSON-lines file while the
-database cannot be written, :func:`spool_path`), :mod:`.connection` (the writer's connection,
-recreated when its file is deleted), :mod:`.merge` (several files as one store,
-:func:`merge_files`), :mod:`.outbox` and :mod:`.team` (the PostgreSQL team store: the local
-outbox, upserts, :class:`~.team.TeamShipper`; needs ``psycopg``, imported when used). Import the
-names below from here.
+:class:`Entry`, :func:`read_masked`), :mod:`.ids` (new request ids: time-ordered ULIDs),
+:mod:`.titles` (a conversation's title, stored on its first row only), :mod:`.spool` (rows
+kept in a JSON-lines file while the database cannot be written, :func:`spool_path`),
+:mod:`.connection` (the writer's connection, recreated when its file is deleted), :mod:`.merge`
+(several files as one store, :func:`merge_files`), :mod:`.outbox` and :mod:`.team` (the
+PostgreSQL team store: the local outbox, upserts, :class:`~.team.TeamShipper`; needs
+``psycopg``, imported when used). Import the names below from here.
 
 No lost rows: lock and I/O errors are retried, then rows spool and are replayed when the
 database can be written again; a row the database refuses stays in the spool with its error.

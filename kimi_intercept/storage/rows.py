@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +18,9 @@ from typing import Any
 
 import sqlite_utils
 
+from kimi_intercept.storage.ids import new_request_id
 from kimi_intercept.storage.schema import ATTEMPT_COLUMNS, EXTRA_TABLES, REQUEST_COLUMNS
+from kimi_intercept.storage.titles import TitleMemo
 
 # Logged under the store's name: these messages were the writer's before this module existed.
 logger = logging.getLogger("kimi_intercept.storage.store")
@@ -63,11 +64,14 @@ class RowMaker:
 
     Only keys that are table columns are kept (others, an API key included, are dropped and
     logged once per key name at debug level); a non-number in a numeric column becomes
-    ``None`` with a warning; a request without ``id`` gets a random one (logged).
+    ``None`` with a warning; a request without ``id`` gets a new one (logged). A
+    ``conversation_title`` is kept on the first row of its conversation only
+    (:class:`~.titles.TitleMemo`); later rows get NULL.
     """
 
     def __init__(self) -> None:
         self._unknown_keys_seen: set[tuple[str, str]] = set()
+        self.titles = TitleMemo()
 
     def entry(
         self,
@@ -94,8 +98,9 @@ class RowMaker:
         self._note_unknown_keys(request, REQUEST_COLUMNS, "requests")
         row = self._clean(request, REQUEST_COLUMNS, request.get("id"))
         if not row["id"]:
-            row["id"] = uuid.uuid4().hex
+            row["id"] = new_request_id()
             logger.warning("store: request without an id; recorded as %s", row["id"])
+        self.titles.strip(row)
         return row
 
     def _attempt_row(self, attempt: dict[str, Any], request_id: Any, n: int) -> dict[str, Any]:

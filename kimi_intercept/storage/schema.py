@@ -15,6 +15,7 @@ from pathlib import Path
 import sqlite_utils
 
 from kimi_intercept.storage.rollup import CALIB, create_daily
+from kimi_intercept.storage.titles import title_sql
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
 
@@ -52,8 +53,12 @@ _M002_REQUEST_COLUMNS: dict[str, type] = {
     "dialect": str,  # the client's wire dialect: openai | anthropic | gemini
 }
 _M003_REQUEST_COLUMNS: dict[str, type] = {
-    "conversation_id": str,  # hex SHA-256 of the session header or the conversation's prefix
-    "conversation_title": str,  # start of the first user message (raw; reports escape it)
+    # SHA-256 of the session header or the conversation's prefix: its first 32 hex digits
+    # (rows before m009: all 64)
+    "conversation_id": str,
+    # start of the first user message (raw; reports escape it); since m009 only on the first row
+    # of a conversation the writer stores (storage.titles), NULL on later rows
+    "conversation_title": str,
     "context_window": int,  # tokens, of the model that answered
     "tokens_before_sanitize": int,  # prompt tokens before the sanitizer (estimate)
     "tokens_after_sanitize": int,  # ... and after it
@@ -297,6 +302,33 @@ def m008_cache_breaks(db: sqlite_utils.Database) -> None:
     db.table("cache_breaks").create(CACHE_BREAK_COLUMNS, pk="request_id")
     db.table("cache_breaks").create_index(["conversation_id", "started_at"])
     db.table("cache_breaks").create_index(["started_at"])
+
+
+# m009: as m003's view, with the title read as storage.titles says (the first titled row).
+_CONVERSATIONS_VIEW_M009 = _CONVERSATIONS_VIEW.replace(
+    """(SELECT r.conversation_title FROM requests r WHERE r.conversation_id = c.conversation_id
+     AND r.duplicate_of IS NULL ORDER BY r.started_at, r.id LIMIT 1)""",
+    title_sql("c.conversation_id"),
+)
+
+
+@migrations()
+def m009_smaller_rows(db: sqlite_utils.Database) -> None:
+    """Bytes per request row (#16): new rows carry shorter ids (storage.ids, 32-hex
+    conversation ids) and the title once per conversation (storage.titles); indexes nothing
+    needs go. ``attempts`` are pruned and read by ``request_id`` (the status command finds the
+    recent ones through ``requests.started_at``); calibration reads the latest rows through
+    ``idx_requests_started_at``; a conversation's rows are few, found by ``conversation_id``
+    alone."""
+    db.execute("DROP INDEX IF EXISTS idx_attempts_started_at")
+    db.execute("DROP INDEX IF EXISTS idx_requests_calibration")
+    db.execute("DROP INDEX IF EXISTS idx_requests_conversation_id_started_at")
+    db.execute(
+        "CREATE INDEX idx_requests_conversation_id ON requests (conversation_id) "
+        "WHERE conversation_id IS NOT NULL"
+    )
+    db.execute("DROP VIEW IF EXISTS conversations")
+    db.execute(_CONVERSATIONS_VIEW_M009)
 
 
 class DatabaseNotFound(FileNotFoundError):

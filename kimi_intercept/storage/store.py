@@ -254,6 +254,7 @@ class StoreWriter:
             self._to_spool(entries)
         elif len(entries) == 1:
             entries[0].error = f"{type(error).__name__}: {error}"
+            self._rows.titles.forget(entries[0].request)
             where = self._to_spool(entries)
             logger.warning(
                 "store: request %s refused by the database (%s); kept in %s",

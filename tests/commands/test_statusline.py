@@ -3,6 +3,7 @@ on stdin (https://docs.anthropic.com/en/docs/claude-code/statusline), printing o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -112,3 +113,23 @@ def test_budget_left_when_a_budget_is_configured(tmp_path):
     # the tighter limit: $2 today minus $0.75 spent today by every session
     assert done.stdout.endswith(" · budget $1.25 left today\n"), done.stdout
     assert done.stdout.startswith("kimi $0.5000 · ")
+
+
+def test_a_session_recorded_before_and_after_the_upgrade_counts_as_one(tmp_path):
+    # Rows written before m009 carry the whole 64-hex SHA-256 as the conversation id, newer ones
+    # its first 32 digits: the statusline sums both.
+    db = tmp_path / "kimi.db"
+    new = conversation_key([("x-claude-code-session-id", SESSION_A)], {})
+    old = hashlib.sha256(f"x-claude-code-session-id:{SESSION_A}".encode()).hexdigest()
+    assert old[:32] == new
+    common = {"client": "claude-cli/2.1.3", "context_window": 262144}
+    write_rows(db, [
+        (row("0123456789abcdef0123456789abcdef", "2026-11-21T10:00:00.000Z", conversation_id=old,
+             prompt_tokens=1000, cached_tokens=0, completion_tokens=10, cost_usd=0.25, **common),
+         []),
+        (row("01kbf0v8q3x7m2c9d4e5f6g7h8", "2026-11-21T10:05:00.000Z", conversation_id=new,
+             prompt_tokens=3000, cached_tokens=1000, completion_tokens=10, cost_usd=0.5,
+             **common), []),
+    ])  # fmt: skip
+    done = run(db, claude_code_stdin(SESSION_A))
+    assert done.stdout == "kimi $0.7500 · ctx 1% of 262k · cache 25% · 2 calls · kimi-k2\n"

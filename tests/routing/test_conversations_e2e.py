@@ -4,6 +4,7 @@ own words (not the injected ``<system-reminder>``)."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import anthropic
@@ -67,4 +68,12 @@ def test_two_runs_with_the_same_first_message_are_two_conversations(
     stored = wait_rows(db, 4)
     ids = [r["conversation_id"] for r in stored]
     assert ids[0] == ids[1] and ids[2] == ids[3] and ids[0] != ids[2]
-    assert {r["conversation_title"] for r in stored} == {"Why does the build fail?"}
+    # the title is stored once per conversation (its first row), read from the view
+    assert [r["conversation_title"] for r in stored] == ["Why does the build fail?", None] * 2
+    con = sqlite3.connect(db)
+    try:
+        views = con.execute("select id, title from conversations order by first_at").fetchall()
+    finally:
+        con.close()
+    assert views == [(ids[0], "Why does the build fail?"), (ids[2], "Why does the build fail?")]
+    assert all(len(i) == 32 for i in ids)  # 128 bits of a SHA-256, in hex
