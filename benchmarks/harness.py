@@ -224,6 +224,9 @@ class _LiteLLM:
             "model_list:\n  - model_name: gpt-4o\n    litellm_params:\n"
             f"      model: openai/kimi-k2.6\n      api_base: {fake_url}/v1\n"
             "      api_key: sk-bench-upstream\n"
+            # LiteLLM (1.80+) refuses to start without a master key; the clients' own bearer
+            # token (HEADERS) is it, so the same requests authenticate
+            "general_settings:\n  master_key: sk-bench-client\n"
         )
         self.proc = subprocess.Popen(
             [exe, "--config", str(cfg), "--host", "127.0.0.1", "--port", str(self.port)],
