@@ -33,9 +33,4 @@ def planned_bytes(plan: Any) -> int:
     body is built (:attr:`~kimi_intercept.routing.targets.Target.body` is made on first use),
     the size of the client's request body stands for it: the same within what the plan
     changes (model, Kimi's fields), and asking never builds a body the sanitizer replaces."""
-    if not plan.targets:
-        return 0
-    first = plan.targets[0]
-    if first.built or not plan.request_bytes:
-        return len(first.body)
-    return int(plan.request_bytes)
+    return plan.targets[0].size(plan.request_bytes) if plan.targets else 0

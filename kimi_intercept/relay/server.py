@@ -283,6 +283,8 @@ class Relay:
         positions = [next(i for i, t in enumerate(plan.targets) if t is o) for o in ordered]
         for position in positions:
             target = plan.targets[position]  # looked up again: a compression rebuilds them
+            if not target.built:  # made on first use: a big one in a worker thread
+                await offload.sized(plan.request_bytes, getattr, target, "body")
             key = health_key(plan, target)  # passed-through calls have their own health
             why = await cannot_try(target, plan, max_tokens, window_floor)
             verdict = None if why else self.health.check(key)

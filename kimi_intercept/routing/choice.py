@@ -58,7 +58,7 @@ class Chooser:
     def _score(self, target: Target, plan: RoutePlan, weights: dict[str, float]) -> float:
         """0..Σweights: each part is 1 for the best provider of the chain, less for others."""
         info = target.model_info
-        need = len(target.body) / 4 + (requested_max_tokens(plan.request_json) or 0)
+        need = target.size(plan.request_bytes) / 4 + (requested_max_tokens(plan.request_json) or 0)
         window = info.context_window if info else None
         context = 0.5 if window is None else min(1.0, window / max(need, 1.0))
         prices = [t.model_info.input_per_mtok for t in plan.targets if t.model_info]

@@ -87,6 +87,12 @@ class Target:
         """Whether :attr:`body` exists already (asking does not build it)."""
         return isinstance(self.body_source, bytes) or "body" in self.__dict__
 
+    def size(self, guess: int) -> int:
+        """Bytes of :attr:`body` once it is built; before that ``guess`` (the client's request
+        body size: the same within what the plan changes), so that asking never builds it on
+        the event loop. A ``guess`` of 0 builds it."""
+        return len(self.body) if self.built or not guess else guess
+
 
 def is_kimi(provider: Provider) -> bool:
     """Moonshot's own endpoints (not Kimi models hosted by Groq or NVIDIA)."""
