@@ -76,16 +76,23 @@ class Target:
     renamed: dict[str, str] = field(default_factory=dict)  # tool name sent -> client's name
     tool_ids: dict[str, str] = field(default_factory=dict)  # tool-call id sent -> client's id
 
-    @functools.cached_property
+    @property
     def body(self) -> bytes:
-        """The request body to send (bytes), made from :attr:`body_source` on first use."""
-        source = self.body_source
-        return source if isinstance(source, bytes) else source()
+        """The request body to send (bytes), made from :attr:`body_source` on first use. Not
+        ``functools.cached_property``: on Python 3.11 that holds one lock for every instance
+        while it builds, so a big body built in a worker thread would stall the event loop's
+        first use of any other target's body. Two threads building at once make equal bytes."""
+        made = self.__dict__.get("_body")
+        if made is None:
+            source = self.body_source
+            made = source if isinstance(source, bytes) else source()
+            object.__setattr__(self, "_body", made)  # frozen: set once, as a cache
+        return made  # type: ignore[no-any-return]
 
     @property
     def built(self) -> bool:
         """Whether :attr:`body` exists already (asking does not build it)."""
-        return isinstance(self.body_source, bytes) or "body" in self.__dict__
+        return isinstance(self.body_source, bytes) or "_body" in self.__dict__
 
     def size(self, guess: int) -> int:
         """Bytes of :attr:`body` once it is built; before that ``guess`` (the client's request
