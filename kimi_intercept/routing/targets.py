@@ -59,7 +59,7 @@ class Target:
 
     ``dialect`` is what the provider speaks; ``notes`` lists changes made to the body for this
     provider (Kimi normalisation), for the row's details. ``body_source`` is the body's bytes,
-    or a function that makes them: :attr:`body` calls it once, on first use, so the targets a
+    or a function that makes them: :attr:`body` calls it on first use, so the targets a
     plan builds and then rebuilds (after the sanitizer, or for a fallback never tried) never
     serialize a body nobody sends (~1–2 ms for a 200k-token conversation).
     """

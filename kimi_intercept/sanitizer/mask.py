@@ -187,8 +187,10 @@ def _collapse(text: str, settings: SanitizeSettings) -> tuple[list[str], list[in
     text = text.replace("\r\n", "\n")
     if "\x1b" in text:
         text = _ANSI_RE.sub("", text)
-    if _has_control(text):
+    data = _utf8(text)
+    if len(data.translate(None, _CONTROL_BYTES)) != len(data):  # control characters to remove
         text = _CONTROL_RE.sub("", text)
+        data = _utf8(text)
     raw = text.split("\n")
     if "\r" in text or max(map(len, raw)) > settings.max_line_chars:
         for i, line in enumerate(raw):
@@ -196,10 +198,11 @@ def _collapse(text: str, settings: SanitizeSettings) -> tuple[list[str], list[in
                 raw[i] = next((s for s in reversed(line.split("\r")) if s), "")
             if len(raw[i]) > settings.max_line_chars:
                 raw[i] = _cut_line(raw[i], settings.max_line_chars)
+        data = _utf8("\n".join(raw))
     # Lines are "similar" when equal with each run of digits read as "0" (their keys). Two
     # lines whose digit-free bytes differ cannot be (a cheap test in C for every line); only
     # the others get their key made (a regex per line was ~3x collapse's other work).
-    undigited = _utf8("\n".join(raw)).translate(None, b"0123456789").split(b"\n")
+    undigited = data.translate(None, b"0123456789").split(b"\n")
     keys: dict[int, str] = {}
 
     def similar(a: int, b: int) -> bool:
@@ -247,18 +250,13 @@ def _collapse(text: str, settings: SanitizeSettings) -> tuple[list[str], list[in
     return lines, weights
 
 
-_CONTROL_BYTES = bytes([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])  # _CONTROL_RE's
+#: The characters of :data:`_CONTROL_RE`, all ASCII: one byte each in UTF-8.
+_CONTROL_BYTES = bytes([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 
 
 def _utf8(text: str) -> bytes:
     """``text`` in UTF-8, lone surrogates (a JavaScript client's cut emoji) included as bytes."""
     return text.encode("utf-8", "surrogatepass")
-
-
-def _has_control(text: str) -> bool:
-    """Whether ``text`` holds a character of :data:`_CONTROL_RE` (all ASCII: one byte each)."""
-    data = _utf8(text)
-    return len(data.translate(None, _CONTROL_BYTES)) != len(data)
 
 
 def _error_lines(text: str) -> list[str]:
