@@ -2,10 +2,10 @@
 
 Run as ``mitmdump -s benchmarks/floor_relay.py --set connection_strategy=lazy`` with
 ``FLOOR_UPSTREAM=http://127.0.0.1:<port>``. Like ``floor.py`` it reroutes calls to
-``api.openai.com``, but through an aiohttp server on mitmproxy's own loop that forwards each call
-to the upstream with an aiohttp client and streams the answer back chunk by chunk — the shape of
-kimi-intercept's relay (shared notes ``mitmproxy.md`` §3 (d)) without planning, fallbacks,
-metering or rows. ``benchmarks/overhead.py --hop`` measures it next to the floor and
+``api.openai.com``, but through aiohttp's low-level server (``web.Server``, as the relay uses)
+on mitmproxy's own loop, which forwards each call to the upstream with an aiohttp client and
+streams the answer back chunk by chunk — the shape of kimi-intercept's relay (shared notes
+``mitmproxy.md`` §3 (d)) without planning, fallbacks, metering or rows. ``benchmarks/overhead.py --hop`` measures it next to the floor and
 kimi-intercept: floor → hop is the second hop's cost, hop → kimi is kimi-intercept's own work.
 """
 
@@ -24,9 +24,8 @@ class HopRelay:
         self.session = None
 
     async def running(self):
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        server = web.Server(self.handle, access_log=None)
+        runner = web.ServerRunner(server, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

@@ -6,7 +6,9 @@ One :class:`~kimi_intercept.commands.simulator.FakeUpstream` on loopback serves 
 - ``floor``: ``mitmdump -s benchmarks/floor.py`` (a 3-line reroute, answers streamed), the client
   posts to ``https://api.openai.com/v1/chat/completions`` through it, trusting its CA;
 - ``hop`` (when asked for): ``mitmdump -s benchmarks/floor_relay.py``, the floor plus a bare
-  in-process aiohttp relay hop — the relay design's own cost, without kimi-intercept's work;
+  in-process aiohttp relay hop — the relay design's own cost, without kimi-intercept's work
+  (``HOP_SCRIPT=floor_rawhop.py`` swaps in the same hop served by a bare ``asyncio.Protocol``:
+  the least a second hop can cost);
 - ``kimi``: ``mitmdump -s addons/kimi.py`` with kimi pointed at the fake, same client settings;
 - ``litellm`` (optional, ``--litellm PATH`` of a ``litellm`` executable): LiteLLM's proxy with a
   model ``gpt-4o`` served by ``openai/kimi-k2.6`` at the fake; the client posts to its base URL.
@@ -325,7 +327,8 @@ def setups_at(
         setups: dict[str, Setup] = {}
         if "direct" in names:
             setups["direct"] = Setup("direct", upstream_url + "/v1/chat/completions")
-        for name, script in (("floor", "floor.py"), ("hop", "floor_relay.py")):
+        hop_script = os.environ.get("HOP_SCRIPT", "floor_relay.py")
+        for name, script in (("floor", "floor.py"), ("hop", hop_script)):
             if name not in names:
                 continue
             confdir = tmp / f"{name}-confdir"

@@ -63,7 +63,7 @@ _DROP_RESPONSE_HEADERS = frozenset(
 
 async def pipe(
     sender: Upstream,
-    request: web.Request,
+    request: web.BaseRequest,
     plan: RoutePlan,
     target: Target,
     upstream: aiohttp.ClientResponse,
@@ -120,7 +120,7 @@ async def pipe(
 
 async def _stream(
     sender: Upstream,
-    request: web.Request,
+    request: web.BaseRequest,
     out: web.StreamResponse,
     plan: RoutePlan,
     target: Target,
@@ -327,7 +327,9 @@ async def next_chunk(
     return chunk
 
 
-async def cut_answer(request: web.Request, out: web.StreamResponse, r: Outcome, sse: bool) -> None:
+async def cut_answer(
+    request: web.BaseRequest, out: web.StreamResponse, r: Outcome, sse: bool
+) -> None:
     """The relay ends a committed answer itself (:class:`~.bounds.Cut`): an in-band error event
     in the client's dialect when it streams, then a cut connection (never a clean end)."""
     cut = r.cut
