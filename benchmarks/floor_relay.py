@@ -5,8 +5,9 @@ Run as ``mitmdump -s benchmarks/floor_relay.py --set connection_strategy=lazy`` 
 ``api.openai.com``, but through aiohttp's low-level server (``web.Server``, as the relay uses)
 on mitmproxy's own loop, which forwards each call to the upstream with an aiohttp client and
 streams the answer back chunk by chunk — the shape of kimi-intercept's relay (shared notes
-``mitmproxy.md`` §3 (d)) without planning, fallbacks, metering or rows. ``benchmarks/overhead.py --hop`` measures it next to the floor and
-kimi-intercept: floor → hop is the second hop's cost, hop → kimi is kimi-intercept's own work.
+``mitmproxy.md`` §3 (d)) without planning, fallbacks, metering or rows.
+``benchmarks/overhead.py --hop`` measures it next to the floor and kimi-intercept: floor → hop
+is the second hop's cost, hop → kimi is kimi-intercept's own work.
 """
 
 import os
