@@ -31,6 +31,7 @@ import importlib.util
 import json
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -190,16 +191,34 @@ def _count_pieces(text: str) -> int:
     """:func:`count_text` of a long text, piece by piece (see :data:`PIECE_CHARS`). One thread:
     tiktoken's encoder holds the GIL here (two threads counting halves took as long as one,
     measured with tiktoken 0.14 on this machine)."""
-    enc, total, start = encoding(), 0, 0
-    while start < len(text):
+    return count_until(text, sys.maxsize)[0]
+
+
+def count_until(text: str, limit: int, start: int = 0, counted: int = 0) -> tuple[int, int]:
+    """Count ``text`` in :func:`count_text`'s own pieces from character offset ``start`` (0, or
+    an ``end`` this function returned for the same text), adding to ``counted``, until the total
+    is over ``limit`` tokens or the text ends. Returns ``(total, end)``.
+
+    ``end == len(text)``: ``total`` is exactly :func:`count_text` of the text (with ``start=0``).
+    Otherwise ``total > limit`` and ``count_text(text) == total + count_until(text, ∞, end)[0]``:
+    the rest only adds. So "is this text over N tokens?" costs about N tokens of counting, not
+    the whole text. Texts over :data:`EXACT_MAX_CHARS` are counted whole (from samples)."""
+    if len(text) > EXACT_MAX_CHARS:
+        return (count_text(text) if start == 0 else counted), len(text)
+    if start == 0 and len(text) <= PIECE_CHARS:
+        return (len(encoding().encode_ordinary(text)) if text else 0), len(text)
+    enc = encoding()
+    while start < len(text) and counted <= limit:
         end = start + PIECE_CHARS
         if end < len(text):
             cut = max(text.rfind(" ", start + PIECE_CHARS // 2, end),
                       text.rfind("\n", start + PIECE_CHARS // 2, end))  # fmt: skip
             end = cut if cut > start else end
-        total += len(enc.encode_ordinary(text[start:end]))
+        else:
+            end = len(text)
+        counted += len(enc.encode_ordinary(text[start:end]))
         start = end
-    return total
+    return counted, start
 
 
 def _content_tokens(content: Any) -> int:

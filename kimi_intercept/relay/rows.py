@@ -100,6 +100,10 @@ async def build_row(
         )
     else:
         cost = pricing.cost_usd(info, usage)
+    if (measurement := getattr(plan.prepared, "measured", None)) is not None:
+        # the masked originals' whole counts (savings), not made before sending: big ones in a
+        # worker thread; the ledger rows and row fields then read them from the items
+        await offload.sized(measurement.size(), measurement.tokens)
     money = _money(plan, usage, cfg, priced_model, r.target.provider if r.target else None, info)
     tried = [(a.get("provider"), a.get("model")) for a in attempts if not _skipped(a)]
     details = {
@@ -186,8 +190,9 @@ def _money(
         out["requested_cost_usd"] = pricing.cost_usd_at(
             plan.client_model, usage, plan.started_at, cfg
         )
-    measured = getattr(plan.prepared, "measured", None)
-    if measured is not None:
+    measurement = getattr(plan.prepared, "measured", None)
+    if measurement is not None:
+        measured = measurement.tokens()
         if any((tokens := measured.as_dict()).values()):  # nothing removed: nothing written
             out["sanitizer_tokens"] = tokens
         if not plan.prepared.holdout:

@@ -16,13 +16,19 @@ UTF-8 stays valid. If the result would not be smaller in tokens, the text is lef
 
 The marker (:data:`MARKER_RE` parses it)::
 
-    [kimi-intercept: 18,304 lines / 1.2 MB / 310k tokens masked — id 7f3a9c0e12ab34cd]
-    [kimi-intercept: 5 lines / 312 B / 86 tokens collapsed — id 7f3a9c0e12ab34cd]
+    [kimi-intercept: 18,304 lines / 1.2 MB masked — id 7f3a9c0e12ab34cd]
+    [kimi-intercept: 5 lines / 312 B collapsed — id 7f3a9c0e12ab34cd]
 
 With error lines kept below it, the marker ends ``— id 7f3a9c0e12ab34cd; 3 error lines kept
 below]`` and the error lines are followed by ``[kimi-intercept: end of kept error lines]``.
-Lines, bytes (UTF-8; B, KB, MB, GB in powers of 1000) and tokens are what the model no longer
-sees verbatim (original minus the kept lines); ``id`` is :func:`content_id` of the original.
+Lines and bytes (UTF-8; B, KB, MB, GB in powers of 1000) are what the model no longer sees
+verbatim (original minus the kept lines); ``id`` is :func:`content_id` of the original. The
+marker states no token count: that would mean tokenizing every long original whole before
+sending (~45 ms for 550 KB of logs, the first turn's main cost). The decisions count only as far
+as they need (:func:`~kimi_intercept.accounting.tokens.count_until`: is the original over the
+threshold, is it over its masked form), and the original's whole count
+(:attr:`~.settings.MaskedItem.tokens_before`, for the savings) is made after the answer.
+Markers of earlier versions (``… / 1.2 MB / 310k tokens masked — …``) still parse.
 
 Deterministic and prefix-stable: a text's masked form depends only on the text and the
 settings, never on its position, neighbours or later turns; ids and tool-call pairing are never
@@ -35,7 +41,6 @@ from __future__ import annotations
 import hashlib
 import re
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,8 +58,9 @@ from kimi_intercept.sanitizer.settings import (  # noqa: F401 (re-exported)
 ERROR_LINE_CHARS = 300  # kept error lines are cut in the middle to this length
 
 MARKER_RE = re.compile(
-    r"\[kimi-intercept: (?P<lines>\d[\d,]*) lines? / (?P<size>\d+(?:\.\d)? (?:B|KB|MB|GB)) / "
-    r"(?P<tokens>\d+(?:\.\d)?[kM]?) tokens (?P<action>masked|collapsed) — id (?P<id>[0-9a-f]{16})"
+    r"\[kimi-intercept: (?P<lines>\d[\d,]*) lines? / (?P<size>\d+(?:\.\d)? (?:B|KB|MB|GB))"
+    r"(?: / (?P<tokens>\d+(?:\.\d)?[kM]?) tokens)? (?P<action>masked|collapsed)"
+    r" — id (?P<id>[0-9a-f]{16})"
     r"(?:; (?P<errors>\d[\d,]*) error lines? kept below)?\]"
 )
 END_OF_ERRORS = "[kimi-intercept: end of kept error lines]"
@@ -100,7 +106,6 @@ _NOT_MASKED = "-"  # cache value: the text stays as it is
 class _Mask:
     id: str
     masked: str
-    tokens_before: int
     tokens_after: int
     lines: int
     bytes: int
@@ -130,6 +135,12 @@ class MaskCache(ContentMemo):
             self.put(key, n, sys.getsizeof(text))
         return int(n)
 
+    def remember(self, text: str, n: int) -> None:
+        """Keep ``n`` (:func:`~.tokens.count_text` of ``text``, counted elsewhere) for
+        :meth:`count`."""
+        if len(text) >= 64:
+            self.put(("count", text), n, sys.getsizeof(text))
+
 
 def content_id(text: str) -> str:
     """The id of an original: SHA-256 of its UTF-8 bytes (lone surrogates passed through), first
@@ -150,22 +161,12 @@ def _fmt_bytes(n: int) -> str:
     return f"{n / 1e9:.1f} GB"
 
 
-def _fmt_tokens(n: int) -> str:
-    if n < 1000:
-        return str(n)
-    if n < 10_000:
-        return f"{n / 1e3:.1f}k"
-    if n < 1_000_000:
-        return f"{round(n / 1e3)}k"
-    return f"{n / 1e6:.1f}M"
-
-
-def _marker(lines: int, size: int, n_tokens: int, action: str, ident: str, errors: int) -> str:
+def _marker(lines: int, size: int, action: str, ident: str, errors: int) -> str:
     """The marker line (:data:`MARKER_RE`); negative sizes are shown as 0."""
     plural = "" if lines == 1 else "s"
     text = (
-        f"[kimi-intercept: {max(lines, 0):,} line{plural} / {_fmt_bytes(max(size, 0))} / "
-        f"{_fmt_tokens(max(n_tokens, 0))} tokens {action} — id {ident}"
+        f"[kimi-intercept: {max(lines, 0):,} line{plural} / {_fmt_bytes(max(size, 0))} "
+        f"{action} — id {ident}"
     )
     if errors:
         text += f"; {errors:,} error line{'' if errors == 1 else 's'} kept below"
@@ -293,34 +294,35 @@ def _take(lines: list[str], max_lines: int, max_chars: int) -> int:
     return min(len(lines), max_lines)
 
 
-def _mask_uncached(text: str, settings: SanitizeSettings, count: Callable[[str], int]) -> Any:
-    """The :class:`_Mask` of ``text``, or :data:`_NOT_MASKED`. ``count`` counts the original
-    and the result (a cached counter keeps them for whole-prompt counts: an original that is
-    not masked is sent as it is, and counted again there); intermediate texts are counted
-    directly."""
-    before = count(text)
-    if before <= settings.threshold_tokens:
-        return _NOT_MASKED
+def _mask_uncached(text: str, settings: SanitizeSettings, cache: MaskCache | None) -> Any:
+    """The :class:`_Mask` of ``text``, or :data:`_NOT_MASKED`. The original is counted only as
+    far as each decision needs (:func:`~.tokens.count_until`): over the threshold at all, then
+    over its masked form; an original counted whole on the way is remembered in ``cache`` (a
+    text left alone is sent as it is, and counted again for the whole prompt)."""
+    limit = settings.threshold_tokens
+    seen, end = tokens.count_until(text, limit)
+    if end == len(text):
+        if cache is not None:
+            cache.remember(text, seen)
+        if seen <= limit:
+            return _NOT_MASKED
     lines, weights = _collapse(text, settings)
     collapsed = "\n".join(lines)
     size = _utf8_len(text)
     total_lines = sum(weights)
-    estimate = before * len(collapsed) / max(len(text), 1)
-    small = estimate <= 2 * settings.threshold_tokens
+    estimate = seen * len(collapsed) / max(end, 1)  # at the counted part's tokens per character
+    small = estimate <= 2 * limit
     collapsed_tokens = tokens.count_text(collapsed) if small else None
     ident = content_id(text)
     n = len(lines)
     h = t = n
-    if collapsed_tokens is None or collapsed_tokens > settings.threshold_tokens:
+    if collapsed_tokens is None or collapsed_tokens > limit:
         share = settings.head_lines + settings.tail_lines
         head_chars = settings.kept_chars * settings.head_lines // share
         h = _take(lines, settings.head_lines, head_chars)
         t = _take(lines[h:][::-1], settings.tail_lines, settings.kept_chars - head_chars)
     if h + t >= n:  # nothing to cut: the collapsed text is the result
-        if collapsed_tokens is None:
-            collapsed_tokens = tokens.count_text(collapsed)
-        removed = (size - _utf8_len(collapsed), before - collapsed_tokens)
-        marker = _marker(total_lines - n, *removed, "collapsed", ident, 0)
+        marker = _marker(total_lines - n, size - _utf8_len(collapsed), "collapsed", ident, 0)
         masked = f"{marker}\n{collapsed}"
     else:
         errors = _error_lines("\n".join(lines[h : n - t]))
@@ -329,16 +331,19 @@ def _mask_uncached(text: str, settings: SanitizeSettings, count: Callable[[str],
             k = settings.max_error_lines
             errors = errors[: k // 2] + errors[found - (k - k // 2) :] if k else []
         kept = lines[:h] + errors + lines[n - t :]
-        kept_text = "\n".join(kept)
         masked_lines = total_lines - sum(weights[:h]) - sum(weights[n - t :]) - len(errors)
-        removed = (size - _utf8_len(kept_text), before - tokens.count_text(kept_text))
-        marker = _marker(masked_lines, *removed, "masked", ident, len(errors))
+        removed = size - _utf8_len("\n".join(kept))
+        marker = _marker(masked_lines, removed, "masked", ident, len(errors))
         body = [*lines[:h], marker, *errors, *([END_OF_ERRORS] if errors else []), *lines[n - t :]]
         masked = "\n".join(body)
-    after = count(masked)
-    if after >= before:
+    after = cache.count(masked) if cache is not None else tokens.count_text(masked)
+    whole = end == len(text)
+    seen, end = tokens.count_until(text, after, end, seen)  # the original is over it: masked
+    if end == len(text) and not whole and cache is not None:
+        cache.remember(text, seen)
+    if seen <= after:
         return _NOT_MASKED
-    return _Mask(ident, masked, before, after, total_lines, size)
+    return _Mask(ident, masked, after, total_lines, size)
 
 
 def _mask(text: str, settings: SanitizeSettings, cache: MaskCache | None) -> _Mask | None:
@@ -347,12 +352,12 @@ def _mask(text: str, settings: SanitizeSettings, cache: MaskCache | None) -> _Ma
     if len(text) * 4 <= limit or (len(text) <= limit and text.isascii()):
         return None
     if cache is None:
-        result = _mask_uncached(text, settings, tokens.count_text)
+        result = _mask_uncached(text, settings, None)
     else:
         key = ("mask", settings, text)
         result = cache.get(key)
         if result is _MISSING:
-            result = _mask_uncached(text, settings, cache.count)
+            result = _mask_uncached(text, settings, cache)
             masked_size = sys.getsizeof(result.masked) if isinstance(result, _Mask) else 0
             cache.put(key, result, sys.getsizeof(text) + masked_size)
     return result if isinstance(result, _Mask) else None
@@ -374,6 +379,5 @@ def mask_text(
     m = _mask(text, settings, cache)
     if m is None:
         return None
-    return MaskedItem(
-        m.id, tool, kind, text, m.masked, m.tokens_before, m.tokens_after, m.lines, m.bytes
-    )
+    counter = cache.count if cache is not None else None
+    return MaskedItem(m.id, tool, kind, text, m.masked, m.tokens_after, m.lines, m.bytes, counter)

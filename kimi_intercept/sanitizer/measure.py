@@ -53,6 +53,30 @@ class Measured:
                 "rebilled": self.rebilled}  # fmt: skip
 
 
+class Measurement:
+    """What :meth:`PrefixMemory.measure` found in one request: the masked items by position and
+    the ``rebilled`` tokens. :meth:`tokens` makes the :class:`Measured`, counting the removed
+    tokens then: the originals' whole counts, which the request does not wait for (the relay
+    asks after the answer, in a worker thread when :meth:`size` is big)."""
+
+    def __init__(
+        self, cached: Sequence[MaskedItem], new: Sequence[MaskedItem], rebilled: int
+    ) -> None:
+        self.cached, self.new, self.rebilled = tuple(cached), tuple(new), rebilled
+        self._tokens: Measured | None = None
+
+    def size(self) -> int:
+        """Characters of the originals :meth:`tokens` counts (each once, then kept)."""
+        return sum(len(i.original) for i in self.cached + self.new)
+
+    def tokens(self) -> Measured:
+        if self._tokens is None:
+            removed = [sum(i.tokens_before - i.tokens_after for i in side)
+                       for side in (self.cached, self.new)]  # fmt: skip
+            self._tokens = Measured(removed[0], removed[1], self.rebilled)
+        return self._tokens
+
+
 def holdout_roll(conversation: str) -> float:
     """A number in [0, 100) fixed by the conversation id (hex), independent of the routing
     share's roll (it reads other digits), compared with ``holdout_share``."""
@@ -98,9 +122,10 @@ class PrefixMemory:
         sent: Sequence[Any],
         items: Sequence[MaskedItem],
         count: Callable[[Any], int],
-    ) -> Measured:
+    ) -> Measurement:
         """Classify ``items`` (the texts masked in this request) against the previous turn,
-        count the ``rebilled`` tokens, and remember this turn.
+        count the ``rebilled`` tokens, and remember this turn (the removed tokens are counted
+        by :meth:`Measurement.tokens`).
 
         :param originals: the client's messages; ``sent``: the messages as sent upstream
         :param count: tokens of a list of messages (an estimate)
@@ -113,13 +138,9 @@ class PrefixMemory:
             for j, m in enumerate(sent)
         )
         ids = frozenset(i.id for i in items)
-        cached = new = rebilled = 0
-        for item in items:
-            removed = item.tokens_before - item.tokens_after
-            if prev is not None and item.id in prev.items:
-                cached += removed
-            else:
-                new += removed
+        rebilled = 0
+        cached = [i for i in items if prev is not None and i.id in prev.items]
+        new = [i for i in items if prev is None or i.id not in prev.items]
         if prev is not None:
             n = min(len(prev.sent), len(s_hash), len(o_hash), len(prev.originals))
             for j in range(n):
@@ -132,7 +153,7 @@ class PrefixMemory:
                 self.turns.move_to_end(conversation)
                 while len(self.turns) > self.max:
                     self.turns.popitem(last=False)
-        return Measured(cached, new, rebilled)
+        return Measurement(cached, new, rebilled)
 
 
 def _hash(message: Any) -> int:

@@ -43,7 +43,7 @@ from kimi_intercept.sanitizer.compress import (
     warning_level,
 )
 from kimi_intercept.sanitizer.measure import (
-    Measured,
+    Measurement,
     PrefixMemory,
     holdout_roll,
     parse_holdout_share,
@@ -75,7 +75,7 @@ class Prepared:
     share: float | None = None  # of the first provider's context window
     compression: list[str] = field(default_factory=list)
     retried_compressed: bool = False
-    measured: Measured | None = None  # the sanitizer's removal by position
+    measured: Measurement | None = None  # the sanitizer's removal by position
     holdout: bool | None = None  # True: measured only, the original was sent
     carried: frozenset[str] = frozenset()  # masked ids an earlier request already recorded
     counted_later: bool = False  # surely far below the window: counted after the answer

@@ -121,8 +121,9 @@ class _Sanitizer:
         m = _mask(text, s, self.cache)
         if m is None:
             return None
+        counter = self.cache.count if self.cache is not None else None
         item = MaskedItem(
-            m.id, tool, kind, text, m.masked, m.tokens_before, m.tokens_after, m.lines, m.bytes
+            m.id, tool, kind, text, m.masked, m.tokens_after, m.lines, m.bytes, counter
         )
         self.items.append(item)
         return m.masked
@@ -182,7 +183,6 @@ def sanitize_request(
     return SanitizeResult(
         body=out,
         items=items,
-        tokens_before=sum(i.tokens_before for i in items),
         tokens_after=sum(i.tokens_after for i in items),
         memory_tokens=sum(run.memory.values()),
         memory_by_tool=run.memory,

@@ -7,10 +7,11 @@ own tool-name constants (shared notes ``providers.md`` §9).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kimi_intercept.accounting import tokens
 from kimi_intercept.config.settings import ConfigError
 
 # fmt: off
@@ -103,28 +104,48 @@ class SanitizeSettings:
 class MaskedItem:
     """One masked text. ``id`` is :func:`content_id` of ``original`` (exact: the caller stores
     it, compressed, keyed by ``id``); ``tool`` the tool's name when known (a wrapper's kind
-    otherwise, e.g. ``environment_details``); ``tokens_before``/``tokens_after`` count
-    ``original``/``masked``; ``lines`` and ``bytes`` (UTF-8) measure ``original``."""
+    otherwise, e.g. ``environment_details``); ``tokens_after`` counts ``masked``; ``lines`` and
+    ``bytes`` (UTF-8) measure ``original``; ``counter`` counts a text (default
+    :func:`~kimi_intercept.accounting.tokens.count_text`; the sanitizer passes its memo's)."""
 
     id: str
     tool: str | None
     kind: str
     original: str
     masked: str
-    tokens_before: int
     tokens_after: int
     lines: int
     bytes: int
+    counter: Callable[[str], int] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def tokens_before(self) -> int:
+        """Tokens of ``original``, counted on first use and kept: masking never needs the whole
+        count (the marker states none), and the relay asks for it after the answer, in a worker
+        thread when the originals are big (an original can be megabytes: ~80 ms per MB)."""
+        n = self.__dict__.get("_tokens_before")
+        if n is None:
+            n = (self.counter or tokens.count_text)(self.original)
+            object.__setattr__(self, "_tokens_before", n)
+        return int(n)
 
 
 @dataclass(frozen=True)
 class SanitizeResult:
-    """``tokens_before``/``tokens_after`` cover the masked texts only (saved = before − after);
+    """``tokens_before``/``tokens_after`` cover the masked texts only (saved = before − after;
+    ``tokens_before`` counts the originals on first use: :attr:`MaskedItem.tokens_before`);
     ``memory_tokens`` counts MCP memory content seen in the request, masked or not."""
 
     body: dict[str, Any]
     items: tuple[MaskedItem, ...]
-    tokens_before: int
     tokens_after: int
     memory_tokens: int = 0
     memory_by_tool: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def tokens_before(self) -> int:
+        return sum(i.tokens_before for i in self.items)
+
+    def originals_size(self) -> int:
+        """Characters of the masked originals: what counting :attr:`tokens_before` works on."""
+        return sum(len(i.original) for i in self.items)

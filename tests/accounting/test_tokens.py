@@ -205,3 +205,33 @@ def test_estimate_prompt_tokens_odd_shapes_do_not_raise(enc):
 def test_estimate_completion_tokens(enc):
     text = "The user wants a one-word reply.OK"
     assert tokens.estimate_completion_tokens(text) == len(enc.encode_ordinary(text))
+
+
+def _texts() -> list[str]:
+    import random
+
+    rnd = random.Random(7)
+    words = ["error", "foo", "  ", "\n", "日本語", "x" * 300, "1234", "/usr/bin", "é", "\t"]
+    log = "\n".join(f"cc -c src/mod{i % 13}/file{i}.c -O2 -Wall" for i in range(6000))
+    return [
+        "",
+        "short text",
+        log,
+        "".join(rnd.choice(words) for _ in range(40_000)),
+        "a" * 50_000,  # one pre-token: cut at the piece size, no whitespace to cut before
+    ]
+
+
+@pytest.mark.parametrize("limit", [0, 1000, 5000, 10**9])
+def test_count_until_stops_past_the_limit_and_the_rest_adds_up_to_count_text(enc, limit):
+    for text in _texts():
+        whole = tokens.count_text(text)
+        seen, end = tokens.count_until(text, limit)
+        if end == len(text):
+            assert seen == whole
+            continue
+        # stopped early: a lower bound over the limit, and not far past it (pieces of 8k chars)
+        assert limit < seen <= whole
+        assert end <= len(text) // 2 or limit >= whole // 2
+        rest, last = tokens.count_until(text, 10**12, end, seen)
+        assert (rest, last) == (whole, len(text))

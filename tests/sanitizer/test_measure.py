@@ -19,7 +19,7 @@ from kimi_intercept.sanitizer.settings import MaskedItem
 
 
 def item(cid: str, before: int, after: int) -> MaskedItem:
-    return MaskedItem(cid, "Bash", "tool_result", "x", "y", before, after, 1, 1)
+    return MaskedItem(cid, "Bash", "tool_result", "x", "y", after, 1, 1, lambda _: before)
 
 
 def count(msgs: list) -> int:
@@ -29,12 +29,13 @@ def count(msgs: list) -> int:
 def test_an_item_of_the_previous_turn_counts_as_cached_a_new_one_as_new():
     memory = PrefixMemory()
     a, b = item("a", 1000, 100), item("b", 500, 50)
-    m1 = memory.measure("c1", ["u1", "t1"], ["u1", "T1"], [a], count)
+    m1 = memory.measure("c1", ["u1", "t1"], ["u1", "T1"], [a], count).tokens()
     assert m1 == Measured(removed_cached=0, removed_new=900, rebilled=0)
-    m2 = memory.measure("c1", ["u1", "t1", "t2"], ["u1", "T1", "T2"], [a, b], count)
+    m2 = memory.measure("c1", ["u1", "t1", "t2"], ["u1", "T1", "T2"], [a, b], count).tokens()
     assert m2 == Measured(removed_cached=900, removed_new=450, rebilled=0)
     # another conversation has no previous turn
-    assert memory.measure("c2", ["u1", "t1"], ["u1", "T1"], [a], count).removed_cached == 0
+    other = memory.measure("c2", ["u1", "t1"], ["u1", "T1"], [a], count)
+    assert other.tokens().removed_cached == 0
 
 
 def test_a_changed_mask_of_an_unchanged_message_is_rebilled_to_the_previous_end():
@@ -42,7 +43,7 @@ def test_a_changed_mask_of_an_unchanged_message_is_rebilled_to_the_previous_end(
     memory.measure("c", ["s", "u", "t", "v"], ["s", "u", "t", "v"], [], count)
     # message 2 is the same as the client sent it before, but is sent differently now
     m = memory.measure("c", ["s", "u", "t", "v", "w"], ["s", "u", "T", "v", "w"], [], count)
-    assert m.rebilled == count(["T", "v"])  # from message 2 to the previous prompt's end
+    assert m.tokens().rebilled == count(["T", "v"])  # from message 2 to the previous prompt's end
 
 
 def test_memory_is_bounded():

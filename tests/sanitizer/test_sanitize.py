@@ -139,11 +139,10 @@ def test_build_log_keeps_head_tail_and_errors_with_an_exact_marker():
     errors = ["src/net.c:12:5: error: implicit declaration of function 'foo'"]
     kept = "\n".join(head + errors + tail)
     before = tokens.count_text(log)
-    removed = before - tokens.count_text(kept)
     masked_bytes = len(log.encode()) - len(kept.encode())
     marker = (
-        f"[kimi-intercept: {len(lines) - 121:,} lines / {masked_bytes / 1e6:.1f} MB / "
-        f"{round(removed / 1e3)}k tokens masked — id {sha16(log)}; 1 error line kept below]"
+        f"[kimi-intercept: {len(lines) - 121:,} lines / {masked_bytes / 1e6:.1f} MB "
+        f"masked — id {sha16(log)}; 1 error line kept below]"
     )
     assert item is not None
     assert item.masked == "\n".join([*head, marker, *errors, END_OF_ERRORS, *tail])
@@ -158,7 +157,7 @@ def test_build_log_keeps_head_tail_and_errors_with_an_exact_marker():
     assert marker_of(item.masked) == {
         "lines": f"{len(lines) - 121:,}",
         "size": f"{masked_bytes / 1e6:.1f} MB",
-        "tokens": f"{round(removed / 1e3)}k",
+        "tokens": None,
         "action": "masked",
         "id": sha16(log),
         "errors": "1",
@@ -668,3 +667,28 @@ def test_property_next_turn_keeps_the_sanitized_prefix_and_pairing(
             assert item.tokens_after < item.tokens_before
         masked = json.dumps(result.body[key], ensure_ascii=False)
         assert masked.count("kimi-intercept: ") >= len(result.items)
+
+
+def test_masking_a_big_log_counts_only_a_little_of_it_and_its_savings_after(monkeypatch):
+    """The first turn of a conversation full of long logs must not tokenize them whole before
+    sending: the decisions count only as far as they need; the original's whole count (the
+    savings) is made on first use of ``tokens_before`` — and is exact."""
+    log = build_log(60_000, seed=5)  # ~1.6 MB
+    expected = tokens.count_text(log)
+    real = tokens.encoding()
+    encoded: list[int] = []
+
+    class Spy:
+        def encode_ordinary(self, text: str) -> list[int]:
+            encoded.append(len(text))
+            return real.encode_ordinary(text)
+
+    monkeypatch.setattr(tokens, "encoding", lambda: Spy())
+    item = mask_text(log, S, tool="Bash", kind="tool_result", cache=MaskCache())
+    assert item is not None and marker_of(item.masked)["action"] == "masked"
+    assert sum(encoded) < len(log) // 20  # a few pieces of the original, and the masked text
+    encoded.clear()
+    assert item.tokens_before == expected
+    assert sum(encoded) >= len(log)  # counted now, once
+    encoded.clear()
+    assert item.tokens_before == expected and not encoded

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from proxyproc import render_config, wait_rows
 
+from kimi_intercept.accounting import tokens
 from kimi_intercept.commands.cli import main as cli_main
 from kimi_intercept.commands.simulator import Reply, kimi_completion
 
@@ -75,6 +76,12 @@ def test_stored_saving_prices_each_removed_token_at_its_position(
     [(log_b,)] = con.execute("select id from masked where request_id = ?", (two["id"],))
     con.close()
     assert gone[log_a] > 1000 and gone[log_b] > 1000
+    # each original's whole count (made after the answer, not before sending) is exact
+    con = sqlite3.connect(db)
+    befores = dict(con.execute("select id, tokens_before from masked"))
+    con.close()
+    assert befores[log_a] == tokens.count_text(build_log("a"))
+    assert befores[log_b] == tokens.count_text(build_log("b"))
     # turn 1: log a is new (input price); turn 2: log a was in turn 1's cached prefix (cached
     # price), log b is new (input price)
     assert one["sanitizer_saved_usd"] == round(gone[log_a] * K26_IN / 1e6, 9)
