@@ -135,6 +135,10 @@ class MaskCache(ContentMemo):
             self.put(key, n, sys.getsizeof(text))
         return int(n)
 
+    def known(self, text: str) -> bool:
+        """Whether :meth:`count` of ``text`` is a memo hit (costs no tokenizing)."""
+        return len(text) < 64 or self.get(("count", text)) is not _MISSING
+
     def remember(self, text: str, n: int) -> None:
         """Keep ``n`` (:func:`~.tokens.count_text` of ``text``, counted elsewhere) for
         :meth:`count`."""
@@ -379,5 +383,4 @@ def mask_text(
     m = _mask(text, settings, cache)
     if m is None:
         return None
-    counter = cache.count if cache is not None else None
-    return MaskedItem(m.id, tool, kind, text, m.masked, m.tokens_after, m.lines, m.bytes, counter)
+    return MaskedItem(m.id, tool, kind, text, m.masked, m.tokens_after, m.lines, m.bytes, cache)

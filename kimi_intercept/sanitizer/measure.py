@@ -66,8 +66,9 @@ class Measurement:
         self._tokens: Measured | None = None
 
     def size(self) -> int:
-        """Characters of the originals :meth:`tokens` counts (each once, then kept)."""
-        return sum(len(i.original) for i in self.cached + self.new)
+        """Characters :meth:`tokens` would still tokenize (originals not counted yet: an output
+        carried from turn to turn is counted once)."""
+        return sum(i.pending_chars() for i in self.cached + self.new)
 
     def tokens(self) -> Measured:
         if self._tokens is None:

@@ -121,9 +121,8 @@ class _Sanitizer:
         m = _mask(text, s, self.cache)
         if m is None:
             return None
-        counter = self.cache.count if self.cache is not None else None
         item = MaskedItem(
-            m.id, tool, kind, text, m.masked, m.tokens_after, m.lines, m.bytes, counter
+            m.id, tool, kind, text, m.masked, m.tokens_after, m.lines, m.bytes, self.cache
         )
         self.items.append(item)
         return m.masked

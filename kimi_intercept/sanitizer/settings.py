@@ -7,7 +7,7 @@ own tool-name constants (shared notes ``providers.md`` §9).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,8 +105,10 @@ class MaskedItem:
     """One masked text. ``id`` is :func:`content_id` of ``original`` (exact: the caller stores
     it, compressed, keyed by ``id``); ``tool`` the tool's name when known (a wrapper's kind
     otherwise, e.g. ``environment_details``); ``tokens_after`` counts ``masked``; ``lines`` and
-    ``bytes`` (UTF-8) measure ``original``; ``counter`` counts a text (default
-    :func:`~kimi_intercept.accounting.tokens.count_text`; the sanitizer passes its memo's)."""
+    ``bytes`` (UTF-8) measure ``original``; ``memo`` (the sanitizer's
+    :class:`~.mask.MaskCache`, or any object with ``count(text) -> int`` and ``known(text) ->
+    bool``) counts ``original`` for :attr:`tokens_before` (default
+    :func:`~kimi_intercept.accounting.tokens.count_text`)."""
 
     id: str
     tool: str | None
@@ -116,18 +118,28 @@ class MaskedItem:
     tokens_after: int
     lines: int
     bytes: int
-    counter: Callable[[str], int] | None = field(default=None, repr=False, compare=False)
+    memo: Any = field(default=None, repr=False, compare=False)
 
     @property
     def tokens_before(self) -> int:
         """Tokens of ``original``, counted on first use and kept: masking never needs the whole
         count (the marker states none), and the relay asks for it after the answer, in a worker
-        thread when the originals are big (an original can be megabytes: ~80 ms per MB)."""
+        thread when :meth:`pending_chars` is big (an original can be megabytes: ~80 ms per MB)."""
         n = self.__dict__.get("_tokens_before")
         if n is None:
-            n = (self.counter or tokens.count_text)(self.original)
+            n = self.memo.count(self.original) if self.memo is not None else None
+            n = tokens.count_text(self.original) if n is None else n
             object.__setattr__(self, "_tokens_before", n)
         return int(n)
+
+    def pending_chars(self) -> int:
+        """Characters :attr:`tokens_before` would still tokenize: 0 once counted, here or in
+        ``memo`` (the same output on every turn of a conversation is counted once)."""
+        if "_tokens_before" in self.__dict__:
+            return 0
+        if self.memo is not None and self.memo.known(self.original):
+            return 0
+        return len(self.original)
 
 
 @dataclass(frozen=True)
@@ -145,7 +157,3 @@ class SanitizeResult:
     @property
     def tokens_before(self) -> int:
         return sum(i.tokens_before for i in self.items)
-
-    def originals_size(self) -> int:
-        """Characters of the masked originals: what counting :attr:`tokens_before` works on."""
-        return sum(len(i.original) for i in self.items)

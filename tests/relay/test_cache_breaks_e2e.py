@@ -203,7 +203,8 @@ def test_the_sanitizers_masking_keeps_the_prefix_cached_over_a_long_conversation
             _call(i, "run_command"),
             {"role": "tool", "tool_call_id": f"call_{i}", "content": big},
         ]
-    requests = wait_rows(db, 8)
+    # rows are built after each answer, so two of them may be written out of order
+    requests = sorted(wait_rows(db, 8), key=lambda r: r["started_at"])
     assert [r["outcome"] for r in requests] == ["ok"] * 8
     masked = [
         r for r in requests if (r["tokens_before_sanitize"] or 0) > r["tokens_after_sanitize"]
