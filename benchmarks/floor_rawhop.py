@@ -13,6 +13,7 @@ import asyncio
 import os
 
 import aiohttp
+from floor_relay import HopRelay  # mitmproxy puts a script's folder on sys.path
 
 UPSTREAM = os.environ["FLOOR_UPSTREAM"]
 _DROP = {b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"date", b"server"}
@@ -67,23 +68,16 @@ class Hop(asyncio.Protocol):
         self._next()
 
 
-class HopRelay:
-    port = None
+class RawHopRelay(HopRelay):
+    """``floor_relay.HopRelay``'s reroute and streaming hooks, with :class:`Hop` serving."""
 
     async def running(self):
         global _SESSION
         server = await asyncio.get_running_loop().create_server(Hop, "127.0.0.1", 0)
         self.port = server.sockets[0].getsockname()[1]
-        _SESSION = aiohttp.ClientSession(
+        _SESSION = self.session = aiohttp.ClientSession(
             auto_decompress=False, trust_env=False, cookie_jar=aiohttp.DummyCookieJar()
         )
 
-    def request(self, flow):
-        if flow.request.pretty_host == "api.openai.com" and self.port:
-            flow.request.url = f"http://127.0.0.1:{self.port}{flow.request.path}"
 
-    def responseheaders(self, flow):
-        flow.response.stream = True
-
-
-addons = [HopRelay()]
+addons = [RawHopRelay()]
