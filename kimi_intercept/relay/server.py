@@ -130,8 +130,8 @@ class Relay:
     async def start(self) -> int:
         """Listen on ``127.0.0.1`` (an ephemeral port) and return the port."""
         # aiohttp's low-level server: no application, router or middleware on the path of a
-        # call (it halved the hop's own cost; docs/performance.md). handler_cancellation: a
-        # client that leaves cancels its handler, which closes upstream.
+        # call (the hop measured cheaper, docs/performance.md). handler_cancellation: a client
+        # that leaves cancels its handler, which closes upstream.
         server = web.Server(self._handle, handler_cancellation=True, access_log=None)
         self._runner = web.ServerRunner(server, handle_signals=False)
         await self._runner.setup()

@@ -140,8 +140,9 @@ class PrefixMemory:
         )
         ids = frozenset(i.id for i in items)
         rebilled = 0
-        cached = [i for i in items if prev is not None and i.id in prev.items]
-        new = [i for i in items if prev is None or i.id not in prev.items]
+        before = prev.items if prev is not None else frozenset()
+        cached = [i for i in items if i.id in before]
+        new = [i for i in items if i.id not in before]
         if prev is not None:
             n = min(len(prev.sent), len(s_hash), len(o_hash), len(prev.originals))
             for j in range(n):

@@ -127,8 +127,8 @@ class MaskedItem:
         thread when :meth:`pending_chars` is big (an original can be megabytes: ~80 ms per MB)."""
         n = self.__dict__.get("_tokens_before")
         if n is None:
-            n = self.memo.count(self.original) if self.memo is not None else None
-            n = tokens.count_text(self.original) if n is None else n
+            memo, text = self.memo, self.original
+            n = memo.count(text) if memo is not None else tokens.count_text(text)
             object.__setattr__(self, "_tokens_before", n)
         return int(n)
 
