@@ -692,3 +692,24 @@ def test_masking_a_big_log_counts_only_a_little_of_it_and_its_savings_after(monk
     assert sum(encoded) >= len(log)  # counted now, once
     encoded.clear()
     assert item.tokens_before == expected and not encoded
+
+
+@pytest.mark.parametrize("threshold", [200, 1000, 3000])
+def test_partial_counting_takes_the_same_decisions_as_whole_counts(threshold):
+    """Texts whose first pieces carry few tokens (long runs of one character) and whose tokens
+    come later, just under and just over the threshold: masked exactly when the whole count is
+    over it, and then exactly counted."""
+    settings = SanitizeSettings(threshold_tokens=threshold)
+    rnd = random.Random(threshold)
+    for run in (0, 9_000, 20_000):
+        for words in (threshold // 8, threshold // 2, threshold, 3 * threshold):
+            lines = [" ".join(rnd.choice(WORDS) for _ in range(8)) for _ in range(words // 8 + 1)]
+            text = "-" * run + "\n" + "\n".join(lines)
+            whole = tokens.count_text(text)
+            item = mask_text(text, settings, tool="Bash", kind="tool_result", cache=MaskCache())
+            if whole <= threshold:
+                assert item is None, (run, words, whole)
+            else:  # over it by 15 % or more here, so masking saves tokens
+                assert item is not None, (run, words, whole)
+                assert item.tokens_before == whole > item.tokens_after
+                assert item.tokens_after == tokens.count_text(item.masked)
