@@ -160,11 +160,31 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[max(0, round(q * 100) - 1)]
 
 
+#: ``BENCH_PIN=1``: every proxy on the last CPU, this process (the fake upstream) and the
+#: client on the others — each setup gets a core of its own, the same one in every round.
+PIN = os.environ.get("BENCH_PIN") == "1" and (os.cpu_count() or 1) > 1
+
+
+def pin(pid: int, proxy: bool) -> None:
+    """With :data:`PIN`, bind every thread of ``pid`` (later threads inherit it) to the last CPU
+    (``proxy``) or to the others."""
+    if not PIN:
+        return
+    last = (os.cpu_count() or 1) - 1
+    cpus = {last} if proxy else set(range(last))
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:
+            pass  # a thread that just ended
+
+
 def run_client(script: str, spec: dict, timeout: float = 3600) -> dict:
     """Run ``script --client-spec SPEC`` in its own process; its stdout's last line is JSON."""
     done = subprocess.run(
         [sys.executable, script, "--client-spec", json.dumps(spec)],
         env=clean_env(),
+        preexec_fn=(lambda: pin(os.getpid(), proxy=False)) if PIN else None,
         capture_output=True,
         text=True,
         check=False,
@@ -318,6 +338,7 @@ def setups_at(
     db = tmp / "kimi.db"
     extra = ["-s", str(HERE / "probe.py")] if probe else []
     env_extra = dict(proxy_env or {})
+    pin(os.getpid(), proxy=False)
     with ExitStack() as stack:
         fake = None
         if upstream_url is None:
@@ -340,6 +361,7 @@ def setups_at(
                 confdir,
             )  # fmt: skip
             stack.callback(floor.stop)
+            pin(floor.proc.pid, proxy=True)
             setups[name] = Setup(
                 name, PROXIED_URL, f"http://127.0.0.1:{floor.port}",
                 str(confdir / "mitmproxy-ca-cert.pem"), floor.proc.pid,
@@ -354,6 +376,7 @@ def setups_at(
                 env=clean_env(env_extra), cwd=tmp,
             )  # fmt: skip
             stack.callback(kimi.stop)
+            pin(kimi.proc.pid, proxy=True)
             setups["kimi"] = Setup(
                 "kimi", PROXIED_URL, kimi.proxy_url, str(kimi.ca_path), kimi.proc.pid
             )
@@ -362,6 +385,7 @@ def setups_at(
             exe = shutil.which(litellm) or litellm
             lite = _LiteLLM(exe, upstream_url, tmp)
             stack.callback(lite.stop)
+            pin(lite.proc.pid, proxy=True)
             setups["litellm"] = Setup(
                 "litellm", f"http://127.0.0.1:{lite.port}/v1/chat/completions",
                 pid=lite.proc.pid,
