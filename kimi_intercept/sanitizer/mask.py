@@ -305,7 +305,8 @@ def _mask_uncached(text: str, settings: SanitizeSettings, cache: MaskCache | Non
     text left alone is sent as it is, and counted again for the whole prompt)."""
     limit = settings.threshold_tokens
     seen, end = tokens.count_until(text, limit)
-    if end == len(text):
+    whole = end == len(text)  # counted to its end already
+    if whole:
         if cache is not None:
             cache.remember(text, seen)
         if seen <= limit:
@@ -341,9 +342,8 @@ def _mask_uncached(text: str, settings: SanitizeSettings, cache: MaskCache | Non
         body = [*lines[:h], marker, *errors, *([END_OF_ERRORS] if errors else []), *lines[n - t :]]
         masked = "\n".join(body)
     after = cache.count(masked) if cache is not None else tokens.count_text(masked)
-    whole = end == len(text)
     seen, end = tokens.count_until(text, after, end, seen)  # the original is over it: masked
-    if end == len(text) and not whole and cache is not None:
+    if not whole and end == len(text) and cache is not None:
         cache.remember(text, seen)
     if seen <= after:
         return _NOT_MASKED

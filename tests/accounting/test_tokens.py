@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import socket
 import sys
 from pathlib import Path
@@ -208,8 +209,6 @@ def test_estimate_completion_tokens(enc):
 
 
 def _texts() -> list[str]:
-    import random
-
     rnd = random.Random(7)
     words = ["error", "foo", "  ", "\n", "日本語", "x" * 300, "1234", "/usr/bin", "é", "\t"]
     log = "\n".join(f"cc -c src/mod{i % 13}/file{i}.c -O2 -Wall" for i in range(6000))
