@@ -1,11 +1,12 @@
 """Throughput and TTFT under concurrent streaming clients: direct vs the floor vs kimi-intercept.
 
 Usage: python benchmarks/concurrency.py [--clients 1,10,50,100] [--seconds 10] [--rounds 2]
-                                        [--gap-ms 0] [--litellm PATH] [--json FILE]
+                                        [--gap-ms 0] [--hop] [--litellm PATH] [--json FILE]
 
 Setups (``benchmarks/harness.py``): ``direct`` to one fake upstream on loopback, the ``floor``
 (``mitmdump -s benchmarks/floor.py``, HTTPS interception included), ``kimi``
-(``mitmdump -s addons/kimi.py``), optionally ``litellm``. The fake streams its default answer
+(``mitmdump -s addons/kimi.py``), optionally ``hop`` (``--hop``: the floor plus a bare relay
+hop, ``benchmarks/floor_relay.py``) and ``litellm``. The fake streams its default answer
 (9 SSE events plus ``[DONE]``, ``--gap-ms`` apart; 0 = all at once).
 
 Method: the client is a separate process running asyncio + aiohttp. For each level of
@@ -200,6 +201,11 @@ def report(res: dict, args: argparse.Namespace) -> dict:
                     f"≤ 1.5×: {'met' if p99 <= 1.5 else 'NOT met'})"
                 )
             print(f"  kimi/floor: throughput {thr * 100:.0f} %, TTFT p99 {p99:.2f}×{goal}")
+        h = by_setup.get("hop")
+        if f and h and f["rps"] and f["ttft_p99"] and h["ttft_p99"]:
+            thr, p99 = h["rps"] / f["rps"], h["ttft_p99"] / f["ttft_p99"]
+            ratios.setdefault(level, {}).update({"throughput_hop": thr, "ttft_p99_hop": p99})
+            print(f"  hop/floor:  throughput {thr * 100:.0f} %, TTFT p99 {p99:.2f}×")
         print()
     return ratios
 
@@ -210,6 +216,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10, help="seconds per setup and level")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds per level")
     ap.add_argument("--gap-ms", type=float, default=0.0, help="fake upstream's gap between events")
+    ap.add_argument("--hop", action="store_true", help="also measure the floor plus a bare relay hop")
     ap.add_argument("--litellm", metavar="PATH", help="also measure LiteLLM's proxy (executable)")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--client-spec", help=argparse.SUPPRESS)  # internal: run as the client
@@ -219,7 +226,12 @@ def main() -> None:
         return
     levels = [int(x) for x in args.clients.split(",") if x.strip()]
     with tempfile.TemporaryDirectory(prefix="kimi-concurrency-") as tmp:
-        with setups_at(Path(tmp), gap_ms=args.gap_ms, litellm=args.litellm) as (setups, _f, _db):
+        names = ("direct", "floor", "hop", "kimi") if args.hop else ("direct", "floor", "kimi")
+        with setups_at(Path(tmp), names, gap_ms=args.gap_ms, litellm=args.litellm) as (
+            setups,
+            _f,
+            _db,
+        ):
             spec = {
                 "setups": {n: s.as_dict() for n, s in setups.items()},
                 "clients": levels,

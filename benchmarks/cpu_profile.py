@@ -1,9 +1,11 @@
 """Where the proxy's CPU goes: py-spy samples of the floor or kimi-intercept under steady load.
 
-Usage: python benchmarks/cpu_profile.py [--setup kimi|floor] [--seconds 15] [--top 12] [--raw FILE]
+Usage: python benchmarks/cpu_profile.py [--setup kimi|floor|hop] [--seconds 15] [--clients N]
+                                        [--top 12] [--raw FILE]
 
 Starts the setup (``benchmarks/harness.py``), drives it from a client process with a keep-alive
-``httpx.Client`` alternating JSON and streamed calls, and records the mitmdump process with
+``httpx.Client`` alternating JSON and streamed calls (or, with ``--clients N``, N concurrent
+streaming clients as ``concurrency.py`` runs them), and records the mitmdump process with
 ``py-spy record --format raw --threads --gil`` (only samples holding the GIL: Python work,
 not waits; py-spy must be installed: ``pip install py-spy``;
 sampling another process needs ptrace rights, e.g. root). Printed: busy samples per thread, and
@@ -30,6 +32,13 @@ def client(spec: dict) -> dict:
     import httpx
 
     s = Setup(**spec["setup"])
+    if spec.get("clients"):
+        import asyncio
+
+        from concurrency import _level
+
+        got = asyncio.run(_level(s, spec["clients"], spec["seconds"], chat_body(True)))
+        return {"calls": len(got["ttft"])}
     bodies = (chat_body(False), chat_body(True))
     n = 0
     deadline = time.monotonic() + spec["seconds"]
@@ -68,8 +77,9 @@ def summarize(raw: Path, top: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--setup", choices=("kimi", "floor"), default="kimi")
+    ap.add_argument("--setup", choices=("kimi", "floor", "hop"), default="kimi")
     ap.add_argument("--seconds", type=float, default=15)
+    ap.add_argument("--clients", type=int, default=0, help="N concurrent streaming clients")
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--raw", metavar="FILE", help="keep py-spy's raw (collapsed) stacks here")
     ap.add_argument("--client-spec", help=argparse.SUPPRESS)
@@ -90,7 +100,10 @@ def main() -> None:
                  "--output", str(raw)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
-            res = run_client(__file__, {"setup": s.as_dict(), "seconds": args.seconds + 1})
+            res = run_client(
+                __file__,
+                {"setup": s.as_dict(), "seconds": args.seconds + 1, "clients": args.clients},
+            )
             _, err = rec.communicate(timeout=args.seconds + 60)
             if rec.returncode != 0:
                 sys.exit(f"py-spy failed: {err.strip()[-2000:]}")
