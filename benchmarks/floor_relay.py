@@ -8,15 +8,31 @@ streams the answer back chunk by chunk — the shape of kimi-intercept's relay (
 ``mitmproxy.md`` §3 (d)) without planning, fallbacks, metering or rows.
 ``benchmarks/overhead.py --hop`` measures it next to the floor and kimi-intercept: floor → hop
 is the second hop's cost, hop → kimi is kimi-intercept's own work.
+
+``HOP_WORK_MS`` (default 0) adds that many ms of CPU-bound Python work to each call, half before
+the upstream call and half after the answer (in a callback of its own, as a row is built): a stand-in for kimi-intercept's own work, to
+compare where such work runs (``floor_relay_process.py`` runs this same relay in a process of
+its own). Run as a script (``python benchmarks/floor_relay.py``), it serves the relay alone and
+prints its port.
 """
 
+import asyncio
 import os
+import time
 
 import aiohttp
 from aiohttp import web
 
 UPSTREAM = os.environ["FLOOR_UPSTREAM"]
 _DROP = {"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"}
+WORK_S = float(os.environ.get("HOP_WORK_MS", "0")) / 2e3  # per half
+
+
+def busy(seconds):
+    """Burn ``seconds`` of this thread's CPU time in Python bytecode."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
 
 
 class HopRelay:
@@ -44,6 +60,8 @@ class HopRelay:
 
     async def handle(self, request):
         body = await request.read()
+        if WORK_S:
+            busy(WORK_S)
         headers = {"content-type": request.headers.get("content-type", "application/json")}
         async with self.session.post(UPSTREAM + request.path, data=body, headers=headers) as up:
             out = web.StreamResponse(status=up.status)
@@ -56,7 +74,20 @@ class HopRelay:
             async for chunk in up.content.iter_any():
                 await out.write(chunk)
             await out.write_eof()
-            return out
+        if WORK_S:  # like a row: after the answer, off the handler
+            asyncio.get_running_loop().call_soon(busy, WORK_S)
+        return out
 
 
 addons = [HopRelay()]
+
+
+async def _serve_alone():
+    hop = HopRelay()
+    await hop.running()
+    print(hop.port, flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve_alone())

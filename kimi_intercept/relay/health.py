@@ -45,6 +45,7 @@ user, in concurrency/RPM/TPM/TPD — notes ``providers.md`` §1.2, §1.7).
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections import deque
@@ -111,6 +112,8 @@ class ProviderHealth:
         self._clock = clock
         self._wall = wall
         self._states: dict[str, _State] = {}
+        self._changes = 0  # bumped by every change a snapshot shows (see snapshot)
+        self._snapshot: tuple[int, float, list[dict[str, Any]]] | None = None
 
     def check(self, provider: str) -> Verdict:
         """Whether ``provider`` may be tried now. In half-open state the one ``ok`` answer is
@@ -126,6 +129,7 @@ class ProviderHealth:
             if now < s.open_until:
                 return Verdict(False, s.breaker_reason)
             s.breaker, s.probe_out = "half_open", False
+            self._changes += 1
         if s.breaker == "half_open":
             if s.probe_out:
                 return Verdict(False, _PROBE_BUSY)
@@ -136,12 +140,15 @@ class ProviderHealth:
     def record_success(self, provider: str) -> None:
         """The provider answered well: close the breaker and forget counted failures."""
         s = self._state(provider)
+        if s.failures or s.breaker != "closed" or s.breaker_reason is not None:
+            self._changes += 1
         s.failures.clear()
         s.breaker, s.probe_out, s.breaker_reason = "closed", False, None
 
     def record_failure(self, provider: str, failure: Failure) -> None:
         s = self._state(provider)
         now = self._clock()
+        self._changes += 1
         if failure.action in (Action.CLIENT, Action.CONTEXT):
             self._release_probe(s)  # the provider answered; the trial proved nothing
             return
@@ -176,9 +183,26 @@ class ProviderHealth:
         self._release_probe(self._state(provider))
 
     def snapshot(self) -> list[dict[str, Any]]:
-        """One dict per provider seen, in first-seen order; ``until`` in epoch seconds."""
-        now, wall_now = self._clock(), self._wall()
+        """One dict per provider seen, in first-seen order; ``until`` in epoch seconds.
+
+        The same list object again while nothing it shows can have changed (no outcome
+        recorded, no new provider, no deadline or counted failure passed): the status file
+        compares it on every call (``relay/live.py``). Do not modify it."""
+        now = self._clock()
+        cached = self._snapshot
+        if cached is not None and cached[0] == self._changes and now < cached[1]:
+            return cached[2]
+        wall_now = self._wall()
         out = []
+        stale_at = math.inf  # when the next deadline or counted failure passes
+        for s in self._states.values():
+            for t in (s.unavailable_until, s.limited_until, s.open_until):
+                if t > now:
+                    stale_at = min(stale_at, t)
+            for t in s.failures:
+                if t > now - self.window_s:
+                    stale_at = min(stale_at, t + self.window_s)
+                    break  # the oldest counted one leaves the window first
         for name, s in self._states.items():
             until: float | None = None
             reason: str | None = None
@@ -201,12 +225,14 @@ class ProviderHealth:
                     "recent_failures": sum(1 for t in s.failures if t > now - self.window_s),
                 }
             )
+        self._snapshot = (self._changes, stale_at, out)
         return out
 
     def _state(self, provider: str) -> _State:
         s = self._states.get(provider)
         if s is None:
             s = self._states[provider] = _State()
+            self._changes += 1
         return s
 
     def _prune(self, s: _State, now: float) -> None:

@@ -4,7 +4,7 @@ health and the calls in flight, as one JSON file next to the database
 
     {"pid": 4242, "updated_at": "2026-11-21T23:54:42.123Z",
      "providers": [{"provider": "kimi", "state": "open", "until": 1763769300.0, ...}],
-     "in_flight": [{"id": "a1b2c3", "client": "claude-cli/2.1.3", "provider": "kimi",
+     "in_flight": [{"id": "2a", "client": "claude-cli/2.1.3", "provider": "kimi",
                     "model": "kimi-k2.6", "client_model": "claude-sonnet-4-5",
                     "conversation_id": "3f2a9c…", "title": "Fix the test",
                     "started": 1763769282.1}],
@@ -22,10 +22,10 @@ only when something changed.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
-import secrets
 import threading
 import time
 from pathlib import Path
@@ -51,10 +51,11 @@ class LiveStatus:
         self._published: Any = None
         self._pending: asyncio.Task[None] | None = None
         self._last = 0.0  # time.monotonic() of the last write
+        self._keys = itertools.count(1)
 
     def started(self, plan: RoutePlan) -> str:
         """Record a call that is being served; returns the key for :meth:`ended`."""
-        key = secrets.token_hex(4)
+        key = f"{next(self._keys):x}"
         first = plan.targets[0] if plan.targets else None
         self.in_flight[key] = {
             "id": key,
@@ -79,7 +80,9 @@ class LiveStatus:
         if self.path is None:
             return
         pending = self._pending is not None and not self._pending.done()
-        health_changed = self._published is None or self.health.snapshot() != self._published[0]
+        health = self.health.snapshot()  # the same list while nothing in it changed
+        published = self._published[0] if self._published is not None else None
+        health_changed = published is None or (health is not published and health != published)
         if pending and not health_changed:
             return
         if pending:

@@ -314,6 +314,42 @@ def test_snapshot_lists_every_state() -> None:
     ]
 
 
+def test_snapshot_is_reused_until_something_in_it_changes() -> None:
+    """The status file compares the snapshot on every call, so an unchanged one is the same
+    list; each outcome, new provider, passed deadline and failure leaving the window shows."""
+    clock = Clock()
+    health = make(clock)
+
+    def states() -> list[tuple[str, str, int]]:
+        return [(s["provider"], s["state"], s["recent_failures"]) for s in health.snapshot()]
+
+    health.check("kimi")
+    first = health.snapshot()
+    assert states() == [("kimi", "available", 0)]
+    health.record_success("kimi")  # nothing to close or forget
+    health.check("kimi")
+    clock.t = 500.0
+    assert health.snapshot() is first
+    clock.t = 1000.0
+    health.record_failure("kimi", RATE)  # rate-limited until 1020
+    assert states() == [("kimi", "rate_limited", 1)]
+    limited = health.snapshot()
+    clock.t = 1019.9
+    assert health.snapshot() is limited
+    clock.t = 1020.0
+    assert states() == [("kimi", "available", 1)]
+    clock.t = 1059.9
+    assert states() == [("kimi", "available", 1)]
+    clock.t = 1060.0  # the failure at 1000 leaves the 60 s window
+    assert states() == [("kimi", "available", 0)]
+    health.check("groq")
+    assert states() == [("kimi", "available", 0), ("groq", "available", 0)]
+    health.record_failure("groq", SERVER)
+    assert states()[1] == ("groq", "available", 1)
+    health.record_success("groq")  # forgets the counted failure
+    assert states()[1] == ("groq", "available", 0)
+
+
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError) as e:
         ProviderHealth(failures_to_open=0)
