@@ -19,6 +19,7 @@ Errors: :class:`ConfigError` (a ``ValueError``) whose message names the key and 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import re
 import tomllib
@@ -124,8 +125,9 @@ class Provider:
         """``base_url`` joined with an endpoint path such as ``/chat/completions``."""
         return self.base_url.rstrip("/") + endpoint
 
-    @property
+    @functools.cached_property
     def host(self) -> str:
+        """``base_url``'s host name (parsed once: planning asks for it several times a call)."""
         return urlsplit(self.base_url).hostname or ""
 
     def missing_key_hint(self) -> str:
