@@ -1,15 +1,16 @@
 """CPU per streamed call of one setup under N concurrent clients, for comparing two versions.
 
-Usage: BENCH_PIN=1 python benchmarks/ab_cpu.py [--setup kimi] [--clients 50] [--seconds 8] [--reps 3]
-                                             [--against DIR]
+Usage: BENCH_PIN=1 python benchmarks/ab_cpu.py [--setup kimi] [--clients 50] [--seconds 8]
+                                             [--reps 3] [--against DIR]
 
 Starts only that setup (``benchmarks/harness.py``), then ``--reps`` times drives it with
 ``--clients`` streaming clients for ``--seconds`` (``concurrency.py``'s client) and prints the
-calls per second and the proxy's CPU (utime + stime) per completed call. With ``--against DIR``
-(another checkout, e.g. a ``git worktree`` of the version before a change), a second
-kimi-intercept runs that checkout's package on the same fake, the two take turns rep by rep,
-and the ratio of their medians is printed: the machine's drift hits both alike. A script that
-prints numbers, not a test.
+calls per second, the proxy's CPU (utime + stime) per completed call and the median time to the
+first token (``--clients 1``: one call at a time, the latency a single agent sees). With
+``--against DIR`` (another checkout, e.g. a ``git worktree`` of the version before a change), a
+second kimi-intercept runs that checkout's package on the same fake, the two take turns rep by
+rep, and the ratio of their medians is printed: the machine's drift hits both alike. A script
+that prints numbers, not a test.
 """
 
 from __future__ import annotations
@@ -21,7 +22,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness import Setup, chat_body, clean_env, cpu_seconds, pin, render_config, run_client, setups_at
+from harness import (
+    Setup,
+    chat_body,
+    clean_env,
+    cpu_seconds,
+    pin,
+    render_config,
+    run_client,
+    setups_at,
+)
 
 from kimi_intercept.commands.mitmdump import start_proxy_process
 
@@ -31,8 +41,14 @@ def client(spec: dict) -> dict:
 
     from concurrency import _level
 
-    got = asyncio.run(_level(Setup(**spec["setup"]), spec["clients"], spec["seconds"], chat_body(True)))
-    return {"calls": len(got["ttft"]), "elapsed": got["elapsed"], "errors": len(got["errors"])}
+    s = Setup(**spec["setup"])
+    got = asyncio.run(_level(s, spec["clients"], spec["seconds"], chat_body(True)))
+    return {
+        "calls": len(got["ttft"]),
+        "elapsed": got["elapsed"],
+        "errors": len(got["errors"]),
+        "ttft_p50": statistics.median(got["ttft"]) if got["ttft"] else 0.0,
+    }
 
 
 def main() -> None:
@@ -71,7 +87,8 @@ def main() -> None:
                     b.stop()
     for name, rows in results.items():
         print(f"{name}: median {statistics.median(r[0] for r in rows):.1f} calls/s, "
-              f"{statistics.median(r[1] for r in rows):.3f} ms CPU/call")  # fmt: skip
+              f"{statistics.median(r[1] for r in rows):.3f} ms CPU/call, "
+              f"TTFT p50 {statistics.median(r[2] for r in rows):.2f} ms")  # fmt: skip
     if len(results) == 2:
         a, b_ = (statistics.median(r[1] for r in rows) for rows in results.values())
         print(f"CPU per call, this checkout / --against: {a / b_:.3f}")
@@ -88,9 +105,10 @@ def _measure(runs: dict[str, Setup], args: argparse.Namespace) -> dict[str, list
             cpu0 = cpu_seconds(s.pid)
             got = run_client(__file__, spec)
             cpu = cpu_seconds(s.pid) - cpu0
-            results[name].append((got["calls"] / got["elapsed"], 1e3 * cpu / got["calls"]))
-            print(f"  {name:8} {results[name][-1][0]:7.1f} calls/s  "
-                  f"{results[name][-1][1]:.3f} ms CPU/call  errors {got['errors']}", flush=True)
+            res = (got["calls"] / got["elapsed"], 1e3 * cpu / got["calls"], got["ttft_p50"])
+            results[name].append(res)
+            print(f"  {name:8} {res[0]:7.1f} calls/s  {res[1]:.3f} ms CPU/call  "
+                  f"TTFT p50 {res[2]:.2f} ms  errors {got['errors']}", flush=True)
     return results
 
 

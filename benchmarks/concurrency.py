@@ -216,7 +216,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10, help="seconds per setup and level")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds per level")
     ap.add_argument("--gap-ms", type=float, default=0.0, help="fake upstream's gap between events")
-    ap.add_argument("--hop", action="store_true", help="also measure the floor plus a bare relay hop")
+    ap.add_argument("--hop", action="store_true", help="also the floor plus a bare relay hop")
     ap.add_argument("--litellm", metavar="PATH", help="also measure LiteLLM's proxy (executable)")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--client-spec", help=argparse.SUPPRESS)  # internal: run as the client

@@ -10,10 +10,10 @@ streams the answer back chunk by chunk — the shape of kimi-intercept's relay (
 is the second hop's cost, hop → kimi is kimi-intercept's own work.
 
 ``HOP_WORK_MS`` (default 0) adds that many ms of CPU-bound Python work to each call, half before
-the upstream call and half after the answer (in a callback of its own, as a row is built): a stand-in for kimi-intercept's own work, to
-compare where such work runs (``floor_relay_process.py`` runs this same relay in a process of
-its own). Run as a script (``python benchmarks/floor_relay.py``), it serves the relay alone and
-prints its port.
+the upstream call and half after the answer (in a callback of its own, as a row is built): a
+stand-in for kimi-intercept's own work, to compare where such work runs
+(``floor_relay_process.py`` runs this same relay in a process of its own). Run as a script
+(``python benchmarks/floor_relay.py``), it serves the relay alone and prints its port.
 """
 
 import asyncio
