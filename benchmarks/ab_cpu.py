@@ -75,8 +75,13 @@ def main() -> None:
                 config = root / "config.toml"
                 config.write_text(render_config(root / "kimi.db", fake.url, fake.url))
                 env = clean_env({"PYTHONPATH": str(Path(args.against).resolve())})
-                b = start_proxy_process(config, root / "confdir",
-                                        ["--set", "connection_strategy=lazy"], env=env, cwd=root)
+                b = start_proxy_process(
+                    config,
+                    root / "confdir",
+                    ["--set", "connection_strategy=lazy"],
+                    env=env,
+                    cwd=root,
+                )
                 pin(b.proc.pid, proxy=True)
                 runs["against"] = Setup("against", setups["kimi"].url, b.proxy_url,
                                         str(b.ca_path), b.proc.pid)  # fmt: skip
@@ -107,8 +112,11 @@ def _measure(runs: dict[str, Setup], args: argparse.Namespace) -> dict[str, list
             cpu = cpu_seconds(s.pid) - cpu0
             res = (got["calls"] / got["elapsed"], 1e3 * cpu / got["calls"], got["ttft_p50"])
             results[name].append(res)
-            print(f"  {name:8} {res[0]:7.1f} calls/s  {res[1]:.3f} ms CPU/call  "
-                  f"TTFT p50 {res[2]:.2f} ms  errors {got['errors']}", flush=True)
+            print(
+                f"  {name:8} {res[0]:7.1f} calls/s  {res[1]:.3f} ms CPU/call  "
+                f"TTFT p50 {res[2]:.2f} ms  errors {got['errors']}",
+                flush=True,
+            )
     return results
 
 
