@@ -53,6 +53,25 @@ class DataClock:
         return timeout - (self._clock() - self.last)
 
     def _sse_data(self, chunk: bytes) -> bool:
+        # Most reads are whole events with data and nothing else: then the line scan below would
+        # find a data line, no comment, no ping and no unfinished line. A few C-level searches
+        # tell that for ~1 µs where the scan costs ~10 µs an event; anything else is scanned.
+        if (
+            not self._line
+            and not self._ping
+            and chunk.endswith(b"\n")
+            and (chunk.startswith(b"data:") or b"\ndata:" in chunk)
+            and b"ping" not in chunk
+            and b"\r" not in chunk
+            and not chunk.startswith(b":")
+            and b"\n:" not in chunk
+        ):
+            return True
+        return self._scan(chunk)
+
+    def _scan(self, chunk: bytes) -> bool:
+        """Line by line: whether ``chunk`` holds a data line (keeping the state across
+        chunks: an unfinished line, an event that is a ping, the keep-alives seen)."""
         data = False
         start = 0
         for m in _LINE_END.finditer(chunk):

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import random
+import re
+from pathlib import Path
+
 import pytest
 
 from kimi_intercept.relay.bounds import Cut, DataClock
+
+WIRE = Path(__file__).resolve().parents[1] / "wire"
 
 
 class Clock:
@@ -46,6 +52,76 @@ def test_an_event_split_across_chunks_counts_when_its_data_line_ends():
 def test_a_long_unfinished_data_line_is_data_on_its_way():
     assert fed([b"data: " + b"x" * 100, b"y" * 100, b"\n\n"]) == [True, True, True]
     assert fed([b": " + b"x" * 100, b"\n\n"]) == [False, False]
+
+
+class Scanning(DataClock):
+    """The clock with every chunk scanned line by line (no shortcut): the reference."""
+
+    def _sse_data(self, chunk: bytes) -> bool:
+        return self._scan(chunk)
+
+
+class Counting(DataClock):
+    scans = 0
+
+    def _scan(self, chunk: bytes) -> bool:
+        self.scans += 1
+        return super()._scan(chunk)
+
+
+KEEPALIVES = (
+    b": keep-alive\n\n"
+    b'data: {"choices":[{"delta":{"content":"shipping"}}]}\n\n'  # "ping" inside content
+    b'event: ping\ndata: {"type": "ping"}\n\n'
+    b"data\n\n"  # a data field without a colon
+    b'data: {"choices":[{"delta":{"content":"x"}}]}\r\n\r\n'
+    b":\n\n" + b"data: " + b"y" * 200 + b"\n\n"
+)
+#: Reads whose state or mix the shortcut must not misjudge.
+SEQUENCES = [
+    [b'data: {"a":1}\n\n: keep-alive\n\n'],  # data and a keep-alive in one read
+    [b'data: {"b":2}\r: ka\n\n'],  # a lone CR ends a data line before a comment
+    [b"event: ping\n", b"data: {}\n\n"],  # a ping's data in the next read
+    [b": keep", b"-alive\ndata: {}\n\n"],  # a comment finished by the next read
+]
+
+
+def _streams() -> list[bytes]:
+    return [f.read_bytes() for f in sorted(WIRE.rglob("*.sse"))] + [KEEPALIVES]
+
+
+def _chunkings(stream: bytes, rng: random.Random) -> list[list[bytes]]:
+    events = [e for e in re.split(rb"(?<=\n\n)|(?<=\r\n\r\n)", stream) if e]
+    cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, len(stream) // 40)))
+    bounds = [0, *cuts, len(stream)]
+    return [
+        events,  # one event per read
+        [b"".join(events[i : i + 3]) for i in range(0, len(events), 3)],  # bursts
+        [stream[a:b] for a, b in zip(bounds, bounds[1:], strict=False)],  # anywhere
+        [stream],  # all in one read
+    ]
+
+
+def test_the_shortcut_says_what_the_line_scan_says() -> None:
+    """Every recorded stream (and one of keep-alives, pings, CRLF and long lines), read in
+    whole events, in bursts and cut anywhere: the same answer for every read, and the same
+    keep-alives counted, as when each read is scanned line by line."""
+    rng = random.Random(7)
+    cases = [c for stream in _streams() for c in _chunkings(stream, rng)] + SEQUENCES
+    for chunks in cases:
+        fast, slow = DataClock(True), Scanning(True)
+        assert [fast.feed(c) for c in chunks] == [slow.feed(c) for c in chunks], chunks
+        assert fast.keepalives == slow.keepalives, chunks
+
+
+def test_whole_events_with_data_are_not_scanned() -> None:
+    stream = (WIRE / "documented" / "moonshot_stream.sse").read_bytes()
+    events = [e + b"\n\n" for e in stream.split(b"\n\n") if e]
+    clock = Counting(True)
+    assert all(clock.feed(e) for e in events)
+    assert clock.scans == 0
+    assert clock.feed(b": keep-alive\n\n") is False  # the rest is scanned
+    assert clock.scans == 1 and clock.keepalives == 1
 
 
 def test_any_byte_of_a_json_body_is_data():
