@@ -85,6 +85,30 @@ class SSEParser:
             return []
         if not chunk:
             return []
+        if (  # between events, a read of whole ``data: …`` events: no line scan needed
+            not self._parts
+            and not self._event_bytes  # (no line of an unfinished event: no data, no type)
+            and not self._at_start
+            and chunk.startswith(b"data: ")
+            and chunk.endswith(b"\n\n")
+            and b"\r" not in chunk
+        ):
+            events = self._data_events(chunk)
+            if events is not None:
+                return events
+        return self._scan(chunk)
+
+    def _data_events(self, chunk: bytes) -> list[SSEEvent] | None:
+        """The events of ``chunk`` if each is one ``data: …`` line and its blank line (what
+        :meth:`_scan` would dispatch, without its line-by-line pass), else ``None``."""
+        lines = chunk[:-2].split(b"\n\n")
+        for line in lines:
+            if line[:6] != b"data: " or b"\n" in line:
+                return None
+        last_id = self._last_id
+        return [SSEEvent("message", line[6:].decode("utf-8", "replace"), last_id) for line in lines]
+
+    def _scan(self, chunk: bytes) -> list[SSEEvent]:
         events: list[SSEEvent] = []
         pos = 0
         if self._skip_lf:
@@ -176,6 +200,16 @@ class EventSplitter:
         self._buf = b""
 
     def push(self, chunk: bytes) -> list[bytes]:
+        if (  # whole events ending in "\n\n" (not three), no CR: a split finds the same ones
+            not self._buf
+            and chunk.endswith(b"\n\n")
+            and not chunk.endswith(b"\n\n\n")
+            and b"\r" not in chunk
+        ):
+            return [event + b"\n\n" for event in chunk[:-2].split(b"\n\n")]
+        return self._scan(chunk)
+
+    def _scan(self, chunk: bytes) -> list[bytes]:
         start = max(len(self._buf) - 3, 0)
         buf = self._buf + chunk
         out: list[bytes] = []

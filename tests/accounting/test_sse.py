@@ -175,3 +175,83 @@ def test_event_splitter_holds_an_unfinished_event_and_a_trailing_cr():
     assert s.push(b"data: 1\n\ndata: 2\r\n\r") == [b"data: 1\n\n"]
     assert s.push(b"\ndata: 3") == [b"data: 2\r\n\r\n"]
     assert s.flush() == b"data: 3"
+
+
+# --- the shortcuts for reads of whole ``data:`` events ------------------------------------------
+
+#: Reads the shortcuts must leave to the line scan, or split the same way it does (each case
+#: is read after one whole event, as in a stream).
+EDGES = [
+    [b"data: a", b"data: b\n\n"],  # the end of an unfinished line
+    [b"data: a\n", b"data: b\n\n"],  # the second data line of an event
+    [b"event: x\n", b"data: b\n\n"],  # the data of an event with a type
+    [b"retry: 5\n", b"data: b\n\n"],  # after a line of the same event
+    [b"data: a\rb\n\n"],  # a lone CR ends a line
+    [b"data: a\r\r", b"data: b\n\n", b"\ndata: c\n\n"],  # a read after one ending in CR
+    [b"data: a\n\n\ndata: b\n\n"],  # a blank line more between events
+    [b"data: a\n\n\n\ndata: b\n\n"],  # two
+    [b"data: a\n\n\n"],  # a third newline at the end of the read
+    [b"data: a\ndata: b\n\n"],  # one event of two data lines
+    [b"data:a\n\n"],  # no space after the colon
+    [b"data: a\n\n", b"event: x\ndata: b\n\n", b"data: c\n\n"],  # an event type
+    [b"id: 7\n\n", b"data: a\n\n"],  # the last event id carries over
+    [b"data: \xe2\x82\n\n", b"data: \xac\n\n"],  # invalid UTF-8 in separate events
+    [b"data: a\r\n\r\n", b"data: b\n\n"],  # CRLF, then LF
+    [b"data: a\r", b"\ndata: b\n\n"],  # a CRLF split between reads
+    [b"\xef\xbb\xbfdata: a\n\n", b"data: b\n\n"],  # a BOM before the first line
+    [b"data: a\n", b"\ndata: b\n\n"],  # a blank line in the next read
+]
+
+
+class _Scanning(SSEParser):
+    def _data_events(self, chunk: bytes) -> None:
+        return None
+
+
+def _cases() -> list[list[bytes]]:
+    rng = random.Random(11)
+    cases = [[b"data: 0\n\n", *edge] for edge in EDGES]
+    for f in sorted(WIRE.rglob("*.sse")):
+        data = f.read_bytes()
+        events = [e for e in data.split(b"\n\n") if e]
+        cases.append([e + b"\n\n" for e in events])  # one event per read
+        cases.append([b"\n\n".join(events[i : i + 4]) + b"\n\n" for i in range(0, len(events), 4)])
+        cuts = sorted(rng.sample(range(1, len(data)), len(data) // 50))
+        cases.append([data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=False)])
+    return cases
+
+
+def test_parser_shortcut_gives_the_events_the_line_scan_gives() -> None:
+    for chunks in _cases():
+        fast, slow = SSEParser(), _Scanning()
+        assert [fast.feed(c) for c in chunks] == [slow.feed(c) for c in chunks], chunks
+        assert fast.pending_bytes == slow.pending_bytes, chunks
+
+
+def test_splitter_shortcut_cuts_where_the_scan_cuts() -> None:
+    from kimi_intercept.accounting.sse import EventSplitter
+
+    class Scanning(EventSplitter):
+        def push(self, chunk: bytes) -> list[bytes]:
+            return self._scan(chunk)
+
+    for chunks in _cases():
+        fast, slow = EventSplitter(), Scanning()
+        assert [fast.push(c) for c in chunks] == [slow.push(c) for c in chunks], chunks
+        assert fast.flush() == slow.flush(), chunks
+
+
+def test_whole_data_events_skip_the_line_scan() -> None:
+    class Counting(SSEParser):
+        scans = 0
+
+        def _scan(self, chunk: bytes) -> list[SSEEvent]:
+            self.scans += 1
+            return super()._scan(chunk)
+
+    data = (WIRE / "documented" / "moonshot_stream.sse").read_bytes()
+    events = [e + b"\n\n" for e in data.split(b"\n\n") if e]
+    parser = Counting()
+    got = [ev for e in events for ev in parser.feed(e)]
+    assert got == parse_all([data])[0]
+    assert parser.scans == 1  # the first read only (a BOM may lead the stream)
