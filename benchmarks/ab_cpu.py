@@ -20,6 +20,7 @@ import json
 import statistics
 import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 from harness import (
@@ -65,7 +66,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="kimi-ab-") as tmp_name:
         tmp = Path(tmp_name)
-        with setups_at(tmp, (args.setup,)) as (setups, fake, _db):
+        with setups_at(tmp, (args.setup,)) as (setups, fake, _db), ExitStack() as stack:
             runs = {args.setup: setups[args.setup]}
             if args.against:
                 assert fake is not None and args.setup == "kimi"
@@ -82,14 +83,11 @@ def main() -> None:
                     env=env,
                     cwd=root,
                 )
+                stack.callback(b.stop)
                 pin(b.proc.pid, proxy=True)
                 runs["against"] = Setup("against", setups["kimi"].url, b.proxy_url,
                                         str(b.ca_path), b.proc.pid)  # fmt: skip
-            try:
-                results = _measure(runs, args)
-            finally:
-                if args.against:
-                    b.stop()
+            results = _measure(runs, args)
     for name, rows in results.items():
         print(f"{name}: median {statistics.median(r[0] for r in rows):.1f} calls/s, "
               f"{statistics.median(r[1] for r in rows):.3f} ms CPU/call, "
