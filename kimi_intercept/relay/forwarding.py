@@ -9,7 +9,6 @@ of the response goes with the last bytes (:func:`finish`). :class:`StreamBroken`
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Iterable
@@ -106,9 +105,6 @@ async def send(out: web.StreamResponse, data: bytes, plan: RoutePlan, r: Outcome
     await write_or_gone(out.write(data))
     if r.ttft_ms is None:
         r.ttft_ms = ms_since(plan.received)
-        # Let mitmproxy forward the first bytes before the rest of a burst is read: reads of
-        # bytes already buffered do not yield to the event loop.
-        await asyncio.sleep(0)
 
 
 async def finish(out: web.StreamResponse, data: bytes, plan: RoutePlan, r: Outcome) -> None:
