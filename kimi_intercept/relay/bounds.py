@@ -55,7 +55,8 @@ class DataClock:
     def _sse_data(self, chunk: bytes) -> bool:
         # Most reads are whole events with data and nothing else: then the line scan below would
         # find a data line, no comment, no ping and no unfinished line. A few C-level searches
-        # tell that for ~1 µs where the scan costs ~10 µs an event; anything else is scanned.
+        # tell that in ~2 µs for a one-event read, where the scan takes ~5 µs (best of 7 runs
+        # of 20,000); anything else is scanned.
         if (
             not self._line
             and not self._ping
