@@ -51,6 +51,7 @@ class LiveStatus:
         self._published: Any = None
         self._pending: asyncio.Task[None] | None = None
         self._last = 0.0  # time.monotonic() of the last write
+        self._changes = 0  # calls of changed(): a publish covers those made before its state
         self._keys = itertools.count(1)
 
     def started(self, plan: RoutePlan) -> str:
@@ -79,6 +80,7 @@ class LiveStatus:
         Needs a running event loop."""
         if self.path is None:
             return
+        self._changes += 1
         pending = self._pending is not None and not self._pending.done()
         health = self.health.snapshot()  # the same list while nothing in it changed
         published = self._published[0] if self._published is not None else None
@@ -99,7 +101,11 @@ class LiveStatus:
 
     async def _publish_later(self, delay: float) -> None:
         await asyncio.sleep(delay)
+        seen = self._changes
         await self._publish()
+        if self._changes != seen:  # changed while this one was writing what it had read before
+            delay = max(0.0, self._last + COALESCE_S - time.monotonic())
+            self._pending = asyncio.ensure_future(self._publish_later(delay))
 
     async def _publish(self) -> None:
         if self.path is None:
