@@ -6,7 +6,8 @@ Usage: python benchmarks/cpu_profile.py [--setup kimi|floor|hop] [--seconds 15] 
 Starts the setup (``benchmarks/harness.py``), drives it from a client process with a keep-alive
 ``httpx.Client`` alternating JSON and streamed calls (or, with ``--clients N``, N concurrent
 streaming clients as ``concurrency.py`` runs them), and records the mitmdump process with
-``py-spy record --format raw --threads --gil`` (only samples holding the GIL: Python work,
+``py-spy record --format raw --threads --gil --subprocesses`` (kimi-intercept's relay process too;
+only samples holding the GIL: Python work,
 not waits; py-spy must be installed: ``pip install py-spy``;
 sampling another process needs ptrace rights, e.g. root). Printed: busy samples per thread, and
 the functions with the most samples inclusive (on the stack) and self (at the top). A script
@@ -97,6 +98,7 @@ def main() -> None:
             rec = subprocess.Popen(
                 [spy, "record", "--pid", str(s.pid), "--duration", str(int(args.seconds)),
                  "--rate", "250", "--format", "raw", "--threads", "--gil", "--nonblocking",
+                 "--subprocesses",
                  "--output", str(raw)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip

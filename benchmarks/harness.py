@@ -80,10 +80,39 @@ class Setup:
         return dict(self.__dict__)
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes ``pid`` started, and theirs (kimi-intercept's relay process), from
+    ``/proc/<pid>/task/<tid>/children``."""
+    found: list[int] = []
+    for tid in _listdir(f"/proc/{pid}/task"):
+        try:
+            kids = Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
+        except OSError:
+            continue
+        for kid in map(int, kids):
+            found += [kid, *descendants(kid)]
+    return found
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` in seconds (``/proc/<pid>/stat`` fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    """utime + stime in seconds of ``pid`` and of every process it started (kimi-intercept's
+    relay runs in a child process; its CPU is the proxy's too). ``/proc/<pid>/stat`` fields
+    14 and 15; a process that ended meanwhile counts no more."""
+    total = 0.0
+    for p in (pid, *descendants(pid)):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / TICKS
+    return total
 
 
 def chat_body(stream: bool, prompt: str = "Reply with one short sentence about latency. ") -> bytes:

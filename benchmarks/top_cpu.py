@@ -29,19 +29,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared test config
 
+from harness import cpu_seconds  # noqa: E402
 from proxyproc import clean_env, render_config  # noqa: E402
 
 from kimi_intercept.commands.mitmdump import start_proxy_process  # noqa: E402
 from kimi_intercept.commands.simulator import FakeUpstream  # noqa: E402
 
 CLI = Path(sys.executable).with_name("kimi-intercept")
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` in seconds (``/proc/<pid>/stat`` fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def start_top(db: Path) -> tuple[subprocess.Popen[bytes], int]:

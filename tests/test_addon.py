@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import json
-import logging
 
 import pytest
 from mitmproxy import exceptions, http
@@ -13,8 +10,8 @@ from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons, tflow, tutils
 
 from kimi_intercept.addon import KimiIntercept
-from kimi_intercept.relay.server import ROUTE_HEADER, Relay
-from kimi_intercept.routing import unplanned as unplanned_mod
+from kimi_intercept.commands.relay_process import RelayProcess
+from kimi_intercept.relay.intake import HOST_HEADER, STARTED_HEADER, TOKEN_HEADER, URL_HEADER
 
 
 def chat_flow(body: bytes = b'{"model": "gpt-4o", "messages": []}') -> http.HTTPFlow:
@@ -39,8 +36,8 @@ def configured(tmp_path, monkeypatch):
     a = KimiIntercept()
     with taddons.context(Proxyserver(), a) as tctx:  # Proxyserver owns connection_strategy
         tctx.configure(a, kimi_config=str(cfg))
-        a.relay = Relay(a.cfg, lambda row, attempts: None)
-        a.relay.port = 5555  # not started: the hooks only park plans
+        a.relay = RelayProcess(lambda line: None, lambda *record: None)
+        a.relay.port = 5555  # not started: the hooks only point flows at it
         yield a, tctx
 
 
@@ -60,105 +57,48 @@ def test_a_bad_config_is_rejected_with_its_message(tmp_path):
             tctx.configure(a, kimi_config=str(bad))
 
 
-def test_request_points_the_flow_at_the_relay_without_body_or_key(configured):
+def test_request_forwards_the_call_unchanged_to_the_relay_process(configured):
     a, _ = configured
-    f = chat_flow()
-    asyncio.run(a.request(f))
-    assert f.request.url == "http://127.0.0.1:5555/v1/chat/completions"
-    assert f.request.content == b""
-    assert "authorization" not in f.request.headers
-    route_id = f.request.headers[ROUTE_HEADER]
-    assert route_id in a.relay._routes
+    body = b'{"model": "gpt-4o", "messages": []}'
+    f = chat_flow(body)
+    f.request.path = "/v1/chat/completions?trace=1"
+    f.request.headers["x-kimi-intercept-token"] = "guessed"  # a client's own: dropped
+    a.request(f)
+    assert f.request.url == "http://127.0.0.1:5555/v1/chat/completions"  # no query on the hop
+    assert f.request.content == body
+    assert f.request.headers["authorization"] == "Bearer sk-client-secret"
+    assert f.request.headers.get_all(TOKEN_HEADER) == [a.relay.token]
+    assert f.request.headers[URL_HEADER] == "https://api.openai.com/v1/chat/completions?trace=1"
+    assert f.request.headers[HOST_HEADER] == "api.openai.com"
+    assert float(f.request.headers[STARTED_HEADER]) == f.request.timestamp_start
+    assert f.marked == "kimi-intercept"
     f.response = tutils.tresp(content=None)
     a.responseheaders(f)
     assert f.response.stream is True
 
 
-def test_error_before_the_relay_drops_the_parked_plan(configured):
+def test_calls_that_are_not_llm_calls_are_left_to_mitmproxy(configured):
     a, _ = configured
     f = chat_flow()
-    asyncio.run(a.request(f))
-    a.error(f)
-    assert a.relay._routes == {}
+    f.request.method = "GET"
+    a.request(f)
+    other = chat_flow()
+    other.request.host = "example.com"
+    a.request(other)
+    for flow in (f, other):
+        assert flow.response is None and flow.request.port == 443
+        assert TOKEN_HEADER not in flow.request.headers
 
 
-def test_our_bug_answers_500_in_the_clients_dialect_and_records_it(configured, monkeypatch, caplog):
-    """A bug in planning never sends the request to its original host silently."""
+def test_without_a_relay_process_an_llm_call_gets_a_503_in_its_dialect(configured):
+    """Never sent to its original host: the relay is restarting or the proxy shuts down."""
     a, _ = configured
-    recorded = []
-    a.relay.record = lambda row, attempts, *extra: recorded.append(row)
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("bug in the planner")
-
-    monkeypatch.setattr(unplanned_mod, "plan_route", broken)
+    a.relay.port = None
     f = chat_flow()
-
-    async def run():
-        await a.request(f)
-        await asyncio.gather(*a.relay._tasks)
-
-    with caplog.at_level(logging.ERROR):
-        asyncio.run(run())
-    assert f.response is not None and f.response.status_code == 500
-    assert json.loads(f.response.content) == {
-        "error": {
-            "message": "kimi-intercept could not handle this request (a bug; please report it): "
-            "RuntimeError: bug in the planner",
-            "type": "kimi_intercept_error",
-            "param": None,
-            "code": "internal_error",
-        }
-    }
-    [row] = recorded
-    assert (row["outcome"], row["status_code"], row["route"], row["dialect"]) == (
-        "error",
-        500,
-        "rejected",
-        "openai",
-    )
-    assert "RuntimeError: bug in the planner" in row["error"]
-    assert "bug in the planner" in caplog.text
-
-
-def test_non_json_body_gets_a_400_and_a_row(configured):
-    a, _ = configured
-    recorded = []
-    a.relay.record = lambda row, attempts, *extra: recorded.append(row)
-    f = chat_flow(body=b"\x00\xffnot json")
-
-    async def run():
-        await a.request(f)
-        await asyncio.gather(*a.relay._tasks)
-
-    asyncio.run(run())
-    assert f.response.status_code == 400
-    assert json.loads(f.response.content)["error"]["message"].startswith(
-        "the request body is not JSON"
-    )
-    assert f.request.host == "api.openai.com" and ROUTE_HEADER not in f.request.headers
-    [row] = recorded
-    assert (row["outcome"], row["status_code"]) == ("rejected", 400)
-
-
-def test_on_plan_error_passthrough_leaves_the_flow_and_records_it(configured):
-    a, _ = configured
-    a.cfg = dataclasses.replace(
-        a.cfg, routing=dataclasses.replace(a.cfg.routing, on_plan_error="passthrough")
-    )
-    recorded = []
-    a.relay.record = lambda row, attempts, *extra: recorded.append(row)
-    f = chat_flow(body=b"not json")
-
-    async def run():
-        await a.request(f)
-        assert f.response is None  # goes to its original host, as the user chose
-        f.response = tutils.tresp(status_code=200)
-        a.response(f)
-        await asyncio.gather(*a.relay._tasks)
-
-    asyncio.run(run())
-    assert f.request.headers["authorization"] == "Bearer sk-client-secret"
-    [row] = recorded
-    assert (row["route"], row["outcome"], row["status_code"]) == ("passthrough", "ok", 200)
-    assert json.loads(row["details"])["plan_error"].startswith("the request body is not JSON")
+    f.request.path = "/v1/messages"
+    a.request(f)
+    assert f.response is not None and f.response.status_code == 503
+    assert f.response.headers["retry-after"] == "5"
+    error = json.loads(f.response.content)
+    assert error["type"] == "error" and "relay is not running" in error["error"]["message"]
+    assert f.request.host == "api.openai.com" and TOKEN_HEADER not in f.request.headers

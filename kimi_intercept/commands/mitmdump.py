@@ -159,6 +159,19 @@ class ProxyProcess:
                 self._cond.wait(min(left, 0.2))
             return True
 
+    def relay_pids(self) -> list[int]:
+        """The process ids mitmdump started (the relay process: one while it runs), from
+        ``/proc/<pid>/task/<tid>/children`` (Linux)."""
+        found: list[int] = []
+        for tid in os.listdir(f"/proc/{self.proc.pid}/task"):
+            try:
+                found += map(
+                    int, Path(f"/proc/{self.proc.pid}/task/{tid}/children").read_text().split()
+                )
+            except OSError:  # a thread that just ended
+                continue
+        return found
+
     def client_env(self) -> dict[str, str]:
         """The variables an unmodified client needs: the proxy, and trust in the mitm CA only."""
         return {

@@ -24,10 +24,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from kimi_intercept.accounting import tokens
 from kimi_intercept.accounting.sse import EventSplitter
 from kimi_intercept.config.rules import Validation
 from kimi_intercept.dialects import json_bytes
-from kimi_intercept.dialects.bridge import Bridge
+from kimi_intercept.dialects.anthropic import count_tokens_response
+from kimi_intercept.dialects.bridge import Bridge, error_json
 from kimi_intercept.dialects.kimi import restore_answer
 from kimi_intercept.relay.bounds import DataClock
 from kimi_intercept.relay.failures import (
@@ -378,3 +380,15 @@ def attempt_row(
 def _body_message(meter: Any) -> str:
     body = meter.body_bytes() if hasattr(meter, "body_bytes") else b""
     return error_message(body)
+
+
+async def count_tokens(plan: RoutePlan) -> web.Response:
+    """Anthropic ``/v1/messages/count_tokens``, answered locally with the tiktoken estimate of
+    the translated request (no upstream call, no row: it is not model usage)."""
+    try:
+        n = await asyncio.to_thread(tokens.estimate_prompt_tokens, plan.request_json)
+    except Exception as e:  # a tokenizer problem: say so in the client's dialect
+        log.warning("kimi-intercept: count_tokens failed: %s", e)
+        message = f"kimi-intercept could not count tokens: {e}"
+        return web.json_response(error_json("anthropic", 500, message, "count_failed"), status=500)
+    return web.json_response(count_tokens_response(n))

@@ -3,7 +3,7 @@ it is big.
 
 A worker-thread hop (``asyncio.to_thread``) costs ~0.1-0.3 ms of latency and CPU (a thread
 wake-up and two GIL hand-offs) — more than parsing, sanitizing or counting a few kilobytes.
-Bodies of megabytes take milliseconds, during which other streams on mitmproxy's loop would
+Bodies of megabytes take milliseconds, during which other streams on the relay's loop would
 wait, so those still go to a thread.
 """
 

@@ -1,12 +1,18 @@
-"""The in-process relay: tries upstream providers in order and streams the winner back.
+"""The relay: plans an intercepted call, tries upstream providers in order and streams the
+winner back.
 
 mitmproxy cannot fall back once a request is in flight without buffering the answer, and cannot
-rescue a refused connection at all (shared notes ``mitmproxy.md`` §3). So the addon parks a
-:class:`~kimi_intercept.routing.plan.RoutePlan` under a one-shot random id and points the flow at
-this aiohttp server, which runs on mitmproxy's own event loop on ``127.0.0.1``:
+rescue a refused connection at all (shared notes ``mitmproxy.md`` §3). So the addon points an
+intercepted LLM call, unchanged, at this aiohttp server on ``127.0.0.1``, which runs in a
+process of its own (:mod:`kimi_intercept.commands.relay_process`), so its work runs on another
+core than mitmproxy's (docs/performance.md):
 
-0. A rerouted request is prepared in a worker thread (:mod:`.prepare`: sanitized, gauged
-   against the context window, compressed near it); shadow mode may mirror it (:mod:`.shadow`).
+0. The call is planned (:func:`~kimi_intercept.routing.unplanned.plan_received`: decoded,
+   parsed, translated, its conversation and targets found); one that cannot be planned is
+   answered in its dialect, or passed through unchanged (``on_plan_error``, :mod:`.intake`).
+   A rerouted request is prepared (:mod:`.prepare`: sanitized, gauged against the context
+   window, compressed near it), in a worker thread when it is big; shadow mode may mirror it
+   (:mod:`.shadow`).
 1. Targets are ordered (:mod:`.choice` for a weighted rule). For each it first checks whether
    it may be tried: an API key, a context window that fits the prompt plus the requested
    output, the provider's circuit breaker and cooldowns, and local rpm/tpm limits
@@ -32,14 +38,13 @@ If every target fails the client gets an error in its dialect (OpenAI's
 ``{"error": {"message", "type", "code"}}``, https://platform.openai.com/docs/guides/error-codes)
 with the last provider's status and message.
 
-The relay answers only requests that carry a live route id (404 otherwise), so it is not an
-open proxy to anything on the machine.
+The relay answers only calls that carry this run's token (404 otherwise, :mod:`.intake`), so it
+is not an open proxy to anything on the machine.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import random
 import secrets
@@ -50,15 +55,14 @@ from typing import Any
 
 from aiohttp import web
 
-from kimi_intercept.accounting import tokens
 from kimi_intercept.config.budget import budget_settings
 from kimi_intercept.config.cache import cache_settings
 from kimi_intercept.config.settings import Config
+from kimi_intercept.dialects import text_of
 from kimi_intercept.dialects.bridge import error_json, openai_error_body
-from kimi_intercept.relay import offload, refusal, shadow
+from kimi_intercept.relay import intake, offload, refusal, shadow
 from kimi_intercept.relay.admission import cannot_try, tokens_guess
-from kimi_intercept.relay.after import AfterAnswer
-from kimi_intercept.relay.answer import attempt_row, client_left, ms_since, pipe
+from kimi_intercept.relay.answer import attempt_row, client_left, count_tokens, ms_since, pipe
 from kimi_intercept.relay.budget import BudgetTracker, gate
 from kimi_intercept.relay.cache_breaks import CacheBreaks
 from kimi_intercept.relay.failures import (
@@ -73,26 +77,27 @@ from kimi_intercept.relay.live import LiveStatus
 from kimi_intercept.relay.rows import SKIPPED, Outcome, build_row, clean_row
 from kimi_intercept.relay.upstream import Upstream
 from kimi_intercept.routing.choice import Chooser
+from kimi_intercept.routing.conversations import ConversationTracker
 from kimi_intercept.routing.plan import (
+    Problem,
     RoutePlan,
     first_byte_timeout,
     requested_max_tokens,
 )
 from kimi_intercept.routing.targets import Target
-from kimi_intercept.routing.unplanned import internal_problem
+from kimi_intercept.routing.unplanned import internal_problem, plan_received, rejected_plan
 from kimi_intercept.sanitizer.prepare import Preparer, ledger_rows, row_fields
 
 log = logging.getLogger(__name__)
-
-ROUTE_HEADER = "x-kimi-intercept-route"
-ROUTE_TTL_S = 300.0
 
 # record(request_row, attempt_rows, extra_rows_by_table): must not block (a queue put)
 Recorder = Callable[..., None]
 
 
 class Relay:
-    """aiohttp server + client on the running loop. ``record(row, attempts)`` must not block."""
+    """aiohttp server + client on the running loop. ``record(row, attempts)`` must not block;
+    ``token`` is what a call must carry in :data:`.intake.TOKEN_HEADER` (a fresh random one by
+    default)."""
 
     def __init__(
         self,
@@ -100,12 +105,14 @@ class Relay:
         record: Recorder,
         status_path: Path | None = None,
         preparer: Preparer | None = None,
+        token: str | None = None,
     ):
         self.cfg = cfg
         self.preparer = preparer or Preparer(cfg)
         self.record = record
         self.status_path = status_path
         self.port: int | None = None
+        self.token = token or secrets.token_urlsafe(24)
         rc = cfg.routing
         self.health = ProviderHealth(
             failures_to_open=rc.failures_to_open,
@@ -114,7 +121,6 @@ class Relay:
             auth_cooldown_s=rc.auth_cooldown_s,
         )
         self.limiter = RateLimiter({p.name: (p.rpm, p.tpm) for p in cfg.providers.values()})
-        self._routes: dict[str, tuple[float, RoutePlan]] = {}
         self._runner: web.ServerRunner | None = None
         self.upstream = Upstream(rc, self.health)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -124,15 +130,19 @@ class Relay:
         self.breaks = CacheBreaks(cache_settings(cfg))  # .cache_breaks
         self._rng = random.Random()
         self.inflight = InFlight()
-        self.after = AfterAnswer(lambda work: work())  # rows built once the client has it
-        self.arriving = 0  # intercepted calls the addon is planning (they will be parked)
+        self.conversations = ConversationTracker(rc.conversation_idle_s)
+        self.arriving = 0  # calls received and still being planned
 
     async def start(self) -> int:
         """Listen on ``127.0.0.1`` (an ephemeral port) and return the port."""
         # aiohttp's low-level server: no application, router or middleware on the path of a
         # call (the hop measured cheaper, docs/performance.md). handler_cancellation: a client
         # that leaves cancels its handler, which closes upstream.
-        server = web.Server(self._handle, handler_cancellation=True, access_log=None)
+        # auto_decompress=False: a body reaches planning as the client encoded it (the limit
+        # applies while it is decoded, :mod:`.routing.body`), and passes through unchanged.
+        server = web.Server(
+            self._handle, handler_cancellation=True, access_log=None, auto_decompress=False
+        )
         self._runner = web.ServerRunner(server, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -146,15 +156,13 @@ class Relay:
         (row outcome ``shutdown``), answers in flight get ``drain_s`` seconds, the rest are cut
         (:class:`~.inflight.InFlight`); then every row is handed to the writer."""
         busy, cut = await self.inflight.drain(drain_s, self._coming)
-        self.after.release_all()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=10)
-        await asyncio.sleep(0.2)  # mitmproxy forwards the last answers' last bytes
-        if busy:
+        if busy:  # mitmproxy forwards the last answers' last bytes before the server closes
+            await asyncio.sleep(0.2)
             log.info("kimi-intercept: drained %d answer(s) in flight, %d cut", busy, cut)
 
     async def stop(self) -> None:
-        self.after.release_all()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=10)
         await self.live.flush()
@@ -162,52 +170,37 @@ class Relay:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    def park(self, plan: RoutePlan) -> str:
-        """Store a plan under a fresh one-shot id (the value of :data:`ROUTE_HEADER`)."""
-        now = time.monotonic()
-        for rid, (t, _) in list(self._routes.items()):
-            if now - t > ROUTE_TTL_S:
-                del self._routes[rid]
-        rid = secrets.token_urlsafe(24)
-        self._routes[rid] = (now, plan)
-        return rid
-
     def _coming(self) -> bool:
-        """Calls being planned, or parked in the last 10 s: they will reach the relay."""
-        now = time.monotonic()
-        return bool(self.arriving) or any(now - t < 10 for t, _ in self._routes.values())
+        """Calls received and still being planned: they get their 503 and row (drain)."""
+        return bool(self.arriving)
 
-    def discard(self, route_id: str) -> None:
-        self._routes.pop(route_id, None)
-
-    def reject(self, plan: RoutePlan) -> tuple[int, dict[str, str], bytes]:
-        """``(status, headers, body)`` answering a ``rejected`` plan in the client's dialect
-        (:mod:`.refusal`); its row is recorded in the background. Call on the relay's loop."""
-        status, headers, body, outcome = refusal.answer(plan)
-        self._spawn(self._finish(plan, [], outcome))
-        return status, headers, body
-
-    def record_passed(self, plan: RoutePlan, status: int | None, error: str | None) -> None:
-        """Record the row of an unplanned call that went to its original host unchanged
-        (``[routing] on_plan_error = "passthrough"``). Call on the relay's loop."""
-        plan.kind = "passthrough"
-        self._spawn(self._finish(plan, [], refusal.passed_through(status, error)))
-
-    def answered(self, route_id: str) -> None:
-        """The addon's ``response``/``error`` hook: the client has the end of this call's
-        answer, so its row may be built now (:mod:`.after`)."""
-        self.after.release(route_id)
+    def reconfigure(self, cfg: Config, preparer: Preparer) -> None:
+        """A new config (``:set kimi_config=…``): the next calls use it; health, limits and
+        calls in flight stay."""
+        self.cfg, self.preparer = cfg, preparer
+        self.upstream.routing = cfg.routing
+        self.budget.budget = budget_settings(cfg)
+        self.breaks.settings = cache_settings(cfg)
+        self.conversations = ConversationTracker(cfg.routing.conversation_idle_s)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        route_id = request.headers.get(ROUTE_HEADER, "")
-        parked = self._routes.pop(route_id, None)
-        if parked is None:
-            body = openai_error_body("unknown or used route id", "not_found")
+        if not intake.authorized(request, self.token):
+            body = openai_error_body("not a call from this proxy", "not_found")
             return web.json_response(body, status=404)
-        plan = parked[1]
-        await request.read()  # the body travels in the plan; drain what mitmproxy sent
+        self.arriving += 1  # a shutdown waits for it to be planned (drain)
+        try:
+            call = await intake.received(request)
+            plan = await offload.sized(len(call.body), self._plan, call)
+        finally:
+            self.arriving -= 1
+        if plan is None:  # this config no longer intercepts it (a reload): as the client sent it
+            log.info("kimi-intercept: %s passed through: not intercepted by the current config",
+                     text_of(call.host))  # fmt: skip
+            return (await intake.forward_unchanged(self._session(), request, call))[0]
+        if plan.kind == "rejected":
+            return await self._unplanned(request, call, plan)
         if plan.kind == "count_tokens":
-            return await self._count_tokens(plan)
+            return await count_tokens(plan)
         attempts: list[dict[str, Any]] = []
         result = Outcome()
         if self.inflight.draining:  # shutting down: take no new LLM call
@@ -216,7 +209,7 @@ class Relay:
         live_key = self.live.started(plan)
         blocked = gate(self.budget, plan)  # may also send it to the cheaper chain
         if blocked:
-            answer = self._refuse(plan, result, 402, blocked, "budget_exceeded")
+            answer = refusal.refuse(plan, result, 402, blocked, "budget_exceeded")
             self._spawn(self._finish(plan, attempts, result, None, live_key))
             return answer
         timer = self.inflight.enter(result, plan.received, self.cfg.routing.max_answer_s)
@@ -244,24 +237,59 @@ class Relay:
             return web.json_response(body, status=500)
         finally:
             self.inflight.leave(timer)
-            finish = functools.partial(self._finish, plan, attempts, result, mirrored, live_key,
-                                       ms_since(plan.received))  # fmt: skip
-            self.after.add(route_id, lambda: self._spawn(finish()))
+            self._spawn(self._finish(plan, attempts, result, mirrored, live_key,
+                                     ms_since(plan.received)))  # fmt: skip
 
-    async def _count_tokens(self, plan: RoutePlan) -> web.Response:
-        """Anthropic ``/v1/messages/count_tokens``, answered locally with the tiktoken estimate
-        of the translated request (no upstream call, no row: it is not model usage)."""
-        try:
-            n = await asyncio.to_thread(tokens.estimate_prompt_tokens, plan.request_json)
-        except Exception as e:  # a tokenizer problem: say so in the client's dialect
-            log.warning("kimi-intercept: count_tokens failed: %s", e)
-            message = f"kimi-intercept could not count tokens: {e}"
-            return web.json_response(
-                error_json("anthropic", 500, message, "count_failed"), status=500
-            )
-        from kimi_intercept.dialects.anthropic import count_tokens_response
+    def _plan(self, call: intake.Received) -> RoutePlan | None:
+        return plan_received(
+            self.cfg, method=call.method, url=call.url, host=call.host, path=call.path,
+            headers=call.headers, raw_body=call.body, client_host=call.client_host,
+            started=call.started, tracker=self.conversations,
+        )  # fmt: skip
 
-        return web.json_response(count_tokens_response(n))
+    async def _unplanned(
+        self, request: web.BaseRequest, call: intake.Received, plan: RoutePlan
+    ) -> web.StreamResponse:
+        """A call that cannot be planned: answered in the client's dialect (:mod:`.refusal`),
+        or with ``[routing] on_plan_error = "passthrough"`` sent to its original host as the
+        client sent it; recorded either way."""
+        reason = plan.problem.message if plan.problem else "?"
+        url = text_of(call.url.partition("?")[0])  # Gemini clients may carry a key in the query
+        if self.cfg.routing.on_plan_error == "passthrough":
+            log.warning("kimi-intercept: %s %s cannot be planned (%s); passed through unchanged "
+                        "(on_plan_error = passthrough)", call.method, url, reason)  # fmt: skip
+            plan.kind = "passthrough"
+            try:
+                answer, status, error = await intake.forward_unchanged(
+                    self._session(), request, call
+                )
+            except asyncio.CancelledError:
+                self._spawn(self._finish(plan, [], refusal.passed_through(None, "client_abort")))
+                raise
+            self._spawn(self._finish(plan, [], refusal.passed_through(status, error)))
+            return answer
+        status, headers, body, outcome = refusal.answer(plan)
+        log.warning("kimi-intercept: %s %s answered %d: %s", call.method, url, status, reason)
+        self._spawn(self._finish(plan, [], outcome))
+        return web.Response(status=status, headers=headers, body=body)
+
+    def record_unavailable(self, call: dict[str, Any]) -> None:
+        """The row of a call the proxy answered with a 503 while no relay process ran (sent
+        when one is back): ``call`` has ``method``, ``host``, ``path``, ``user_agent``,
+        ``client_host``, ``started`` (``time.time()`` s) and ``message``."""
+        ua = call.get("user_agent")
+        plan = rejected_plan(
+            Problem(503, "proxy_unavailable", str(call.get("message"))),
+            method=str(call.get("method")), host=str(call.get("host")),
+            path=str(call.get("path")), headers=[("user-agent", ua)] if ua else [],
+            client_host=call.get("client_host"), started=call.get("started"),
+        )  # fmt: skip
+        error = plan.problem.message if plan.problem else None
+        self._spawn(self._finish(plan, [], Outcome(status=503, outcome="error", error=error)))
+
+    def _session(self) -> Any:
+        assert self.upstream.session is not None, "start() opens it"
+        return self.upstream.session
 
     async def _serve(
         self, request: web.BaseRequest, plan: RoutePlan, attempts: list[dict[str, Any]], r: Outcome
@@ -361,7 +389,7 @@ class Relay:
             if last is not None and last.action is Action.CONTEXT:
                 info = target.model_info
                 window_floor = max(window_floor, info.context_window or 0) if info else 0
-        return self._all_failed(plan, last, r)
+        return refusal.all_failed(plan, last, r)
 
     async def _compressed(self, plan: RoutePlan, target: Target) -> bool:
         """On "context length exceeded": compress the request to fit ``target``'s window, once
@@ -370,37 +398,6 @@ class Relay:
             return False
         window = target.model_info.context_window if target.model_info else None
         return await asyncio.to_thread(self.preparer.compress_for_retry, plan, window)
-
-    def _all_failed(self, plan: RoutePlan, last: Failure | None, r: Outcome) -> web.Response:
-        tried = ", ".join(t.provider for t in plan.targets)
-        detail = f"{last.kind}: {last.message}" if last else "no provider could be tried"
-        if r.skipped:
-            detail += " (skipped: " + "; ".join(r.skipped) + ")"
-        message = redact(f"kimi-intercept: every provider failed ({tried}); last: {detail}")
-        code = "all_providers_failed"
-        if last is not None and last.status:
-            status = last.status
-        elif last is not None and last.kind == "timeout":
-            status = 504
-        elif last is None and r.skipped and all("context window" in s for s in r.skipped):
-            status, code = 400, "context_length_exceeded"  # too long for every provider
-        else:
-            status = 502
-        r.status, r.outcome, r.error = status, "error", message
-        r.target = plan.targets[-1] if plan.targets else None
-        headers = {}
-        if last is not None and last.retry_after_s is not None:
-            headers["retry-after"] = str(max(1, round(last.retry_after_s)))
-        body = error_json(plan.dialect, status, message, code)
-        return web.json_response(body, status=status, headers=headers)
-
-    def _refuse(
-        self, plan: RoutePlan, r: Outcome, status: int, message: str, code: str
-    ) -> web.Response:
-        """Answer without trying any provider (a spent budget), in the client's dialect."""
-        r.status, r.outcome, r.error = status, "error", message
-        body = error_json(plan.dialect, status, message, code)
-        return web.json_response(body, status=status)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

@@ -19,6 +19,7 @@ from typing import Any
 
 from kimi_intercept.config.settings import Config
 from kimi_intercept.dialects import text_of
+from kimi_intercept.routing.body import BodyTooLarge, decoded_body
 from kimi_intercept.routing.conversations import ConversationTracker
 from kimi_intercept.routing.plan import (
     Problem,
@@ -64,6 +65,55 @@ def plan_or_reject(
         problem, method=method, host=host, path=path, headers=headers,
         client_host=client_host, started=started,
     )  # fmt: skip
+
+
+def plan_received(
+    cfg: Config,
+    *,
+    method: str,
+    url: str,
+    host: str,
+    path: str,
+    headers: list[tuple[str, str]],
+    raw_body: bytes,
+    client_host: str | None = None,
+    started: float | None = None,
+    tracker: ConversationTracker | None = None,
+) -> RoutePlan | None:
+    """:func:`plan_or_reject` of an intercepted call as the client sent it: ``raw_body`` still
+    in its ``Content-Encoding`` (gzip, deflate, br, zstd are undone, :mod:`.body`, stopping at
+    ``[proxy] max_body_mb`` so no zip bomb is inflated). A body over that limit, before or after
+    decoding, is rejected with 413; one that does not decode with 400. Never raises."""
+    limit = int(cfg.max_body_mb * 1024 * 1024)
+    encoding = next((v for k, v in headers if k.lower() == "content-encoding"), "")
+    problem = None
+    if len(raw_body) > limit:
+        problem = _too_large(cfg)
+    else:
+        try:
+            body = decoded_body(raw_body, encoding, limit)
+        except BodyTooLarge:
+            problem = _too_large(cfg)
+        except ValueError as e:
+            why = f"cannot decode the request body (Content-Encoding: {encoding}): {e}"
+            problem = Problem(400, "invalid_request", why)
+    if problem is not None:
+        return rejected_plan(
+            problem, method=method, host=host, path=path, headers=headers,
+            client_host=client_host, started=started,
+        )  # fmt: skip
+    return plan_or_reject(
+        cfg, method=method, url=url, host=host, path=path, headers=headers, body=body,
+        client_host=client_host, started=started, tracker=tracker,
+    )  # fmt: skip
+
+
+def _too_large(cfg: Config) -> Problem:
+    return Problem(
+        413,
+        "request_too_large",
+        f"the request body is over [proxy] max_body_mb = {cfg.max_body_mb:g} MB",
+    )
 
 
 def internal_problem(e: BaseException) -> Problem:

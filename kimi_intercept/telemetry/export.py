@@ -2,7 +2,7 @@
 points, in its own thread, and the OpenTelemetry SDK batches them out
 (``BatchSpanProcessor``, ``PeriodicExportingMetricReader``) from its own threads.
 
-``record()`` is a queue put: it never blocks mitmproxy's loop and never raises. A collector that
+``record()`` is a queue put: it never blocks the relay's loop and never raises. A collector that
 is down only costs the SDK's export threads their retries; requests never wait for it. What is
 queued is bounded (:data:`MAX_QUEUED` rows; beyond it rows are not exported and a warning counts
 them — the SQLite row, the source of truth, is unaffected).

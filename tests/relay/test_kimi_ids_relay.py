@@ -13,7 +13,8 @@ import aiohttp
 
 from kimi_intercept.commands.simulator import FakeUpstream, Reply
 from kimi_intercept.config.settings import load_config
-from kimi_intercept.relay.server import ROUTE_HEADER, Relay
+from kimi_intercept.relay.intake import TOKEN_HEADER
+from kimi_intercept.relay.server import Relay
 from kimi_intercept.routing.plan import plan_route
 
 ENV = {"MOONSHOT_API_KEY": "sk-moon", "DEEPSEEK_API_KEY": "sk-deep"}
@@ -67,11 +68,11 @@ def _run(stream: bool, fake: FakeUpstream) -> bytes:
             if plan.rebuild is not None:
                 rebuild = plan.rebuild
                 plan.rebuild = lambda *a, **k: to_fake(rebuild(*a, **k)[:1])
-            route = relay.park(plan)
+            relay._plan = lambda call: plan  # planned above, its targets on the fake
             async with aiohttp.ClientSession() as session:
                 async with session.post(
                     f"http://127.0.0.1:{port}/v1/chat/completions",
-                    headers={ROUTE_HEADER: route},
+                    headers={TOKEN_HEADER: relay.token},
                 ) as r:
                     assert r.status == 200
                     data = await r.read()

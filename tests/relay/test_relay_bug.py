@@ -9,9 +9,10 @@ import json
 import aiohttp
 
 from kimi_intercept.config.settings import load_config
-from kimi_intercept.relay.server import ROUTE_HEADER, Relay
-from kimi_intercept.routing.plan import plan_route
+from kimi_intercept.relay.intake import HOST_HEADER, TOKEN_HEADER, URL_HEADER
+from kimi_intercept.relay.server import Relay
 
+URL, HOST = "https://api.anthropic.com/v1/messages", "api.anthropic.com"
 ENV = {"MOONSHOT_API_KEY": "sk-moon", "DEEPSEEK_API_KEY": "sk-deep"}
 
 
@@ -25,21 +26,17 @@ def test_a_bug_in_the_relay_answers_500_in_the_clients_dialect_and_records_it(mo
         relay = Relay(cfg, lambda row, attempts, *extra: recorded.append(row))
         port = await relay.start()
         try:
-            plan = plan_route(
-                cfg, method="POST", url="https://api.anthropic.com/v1/messages",
-                host="api.anthropic.com", path="/v1/messages", headers=[],
-                body=json.dumps(body).encode(), roll=0.0,
-            )  # fmt: skip
-            assert plan is not None and plan.kind == "reroute"
+            assert cfg.routing.share == 100  # every call rerouted
 
             def broken(_plan):
                 raise RuntimeError("bug in prepare")
 
             monkeypatch.setattr(relay.preparer, "prepare", broken)
-            route = relay.park(plan)
             async with aiohttp.ClientSession() as session:
                 async with session.post(
-                    f"http://127.0.0.1:{port}/v1/messages", headers={ROUTE_HEADER: route}
+                    f"http://127.0.0.1:{port}/v1/messages",
+                    headers={TOKEN_HEADER: relay.token, URL_HEADER: URL, HOST_HEADER: HOST},
+                    data=json.dumps(body).encode(),  # as the addon forwards it: the relay plans
                 ) as r:
                     answer = (r.status, await r.json())
             await asyncio.gather(*relay._tasks)

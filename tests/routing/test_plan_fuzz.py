@@ -7,8 +7,9 @@ headers and User-Agents (whitespace only, control characters, undecodable bytes)
 of ours (500); a routed plan survives the relay's preparation and has bodies that are JSON;
 a rejected one is a 400 whose answer is an error body in the client's dialect; and the row of
 either is storable in the real SQLite schema. The addon test drives the ``request`` hook
-itself: the flow is pointed at the relay, or answered, and never left to go to its original
-host."""
+itself: the flow is pointed at the relay process unchanged, never left to go to its original
+host, and what the hop carries is planned there
+(:func:`~kimi_intercept.routing.unplanned.plan_received`) into a routed or rejected plan."""
 
 from __future__ import annotations
 
@@ -24,11 +25,12 @@ from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons, tflow, tutils
 
 from kimi_intercept.addon import KimiIntercept
+from kimi_intercept.commands.relay_process import RelayProcess
 from kimi_intercept.config.settings import load_config
 from kimi_intercept.relay import refusal
+from kimi_intercept.relay.intake import HOST_HEADER, META, TOKEN_HEADER, URL_HEADER
 from kimi_intercept.relay.rows import Outcome, build_row
-from kimi_intercept.relay.server import ROUTE_HEADER, Relay
-from kimi_intercept.routing.unplanned import plan_or_reject
+from kimi_intercept.routing.unplanned import plan_or_reject, plan_received
 from kimi_intercept.sanitizer.prepare import Preparer
 from kimi_intercept.storage.schema import open_db
 
@@ -214,21 +216,20 @@ def test_planning_routes_or_rejects_every_llm_call(request, roll, db):
 
 @pytest.fixture(scope="module")
 def hooked(tmp_path_factory):
-    """The addon, configured, with a relay that is not listening (the hooks only park plans
-    or answer) and rows collected in a list."""
+    """The addon, configured, with a relay process that is not running (the hook only points
+    flows at it)."""
     folder = tmp_path_factory.mktemp("addon")
     cfg = folder / "c.toml"
     cfg.write_text(f'[storage]\ndatabase = "{folder / "k.db"}"\n')
     a = KimiIntercept()
-    recorded: list[dict[str, Any]] = []
     with pytest.MonkeyPatch.context() as mp:
         for k, v in ENV.items():
             mp.setenv(k, v)
         with taddons.context(Proxyserver(), a) as tctx:
             tctx.configure(a, kimi_config=str(cfg))
-            a.relay = Relay(a.cfg, lambda row, attempts, *extra: recorded.append(row))
+            a.relay = RelayProcess(lambda line: None, lambda *record: None)
             a.relay.port = 5555
-            yield a, recorded
+            yield a
 
 
 def flow_for(path: str, body: bytes, headers: list[tuple[str, str]]) -> http.HTTPFlow:
@@ -249,21 +250,22 @@ def flow_for(path: str, body: bytes, headers: list[tuple[str, str]]) -> http.HTT
 @example(request=KNOWN[2])
 @example(request=KNOWN[5])
 def test_the_addon_never_lets_an_llm_call_through_unplanned(request, hooked):
-    a, recorded = hooked
+    """The hook sends every LLM call to the relay as the client sent it; what the hop carries
+    is planned there into a routed or a rejected (400) plan, never left unplanned."""
+    a = hooked
     path, body, headers = request
     f = flow_for(path, body, headers)
-
-    async def run() -> None:
-        before = len(recorded)
-        await a.request(f)
-        await asyncio.gather(*a.relay._tasks)
-        if f.response is not None:  # answered by the proxy: in the client's dialect, recorded
-            assert f.response.status_code == 400, f.response.content
-            assert isinstance(json.loads(f.response.content), dict)
-            assert len(recorded) == before + 1 and recorded[-1]["outcome"] == "rejected"
-        else:  # routed: to the relay, without the client's key
-            assert f.request.host == "127.0.0.1" and ROUTE_HEADER in f.request.headers
-            assert "authorization" not in f.request.headers
-            a.relay.discard(f.request.headers[ROUTE_HEADER])
-
-    asyncio.run(run())
+    a.request(f)
+    assert f.response is None
+    assert (f.request.host, f.request.port) == ("127.0.0.1", 5555)
+    assert f.request.headers[TOKEN_HEADER] == a.relay.token
+    assert f.request.raw_content == body and "authorization" in f.request.headers
+    hop = [(k, v) for k, v in f.request.headers.items(multi=True) if k.lower() not in META]
+    plan = plan_received(
+        CFG, method=f.request.method, url=f.request.headers[URL_HEADER],
+        host=f.request.headers[HOST_HEADER], path=path, headers=hop,
+        raw_body=f.request.raw_content, started=1.7e9,
+    )  # fmt: skip
+    assert plan is not None
+    if plan.kind == "rejected":
+        assert plan.problem is not None and plan.problem.status == 400, plan.problem

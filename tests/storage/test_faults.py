@@ -457,7 +457,7 @@ def test_proxy_database_locked_longer_than_the_busy_timeout(proxied):
 @pytest.mark.skipif(not hasattr(resource, "prlimit"), reason="needs Linux prlimit")
 def test_proxy_disk_full(proxied):
     proxy, db, call = proxied
-    pid = proxy.proc.pid
+    [pid] = proxy.relay_pids()  # the relay process writes the rows
     wal = db.with_name(db.name + "-wal")
     room = max(db.stat().st_size, wal.stat().st_size if wal.exists() else 0)
     resource.prlimit(pid, resource.RLIMIT_FSIZE, (room, resource.RLIM_INFINITY))
