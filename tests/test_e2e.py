@@ -377,7 +377,9 @@ def test_large_prompt_arrives_intact(setup):
     assert row["outcome"] == "ok"
 
 
-def test_relay_refuses_requests_without_a_live_route_id(setup):
+def test_relay_refuses_calls_without_the_runs_token(setup):
+    """The relay process listens on loopback: anything else on the machine that finds its port
+    gets a 404 unless it carries this run's token — nothing is planned, sent or recorded."""
     import re
 
     import httpx
@@ -385,13 +387,20 @@ def test_relay_refuses_requests_without_a_live_route_id(setup):
     kimi, _, proxy, client, db = setup()
     port = int(re.search(r"relay on 127\.0\.0\.1:(\d+)", proxy.log_text()).group(1))
     with httpx.Client(trust_env=False) as direct:
-        r = direct.post(
-            f"http://127.0.0.1:{port}/v1/chat/completions",
-            json={"model": "x"},
-            headers={"x-kimi-intercept-route": "guessed"},
-        )
-    assert r.status_code == 404
+        for token in ({}, {"x-kimi-intercept-token": "guessed"}):
+            r = direct.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                json={"model": "gpt-4o", "messages": MESSAGES},
+                headers={
+                    "x-kimi-intercept-url": "https://api.openai.com/v1/chat/completions",
+                    "x-kimi-intercept-host": "api.openai.com",
+                    **token,
+                },
+            )
+            assert r.status_code == 404
     assert kimi.received == []
+    assert client.chat.completions.create(model="gpt-4o", messages=MESSAGES).choices
+    assert len(wait_rows(db, 1)) == 1  # only the proxied call has a row
 
 
 def test_passthrough_answers_are_not_validated(tmp_path, fake_upstream, start_proxy, openai_client):
