@@ -34,12 +34,12 @@ Nothing here raises on bad input: malformed JSON is counted and skipped, wrong t
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kimi_intercept.accounting import wire_json
 from kimi_intercept.accounting.counts import MAX_TOKEN_COUNT, count_problem, is_count
 from kimi_intercept.accounting.sse import SSEParser
 
@@ -261,7 +261,7 @@ class ChatStreamMeter:
             self.saw_done = True
             return
         try:
-            obj = json.loads(data)
+            obj = wire_json.loads(data)
         except (ValueError, RecursionError):
             obj = None
         if not isinstance(obj, dict):
@@ -345,7 +345,7 @@ def meter_chat_json(body: bytes) -> JsonMeter:
     give an empty :class:`JsonMeter`; never raises.
     """
     try:
-        obj = json.loads(body)
+        obj = wire_json.loads(body)
     except (ValueError, TypeError, RecursionError):  # UnicodeDecodeError is a ValueError
         logger.debug("chat response body is not JSON (%d bytes)", len(body or b""))
         return JsonMeter()

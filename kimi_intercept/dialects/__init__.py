@@ -32,6 +32,8 @@ import logging
 import re
 from typing import Any
 
+from kimi_intercept.accounting import wire_json
+
 logger = logging.getLogger(__name__)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -81,7 +83,7 @@ def event_object(data: str) -> dict[str, Any] | None:
     """The JSON object of one SSE event's data, or ``None`` (not JSON, or not an object: such
     events are skipped by the translators, never fatal)."""
     try:
-        obj = json.loads(data)
+        obj = wire_json.loads(data)
     except (ValueError, RecursionError):
         obj = None
     if not isinstance(obj, dict):

@@ -12,6 +12,7 @@ import dataclasses
 import json
 from typing import Any
 
+from kimi_intercept.accounting import wire_json
 from kimi_intercept.accounting.usage import (
     MAX_COMPLETION_TEXT_CHARS,
     ChatStreamMeter,
@@ -129,7 +130,7 @@ class StreamMeter(ChatStreamMeter):
 def meter_json(body: bytes) -> JsonMeter:
     """Meter a non-streamed Anthropic message (or error) body; never raises."""
     try:
-        obj = json.loads(body)
+        obj = wire_json.loads(body)
     except (ValueError, TypeError, RecursionError):
         return JsonMeter()
     if not isinstance(obj, dict):

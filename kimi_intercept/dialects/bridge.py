@@ -8,11 +8,11 @@ event, for the closing bytes, and for errors in the client's dialect.
 
 from __future__ import annotations
 
-import json
 import logging
 from types import ModuleType
 from typing import Any
 
+from kimi_intercept.accounting import wire_json
 from kimi_intercept.accounting.usage import ChatStreamMeter, JsonBuffer, meter_chat_json
 from kimi_intercept.dialects import json_bytes
 from kimi_intercept.dialects.errors import error_message
@@ -128,7 +128,7 @@ class Bridge:
         if status >= 400:
             return json_bytes(mod.error_body(status, error_message(raw), "upstream_error"))
         try:
-            answer = json.loads(raw)
+            answer = wire_json.loads(raw)
         except (ValueError, RecursionError):
             answer = None
         if not isinstance(answer, dict):

@@ -9,9 +9,9 @@ Sources: https://ai.google.dev/api/generate-content (``GenerateContentResponse``
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from kimi_intercept.accounting import wire_json
 from kimi_intercept.accounting.usage import (
     MAX_COMPLETION_TEXT_CHARS,
     ChatStreamMeter,
@@ -106,7 +106,7 @@ def meter_json(body: bytes) -> JsonMeter:
     ``streamGenerateContent`` returns without ``alt=sse``; an error body fills ``error``.
     Never raises."""
     try:
-        obj = json.loads(body)
+        obj = wire_json.loads(body)
     except (ValueError, TypeError, RecursionError):
         return JsonMeter()
     meter = StreamMeter()

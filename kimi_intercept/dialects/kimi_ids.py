@@ -22,9 +22,9 @@ Pure: the input is never mutated.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from kimi_intercept.accounting import wire_json
 from kimi_intercept.dialects import json_bytes
 
 
@@ -72,7 +72,7 @@ def restore_answer(raw: bytes, renamed: dict[str, str], ids: dict[str, str]) -> 
     is_sse = raw.lstrip().startswith(b"data:")
     payload = raw.split(b":", 1)[1].strip() if is_sse else raw
     try:
-        obj = json.loads(payload)
+        obj = wire_json.loads(payload)
     except (ValueError, UnicodeDecodeError):
         return raw
     changed = False

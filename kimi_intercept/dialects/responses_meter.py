@@ -12,9 +12,9 @@ events, tool-call arguments from ``response.function_call_arguments.delta``.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from kimi_intercept.accounting import wire_json
 from kimi_intercept.accounting.usage import (
     ChatStreamMeter,
     JsonMeter,
@@ -87,7 +87,7 @@ class StreamMeter(ChatStreamMeter):
 def meter_json(body: bytes) -> JsonMeter:
     """Usage of a non-streamed Responses API body; never raises."""
     try:
-        obj = json.loads(body)
+        obj = wire_json.loads(body)
     except (ValueError, UnicodeDecodeError):
         return JsonMeter()
     if not isinstance(obj, dict):

@@ -16,8 +16,9 @@ Pure functions and a small stateful detector; the relay applies them per rule
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from kimi_intercept.accounting import wire_json
 
 MIN_SPAN = 40  # characters: shorter repeats (table rows, short lines) are normal output
 REPEATS = 6
@@ -38,7 +39,7 @@ def wants_json(request_json: dict[str, Any]) -> bool:
 def json_answer_problem(body: bytes) -> str | None:
     """Why a non-streamed chat-completions answer in JSON mode is not valid JSON, or ``None``."""
     try:
-        answer = json.loads(body)
+        answer = wire_json.loads(body)
         content = answer["choices"][0]["message"].get("content")
     except (ValueError, UnicodeDecodeError, KeyError, IndexError, TypeError, AttributeError):
         return None  # not a chat answer we can read: other checks decide
@@ -47,7 +48,7 @@ def json_answer_problem(body: bytes) -> str | None:
     if not isinstance(content, str):
         return "JSON mode answer has no text content"
     try:
-        json.loads(content)
+        wire_json.loads(content)
     except ValueError as e:
         return f"JSON mode answer does not parse: {e}"
     return None

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from kimi_intercept.accounting import wire_json
 from kimi_intercept.config.rules import ChainEntry, RequestFacts, Rule, first_match
 from kimi_intercept.config.settings import Config
 from kimi_intercept.dialects import DialectError, text_of
@@ -292,7 +293,7 @@ def plan_route(
         return None
     dialect, path_model, path_stream = found
     try:
-        native = json.loads(body)
+        native = wire_json.loads(body)
     except _JSON_ERRORS as e:
         raise Unplannable(400, "invalid_request", f"the request body is not JSON: {e}") from e
     if not isinstance(native, dict):
