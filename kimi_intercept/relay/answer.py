@@ -40,6 +40,7 @@ from kimi_intercept.relay.failures import (
     redact,
 )
 from kimi_intercept.relay.forwarding import (
+    Answer,
     ClientGone,
     StreamBroken,
     finish,
@@ -96,7 +97,7 @@ async def pipe(
     checks = plan.rule.validate if plan.rule else Validation()
     if sse and checks.repetition and target.dialect == "openai" and plan.kind == "reroute":
         r.repetition = RepetitionDetector()
-    out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    out = Answer(status=upstream.status, reason=upstream.reason)
     for k, v in upstream.headers.items():
         if k.lower() not in _DROP_RESPONSE_HEADERS:
             out.headers.add(k, v)

@@ -33,6 +33,16 @@ class Held(bytes):
     clock: Any = None
 
 
+class Answer(web.StreamResponse):
+    """The client's answer: its status line and headers go out with its first bytes, in one
+    write. aiohttp's ``StreamResponse`` sends them on ``prepare()`` by itself — a send and a
+    TCP segment of their own, which mitmproxy wakes up to read before the body's (its
+    ``Response`` buffers them the same way, aiohttp 3.12+). After the first upstream read
+    :func:`send` flushes them even when there is nothing to send yet."""
+
+    _send_headers_immediately = False
+
+
 class ClientGone(Exception):
     """The client closed its connection while the answer was being sent."""
 
@@ -98,9 +108,11 @@ def translated(bridge: Bridge, piece: bytes | None) -> bytes:
 
 
 async def send(out: web.StreamResponse, data: bytes, plan: RoutePlan, r: Outcome) -> None:
-    """One write of ``data`` to the client (nothing when empty); the first also sets the row's
-    ``ttft_ms``. Raises :class:`ClientGone` if the client left."""
+    """One write of ``data`` to the client; the first also sets the row's ``ttft_ms``. When
+    ``data`` is empty only the headers still held (:class:`Answer`) go. Raises
+    :class:`ClientGone` if the client left."""
     if not data:
+        await write_or_gone(out.write(b""))  # the status and headers, if not sent yet
         return
     await write_or_gone(out.write(data))
     if r.ttft_ms is None:
