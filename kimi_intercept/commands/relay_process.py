@@ -46,8 +46,12 @@ log = logging.getLogger(__name__)
 
 #: Seconds the child may take to say its port (importing, pruning, opening the store).
 START_TIMEOUT_S = 120.0
-#: A child that exits on its own is started again after this many seconds.
-RESTART_DELAY_S = 1.0
+#: A child that exits on its own is started again after the first of these delays (seconds);
+#: when that fails, or the new child exits within :data:`STABLE_S`, after the next one (the
+#: last one repeats: a relay that cannot start keeps being tried, every 30 s).
+RESTART_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+#: A child that served this long (seconds) before exiting starts the delays over.
+STABLE_S = 60.0
 _LINE_LIMIT = 64 * 1024 * 1024  # a log record with a long traceback is still one line
 
 
@@ -76,6 +80,8 @@ class RelayProcess:
         self._pump: asyncio.Task[None] | None = None
         self._stopping = False
         self._missed: list[dict[str, Any]] = []  # calls answered 503 while no child ran
+        self._failures = 0  # restarts in a row that failed, or whose child exited soon
+        self._started_at = 0.0  # loop time when the child said its port
 
     async def start(self, config_path: Path | None) -> int:
         """Start the child with ``config_path`` (``None``: the built-in defaults) and return
@@ -100,7 +106,12 @@ class RelayProcess:
             code = await proc.wait()
             why = str(e) or f"no port after {START_TIMEOUT_S:g} s"
             raise RelayStartError(f"the relay process did not start ({why}; exit {code})") from None
+        except asyncio.CancelledError:  # the proxy stops meanwhile
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            raise
         self.port = port
+        self._started_at = asyncio.get_running_loop().time()
         self._pump = asyncio.ensure_future(self._read_lines(proc))
         for call in self._missed:  # their rows, by the new child
             self._send({"unavailable": call})
@@ -139,20 +150,35 @@ class RelayProcess:
         self.port = None
         if self._stopping:
             return
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._started_at >= STABLE_S:
+            self._failures = 0
+        delay = self._delay()
         self.log_record(
             logging.ERROR, __name__,
             f"kimi-intercept: the relay process exited ({code}); LLM calls get a 503 until it "
-            f"is back, starting it again",
+            f"is back, starting it again in {delay:g} s",
         )  # fmt: skip
-        await asyncio.sleep(RESTART_DELAY_S)
-        if not self._stopping:
+        while True:
+            await asyncio.sleep(delay)
+            if self._stopping:
+                return
             try:
                 port = await self.start(self.config_path)
             except RelayStartError as e:
-                self.log_record(logging.ERROR, __name__, f"kimi-intercept: {e}")
-            else:
-                back = f"kimi-intercept: the relay process is back on 127.0.0.1:{port}"
-                self.log_record(logging.WARNING, __name__, back)
+                delay = self._delay()
+                self.log_record(logging.ERROR, __name__,
+                                f"kimi-intercept: {e}; trying again in {delay:g} s")  # fmt: skip
+                continue
+            back = f"kimi-intercept: the relay process is back on 127.0.0.1:{port}"
+            self.log_record(logging.WARNING, __name__, back)
+            return
+
+    def _delay(self) -> float:
+        """The wait before the next restart (:data:`RESTART_DELAYS_S`), counting this one."""
+        delay = RESTART_DELAYS_S[min(self._failures, len(RESTART_DELAYS_S) - 1)]
+        self._failures += 1
+        return delay
 
     def _send(self, command: dict[str, Any]) -> None:
         if self._proc is not None and self._proc.stdin is not None:
@@ -181,6 +207,10 @@ class RelayProcess:
         proc = self._proc
         if proc is None:
             return
+        if proc.returncode is not None and self._pump is not None:
+            self._pump.cancel()  # no child: it waits to start one again, or is starting one
+            await asyncio.wait([self._pump], timeout=5)
+            proc = self._proc  # one may have started meanwhile
         self._send({"drain": drain_s})
         try:
             await asyncio.wait_for(proc.wait(), drain_s + 30)

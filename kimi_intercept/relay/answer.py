@@ -154,6 +154,9 @@ async def _stream(
             if left is not None and (left := left - len(chunk)) <= 0:
                 tail = data  # the whole body is in
                 break
+            if upstream.content.at_eof():  # nothing more to come: sent with the end (one write)
+                tail = data
+                break
             await send(out, data, plan, r)
             chunk = await next_chunk(upstream, clock, stall)
         if events is not None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 from proxyproc import rows
 
+from kimi_intercept.commands import relay_process
 from kimi_intercept.commands.relay_process import RelayProcess, RelayStartError
 from kimi_intercept.commands.simulator import FakeUpstream, Reply
 from kimi_intercept.relay.intake import HOST_HEADER, TOKEN_HEADER, URL_HEADER
@@ -106,3 +107,67 @@ def test_a_config_the_relay_cannot_use_stops_it_with_the_reason(tmp_path):
     # (the exit code is 2; a test process whose other tests reaped children may see 255)
     assert why.startswith("the relay process did not start (it exited; exit "), why
     assert any("routing.share must be a number" in m for level, _, m in records), records
+
+
+def test_a_relay_that_cannot_start_again_is_tried_until_it_can(tmp_path, monkeypatch):
+    # the delays shortened; the schedule itself is relay_process.RESTART_DELAYS_S
+    monkeypatch.setattr(relay_process, "RESTART_DELAYS_S", (0.2, 0.5, 1.0))
+    db, path = tmp_path / "kimi.db", tmp_path / "config.toml"
+    path.write_text(config(db, "error"))
+    records: list[tuple[int, str, str]] = []
+
+    def said(text: str) -> list[str]:
+        return [m for _, _, m in records if text in m]
+
+    async def wait_for(text: str, n: int = 1, timeout: float = 60) -> None:
+        for _ in range(int(timeout / 0.1)):
+            if len(said(text)) >= n:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"no {text!r} in {records}")
+
+    async def run() -> tuple[int, int | None]:
+        relay = RelayProcess(lambda line: None, lambda *r: records.append(r))
+        first = await relay.start(path)
+        try:
+            path.write_text("[routing]\nshare = 400\n")  # the next start fails on this
+            assert relay._proc is not None
+            relay._proc.kill()  # the relay dies
+            await wait_for("trying again in 0.5 s")
+            await wait_for("trying again in 1 s")  # still failing: the delay grows
+            assert relay.port is None
+            path.write_text(config(db, "error"))  # the user fixes the config
+            await wait_for("the relay process is back")
+            return first, relay.port
+        finally:
+            await relay.stop(5)
+
+    first, port = asyncio.run(run())
+    assert port is not None and port != first
+    assert said("exited (-9); LLM calls get a 503 until it is back, starting it again in 0.2 s")
+    assert said("routing.share must be a number")  # the reason, from the failed child
+
+
+def test_stopping_while_a_restart_is_awaited_does_not_wait_for_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(relay_process, "RESTART_DELAYS_S", (30.0,))
+    path = tmp_path / "config.toml"
+    path.write_text(config(tmp_path / "kimi.db", "error"))
+    records: list[tuple[int, str, str]] = []
+
+    async def run() -> float:
+        relay = RelayProcess(lambda line: None, lambda *r: records.append(r))
+        await relay.start(path)
+        assert relay._proc is not None
+        relay._proc.kill()
+        for _ in range(100):
+            if any("starting it again in 30 s" in m for _, _, m in records):
+                break
+            await asyncio.sleep(0.1)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await relay.stop(5)
+        return loop.time() - began
+
+    took = asyncio.run(run())
+    assert any("starting it again in 30 s" in m for _, _, m in records), records
+    assert took < 5  # not the 30 s wait, nor the 5 s the pump would get
