@@ -52,6 +52,9 @@ START_TIMEOUT_S = 120.0
 RESTART_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 #: A child that served this long (seconds) before exiting starts the delays over.
 STABLE_S = 60.0
+#: Calls answered 503 while no child ran that are kept for their rows (the ones beyond are
+#: counted, and the count is logged).
+MISSED_MAX = 10_000
 _LINE_LIMIT = 64 * 1024 * 1024  # a log record with a long traceback is still one line
 
 
@@ -80,6 +83,7 @@ class RelayProcess:
         self._pump: asyncio.Task[None] | None = None
         self._stopping = False
         self._missed: list[dict[str, Any]] = []  # calls answered 503 while no child ran
+        self._unkept = 0  # such calls beyond MISSED_MAX: no row, only this count
         self._failures = 0  # restarts in a row that failed, or whose child exited soon
         self._started_at = 0.0  # loop time when the child said its port
 
@@ -116,6 +120,7 @@ class RelayProcess:
         for call in self._missed:  # their rows, by the new child
             self._send({"unavailable": call})
         self._missed.clear()
+        self._log_unkept()
         return port
 
     async def _read_port(self, stdout: asyncio.StreamReader) -> int:
@@ -193,8 +198,18 @@ class RelayProcess:
     def unavailable(self, call: dict[str, Any]) -> None:
         """A call answered with a 503 while no child ran (``call``: see
         :meth:`~kimi_intercept.relay.Relay.record_unavailable`): recorded by the next child."""
-        if len(self._missed) < 10_000:
+        if len(self._missed) < MISSED_MAX:
             self._missed.append(call)
+        else:
+            self._unkept += 1
+
+    def _log_unkept(self) -> None:
+        if self._unkept:
+            self.log_record(logging.WARNING, __name__,
+                            f"kimi-intercept: {self._unkept} more call(s) answered 503 while the "
+                            f"relay process was down have no row (only the first "
+                            f"{MISSED_MAX:,} are kept for rows)")  # fmt: skip
+            self._unkept = 0
 
     def cut(self) -> None:
         """Cut the answers still draining (a second signal)."""
@@ -227,6 +242,7 @@ class RelayProcess:
             self.log_record(logging.WARNING, __name__,
                             f"kimi-intercept: {len(self._missed)} call(s) answered 503 while the "
                             f"relay process was down have no row")  # fmt: skip
+        self._log_unkept()
 
 
 # --- the child -------------------------------------------------------------------------------

@@ -171,3 +171,24 @@ def test_stopping_while_a_restart_is_awaited_does_not_wait_for_it(tmp_path, monk
     took = asyncio.run(run())
     assert any("starting it again in 30 s" in m for _, _, m in records), records
     assert took < 5  # not the 30 s wait, nor the 5 s the pump would get
+
+
+def test_calls_beyond_the_kept_ones_are_counted_in_the_log(tmp_path, monkeypatch):
+    monkeypatch.setattr(relay_process, "MISSED_MAX", 2)
+    db, path = tmp_path / "kimi.db", tmp_path / "config.toml"
+    path.write_text(config(db, "error"))
+    records: list[tuple[int, str, str]] = []
+    call = {"method": "POST", "host": "localhost", "path": "/v1/chat/completions",
+            "user_agent": "test/1", "client_host": "127.0.0.1", "started": 1.0,
+            "message": "relay is not running"}  # fmt: skip
+
+    async def run() -> None:
+        relay = RelayProcess(lambda line: None, lambda *r: records.append(r))
+        for _ in range(5):  # answered 503 before any relay ran
+            relay.unavailable(dict(call))
+        await relay.start(path)
+        await relay.stop(5)
+
+    asyncio.run(run())
+    assert [r["outcome"] for r in rows(db)] == ["error", "error"]  # the two kept
+    assert any("3 more call(s) answered 503" in m for _, _, m in records), records
