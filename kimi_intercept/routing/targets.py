@@ -129,7 +129,7 @@ def reroute_targets(
     base = forwardable(headers, _CLIENT_SECRETS)
     base["content-type"] = "application/json"
     targets = []
-    seen: dict[int, tuple[Any, str]] = {}  # message JSON texts shared by the targets' bodies
+    seen: dict[int, tuple[Any, bytes]] = {}  # message JSON texts shared by the targets' bodies
     for entry in chain:
         provider = cfg.providers[entry.provider]
         if entry.model:
