@@ -387,8 +387,8 @@ def _warm_tokenizer() -> None:
     except Exception as e:  # estimates will report their own failure later
         log.warning("kimi-intercept: tokenizer unavailable, estimates will be missing: %s", e)
     # What is loaded now (modules, the config, the tokenizer) lives as long as the process:
-    # out of the cyclic collector's way. Its full collections took 35-40 ms each, twice in 18
-    # big-prompt calls; a frozen heap is not traversed (docs/performance.md).
+    # out of the cyclic collector's way. Its full passes over it took 23-40 ms in one
+    # big_prompt.py run; a frozen heap is not traversed (docs/performance.md).
     gc.freeze()
 
 

@@ -151,10 +151,6 @@ MEMO_FROM_MESSAGES = 8
 _ENCODER = json.JSONEncoder(ensure_ascii=False)  # what json.dumps(v, ensure_ascii=False) uses
 
 
-def _dumps(value: Any) -> str:
-    return _ENCODER.encode(value)
-
-
 def _utf8(value: Any) -> bytes:
     """``value``'s JSON text in UTF-8; ``UnicodeEncodeError`` for a lone surrogate."""
     return _ENCODER.encode(value).encode("utf-8")
@@ -170,8 +166,8 @@ def body_bytes(
     must not change meanwhile. Raises what ``json.dumps`` raises for values that are not JSON.
 
     The pieces are kept and joined as UTF-8 bytes: one copy of the body, where joining
-    texts, framing them and encoding the whole took three (~1.5 against ~0.7 ms for 700 KB,
-    most of it the page faults of fresh large buffers)."""
+    texts, framing them and encoding the whole took three (a 700 KB body from the memo in
+    ~1.05 against ~1.5 ms, ``benchmarks/big_profile.py``'s conversation)."""
     memo = MESSAGES if memo is None else memo
     if type(body) is not dict or not all(type(k) is str for k in body):
         return json_bytes(body)

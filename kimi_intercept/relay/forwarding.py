@@ -36,9 +36,10 @@ class Held(bytes):
 class Answer(web.StreamResponse):
     """The client's answer: its status line and headers go out with its first bytes, in one
     write. aiohttp's ``StreamResponse`` sends them on ``prepare()`` by itself — a send and a
-    TCP segment of their own, which mitmproxy wakes up to read before the body's (its
-    ``Response`` buffers them the same way, aiohttp 3.12+). After the first upstream read
-    :func:`send` flushes them even when there is nothing to send yet."""
+    TCP segment of their own, which mitmproxy wakes up to read before the body's; its
+    ``Response`` holds them with this same class attribute (an aiohttp without it sends them
+    on ``prepare()``, as before). After the first upstream read :func:`send` flushes them even
+    when there is nothing to send yet."""
 
     _send_headers_immediately = False
 
