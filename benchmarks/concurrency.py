@@ -5,8 +5,9 @@ Usage: python benchmarks/concurrency.py [--clients 1,10,50,100] [--seconds 10] [
 
 Setups (``benchmarks/harness.py``): ``direct`` to one fake upstream on loopback, the ``floor``
 (``mitmdump -s benchmarks/floor.py``, HTTPS interception included), ``kimi``
-(``mitmdump -s addons/kimi.py``), optionally ``hop`` (``--hop``: the floor plus a bare relay
-hop, ``benchmarks/floor_relay.py``) and ``litellm``. The fake streams its default answer
+(``mitmdump -s addons/kimi.py``), optionally ``hop`` (``--hop``: the floor's reroute through a
+bare relay reached the way kimi-intercept's is, ``benchmarks/floor_tls_relay.py``) and
+``litellm``. The fake streams its default answer
 (9 SSE events plus ``[DONE]``, ``--gap-ms`` apart; 0 = all at once).
 
 Method: the client is a separate process running asyncio + aiohttp. For each level of
@@ -216,7 +217,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10, help="seconds per setup and level")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds per level")
     ap.add_argument("--gap-ms", type=float, default=0.0, help="fake upstream's gap between events")
-    ap.add_argument("--hop", action="store_true", help="also the floor plus a bare relay hop")
+    ap.add_argument("--hop", action="store_true", help="also a bare relay, reached as kimi's")
     ap.add_argument("--litellm", metavar="PATH", help="also measure LiteLLM's proxy (executable)")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--client-spec", help=argparse.SUPPRESS)  # internal: run as the client

@@ -5,10 +5,12 @@ One :class:`~kimi_intercept.commands.simulator.FakeUpstream` on loopback serves 
 - ``direct``: the client posts to the fake itself (no proxy);
 - ``floor``: ``mitmdump -s benchmarks/floor.py`` (a 3-line reroute, answers streamed), the client
   posts to ``https://api.openai.com/v1/chat/completions`` through it, trusting its CA;
-- ``hop`` (when asked for): ``mitmdump -s benchmarks/floor_relay.py``, the floor plus a bare
-  in-process aiohttp relay hop — the relay design's own cost, without kimi-intercept's work
-  (``HOP_SCRIPT=floor_rawhop.py`` swaps in the same hop served by a bare ``asyncio.Protocol``:
-  the least a second hop can cost);
+- ``hop`` (when asked for): ``mitmdump -s benchmarks/floor_tls_relay.py``, the floor's reroute
+  done the way kimi-intercept's relay is reached — mitmproxy passes the TLS through to a bare
+  aiohttp relay process that decrypts it — without kimi-intercept's work
+  (``HOP_SCRIPT=floor_relay.py``: the hop kimi-intercept used before, mitmproxy decrypting and
+  forwarding to an in-process relay; ``floor_rawhop.py``: that hop as a bare
+  ``asyncio.Protocol``);
 - ``kimi``: ``mitmdump -s addons/kimi.py`` with kimi pointed at the fake, same client settings;
 - ``litellm`` (optional, ``--litellm PATH`` of a ``litellm`` executable): LiteLLM's proxy with a
   model ``gpt-4o`` served by ``openai/kimi-k2.6`` at the fake; the client posts to its base URL.
@@ -377,7 +379,7 @@ def setups_at(
         setups: dict[str, Setup] = {}
         if "direct" in names:
             setups["direct"] = Setup("direct", upstream_url + "/v1/chat/completions")
-        hop_script = os.environ.get("HOP_SCRIPT", "floor_relay.py")
+        hop_script = os.environ.get("HOP_SCRIPT", "floor_tls_relay.py")
         for name, script in (("floor", "floor.py"), ("hop", hop_script)):
             if name not in names:
                 continue

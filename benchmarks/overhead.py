@@ -6,10 +6,10 @@ Usage: python benchmarks/overhead.py [--rounds 5] [--requests 100] [--cold 20] [
 Setups (``benchmarks/harness.py``): ``direct`` to one fake upstream on loopback, the ``floor``
 (``mitmdump -s benchmarks/floor.py``: a 3-line reroute, HTTPS interception included) and
 ``kimi`` (``mitmdump -s addons/kimi.py``, routed to the same fake through its relay, one SQLite
-row per call), optionally ``hop`` (``--hop``: the floor plus a bare relay hop,
-``benchmarks/floor_relay.py``) and ``litellm``. The client is a separate process with a keep-alive
-``httpx.Client`` posting a ~256 B chat request; the fake answers ~250 B of JSON, or 9 SSE events
-sent at once.
+row per call), optionally ``hop`` (``--hop``: the floor's reroute through a bare relay reached
+the way kimi-intercept's is, ``benchmarks/floor_tls_relay.py``) and ``litellm``. The client is
+a separate process with a keep-alive ``httpx.Client`` posting a ~256 B chat request; the fake
+answers ~250 B of JSON, or 9 SSE events sent at once.
 
 Per round, each setup in turn (the order rotates every round): 10 warm-up calls, then
 ``--requests`` JSON calls and ``--requests`` streamed calls on one connection (warm), with the
@@ -145,9 +145,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=100, help="warm calls of each kind per round")
     ap.add_argument("--cold", type=int, default=20, help="new-connection calls per round")
     ap.add_argument("--litellm", metavar="PATH", help="also measure LiteLLM's proxy (executable)")
-    ap.add_argument(
-        "--hop", action="store_true", help="also measure the floor plus a bare relay hop"
-    )
+    ap.add_argument("--hop", action="store_true", help="also a bare relay, reached as kimi's")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--client-spec", help=argparse.SUPPRESS)  # internal: run as the client
     args = ap.parse_args()

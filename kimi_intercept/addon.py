@@ -21,8 +21,14 @@ notes ``mitmproxy.md`` appendix):
   there, on another core than mitmproxy's one event loop (docs/performance.md). It prunes old
   rows, reads the spend so far, and says its port; then the ``ready`` line. If it exits on its
   own it is started again.
-- ``request``: an intercepted LLM call (any dialect) goes to the relay process as the client
-  sent it — every header, the body still in its ``Content-Encoding`` — with the
+- ``tls_clienthello``: with ``[proxy] relay_tls`` (the default), a client on this machine opening
+  TLS to an intercepted host has it passed through, unread, to the relay process's TLS listener,
+  which decrypts it with a certificate from the same CA (written by ``running`` into a private
+  folder: :func:`.relay.direct.write_cert`); every request on that connection is then the
+  relay's (:mod:`.relay.direct`), and the hooks below never see it.
+- ``request``: an intercepted LLM call (any dialect) that mitmproxy decrypted (``relay_tls =
+  false``, a client on another machine, no relay running yet) goes to the relay process as the
+  client sent it — every header, the body still in its ``Content-Encoding`` — with the
   :mod:`.relay.intake` headers added (the run's token, the original URL and host, the client's
   address, when the request arrived) and no query on the hop. The relay plans it; a call it
   cannot plan is answered there in the client's dialect and recorded (or, with ``[routing]
@@ -46,13 +52,17 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import logging
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import ctx, exceptions, http, tls
+from mitmproxy.proxy.mode_specs import RegularMode
 
 from kimi_intercept.commands.checks import check_config, unusable_chain_warning
 from kimi_intercept.commands.relay_process import RelayProcess, RelayStartError
@@ -60,6 +70,7 @@ from kimi_intercept.config.discovery import find_config
 from kimi_intercept.config.settings import Config, ConfigError, allow_hosts_patterns
 from kimi_intercept.dialects import json_bytes
 from kimi_intercept.dialects.bridge import error_json
+from kimi_intercept.relay.direct import write_cert
 from kimi_intercept.relay.intake import (
     CLIENT_HEADER,
     HOST_HEADER,
@@ -101,6 +112,8 @@ class KimiIntercept:
         # Made at once, started by ``running``: a call before then gets the 503 (and its row)
         self.relay = RelayProcess(self._console, self._child_record)
         self.is_running = False
+        self.certs_dir: Path | None = None  # the relay's TLS certificates, made by ``running``
+        self.tls_hosts: frozenset[str] = frozenset()  # passed through to the relay's TLS
 
     def load(self, loader: Any) -> None:
         _CONNECTION_LOGGER.addFilter(self.noise)
@@ -115,8 +128,9 @@ class KimiIntercept:
             "kimi_verbose",
             bool,
             False,
-            "Also print mitmproxy's own flow lines for intercepted LLM calls (by default each "
-            "call shows only kimi-intercept's one-line summary).",
+            "Also print mitmproxy's own flow lines for intercepted LLM calls it decrypts itself "
+            "(by default each call shows only kimi-intercept's one-line summary; with [proxy] "
+            "relay_tls a local client's calls are decrypted by kimi-intercept's relay instead).",
         )
         # Before the config is parsed: never listen on every interface, even briefly.
         if "listen_host" in ctx.options and not ctx.options.listen_host:
@@ -145,6 +159,7 @@ class KimiIntercept:
                 return
             self.cfg, self.config_path = checked.cfg, where.path
             self.relay.reconfigure(where.path)
+            self._tls_hosts()
             cfg = self.cfg
             changes: dict[str, Any] = {
                 "allow_hosts": allow_hosts_patterns(cfg.hosts),
@@ -194,7 +209,10 @@ class KimiIntercept:
         assert self.cfg is not None
         self.is_running = True
         try:
-            port = await self.relay.start(self.config_path)
+            self.certs_dir = Path(tempfile.mkdtemp(prefix="kimi-intercept-certs-"))
+            self._tls_hosts()
+            upstream = (ctx.options.ssl_verify_upstream_trusted_ca, ctx.options.ssl_insecure)
+            port = await self.relay.start(self.config_path, self.certs_dir, upstream)
         except RelayStartError as e:
             log.error("kimi-intercept: %s", e)
             ctx.master.shutdown()
@@ -203,9 +221,10 @@ class KimiIntercept:
         # collector's way (its full collections took up to 70 ms under big prompts)
         gc.freeze()
         log.info(
-            "kimi-intercept: ready — relay on 127.0.0.1:%d, %d LLM hosts intercepted, "
+            "kimi-intercept: ready — relay on 127.0.0.1:%d%s, %d LLM hosts intercepted, "
             "route %s (share %g%%), database %s",
             port,
+            f" (TLS :{self.relay.tls_port})" if self.tls_hosts and self.relay.tls_port else "",
             len(self.cfg.hosts),
             " → ".join(p.name for p in self.cfg.chain)
             + (" (no provider has an API key)" if unusable_chain_warning(self.cfg) else ""),
@@ -217,6 +236,45 @@ class KimiIntercept:
         _CONNECTION_LOGGER.removeFilter(self.noise)
         _on_second_signal(self.relay.cut)
         await self.relay.stop(self.cfg.drain_s if self.cfg is not None else 0.0)
+        self.tls_hosts = frozenset()
+        if self.certs_dir is not None:
+            shutil.rmtree(self.certs_dir, ignore_errors=True)
+
+    def _tls_hosts(self) -> None:
+        """With ``[proxy] relay_tls``, write a certificate (mitmproxy's CA) for each intercepted
+        host that has none yet, and pass those hosts' TLS through to the relay from now on."""
+        cfg, folder = self.cfg, self.certs_dir
+        if cfg is None or folder is None or not cfg.relay_tls:
+            self.tls_hosts = frozenset()
+            return
+        store = getattr(ctx.master.addons.get("tlsconfig"), "certstore", None)
+        if store is None:  # mitmproxy without its TLS addon (a test harness): it decrypts all
+            self.tls_hosts = frozenset()
+            return
+        ca_pem, ca_key = store.default_ca.to_pem(), store.default_privatekey
+        chain = b"".join(c.to_pem() for c in store.default_chain_certs)  # as mitmproxy serves
+        ready = set()
+        for host in cfg.hosts:  # an IP address or a pattern gets none: mitmproxy decrypts it
+            if write_cert(folder, host, ca_pem, ca_key, chain) is not None:
+                ready.add(host.lower())
+        self.tls_hosts = frozenset(ready)
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        """A client on this machine opening TLS to an intercepted host, through the proxy as
+        ``HTTPS_PROXY``: its TLS is passed through, unread, to the relay's TLS listener, which
+        decrypts it with the same CA (:mod:`.relay.direct`). Anything else, mitmproxy decrypts
+        (the ``request`` hook): another host, a client elsewhere (its address goes with the
+        call), a connection already open, another proxy mode, no relay running."""
+        port, sni = self.relay.tls_port, (data.client_hello.sni or "").lower()
+        client, server = data.context.client, data.context.server
+        if port is None or sni not in self.tls_hosts or server.connected:
+            return
+        if not isinstance(client.proxy_mode, RegularMode) or not _local(client.peername):
+            return
+        if server.address is None or server.address[0].lower() != sni:
+            return  # CONNECT named another host than the TLS does
+        data.ignore_connection = True
+        server.address = ("127.0.0.1", port)
 
     def request(self, flow: http.HTTPFlow) -> None:
         """An intercepted LLM call goes to the relay process as the client sent it (the
@@ -273,6 +331,16 @@ class KimiIntercept:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if _METADATA_KEY in flow.metadata and flow.response is not None:
             flow.response.stream = True  # the relay's answer streams, never buffered
+
+
+def _local(peer: Any) -> bool:
+    """Whether a client's address is this machine's (loopback, IPv4 or IPv6)."""
+    try:
+        ip = ipaddress.ip_address(peer[0])
+    except (TypeError, ValueError, IndexError):
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
 
 
 def _logged_url(flow: http.HTTPFlow) -> str:

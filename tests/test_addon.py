@@ -102,3 +102,102 @@ def test_without_a_relay_process_an_llm_call_gets_a_503_in_its_dialect(configure
     error = json.loads(f.response.content)
     assert error["type"] == "error" and "relay is not running" in error["error"]["message"]
     assert f.request.host == "api.openai.com" and TOKEN_HEADER not in f.request.headers
+
+
+def hello(sni: str, peer: str = "127.0.0.1", connect: str | None = None, mode: str = "regular"):
+    """The ``tls_clienthello`` data of a client at ``peer`` that sent ``CONNECT connect:443``
+    (default: ``sni``), then a ClientHello naming ``sni``."""
+    from types import SimpleNamespace
+
+    from mitmproxy import connection, tls
+    from mitmproxy.options import Options
+    from mitmproxy.proxy.context import Context
+    from mitmproxy.proxy.mode_specs import ProxyMode
+
+    client = connection.Client(
+        peername=(peer, 50000), sockname=("127.0.0.1", 8080), proxy_mode=ProxyMode.parse(mode)
+    )
+    context = Context(client, Options())
+    context.server = connection.Server(address=(connect or sni, 443))
+    return tls.ClientHelloData(context, SimpleNamespace(sni=sni))  # only .sni is read
+
+
+@pytest.fixture
+def tls_ready(tmp_path, monkeypatch):
+    """The addon as ``running`` leaves it: certificates written (mitmproxy's CA in
+    ``tmp_path/confdir``), a relay with a TLS port."""
+    from mitmproxy.addons.tlsconfig import TlsConfig
+
+    monkeypatch.setenv("MOONSHOT_API_KEY", "sk-moon")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[storage]\ndatabase = "{tmp_path / "k.db"}"\n')
+    a, tlsconfig = KimiIntercept(), TlsConfig()
+    with taddons.context(Proxyserver(), tlsconfig, a) as tctx:
+        tctx.configure(tlsconfig, confdir=str(tmp_path / "confdir"))
+        tctx.configure(a, kimi_config=str(cfg))
+        a.relay = RelayProcess(lambda line: None, lambda *record: None)
+        a.certs_dir = tmp_path / "certs"
+        a.certs_dir.mkdir()
+        a._tls_hosts()
+        a.relay.tls_port = 6666
+        yield a
+
+
+def test_a_local_clients_tls_to_an_llm_host_goes_to_the_relays_tls_listener(tls_ready):
+    data = hello("api.openai.com")
+    tls_ready.tls_clienthello(data)
+    assert data.ignore_connection  # mitmproxy passes the bytes through, unread
+    assert data.context.server.address == ("127.0.0.1", 6666)
+    path = tls_ready.certs_dir / "api.openai.com.pem"
+    assert path.stat().st_mode & 0o077 == 0  # only this user reads the key
+
+
+def test_the_relays_certificates_are_the_mitmproxy_cas_with_keys_of_their_own(tls_ready, tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    pem = (tls_ready.certs_dir / "api.openai.com.pem").read_bytes()
+    leaf, ca = x509.load_pem_x509_certificates(pem)[:2]
+    ca_file = (tmp_path / "confdir" / "mitmproxy-ca-cert.pem").read_bytes()
+    assert ca == x509.load_pem_x509_certificate(ca_file)
+    leaf.verify_directly_issued_by(ca)  # raises if it is not the CA's signature
+    names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["api.openai.com"]
+    key = serialization.load_pem_private_key(pem[pem.index(b"-----BEGIN PRIVATE KEY") :], None)
+    own = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    assert key.public_key().public_bytes(der, own) == leaf.public_key().public_bytes(der, own)
+    assert ca.public_key().public_bytes(der, own) != leaf.public_key().public_bytes(der, own)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(hello("example.com"), id="a host not intercepted"),
+        pytest.param(hello("api.openai.com", peer="192.0.2.7"), id="a client elsewhere"),
+        pytest.param(hello("api.openai.com", connect="api.anthropic.com"), id="CONNECT elsewhere"),
+        pytest.param(hello("api.openai.com", mode="transparent"), id="transparent mode"),
+    ],
+)
+def test_other_tls_is_left_to_mitmproxy(tls_ready, data):
+    tls_ready.tls_clienthello(data)
+    assert not data.ignore_connection
+    assert data.context.server.address[1] == 443
+
+
+def test_relay_tls_false_leaves_every_call_to_mitmproxy(tls_ready, tmp_path):
+    cfg = tmp_path / "off.toml"
+    cfg.write_text(f'[storage]\ndatabase = "{tmp_path / "k.db"}"\n[proxy]\nrelay_tls = false\n')
+    from mitmproxy import ctx
+
+    ctx.options.update(kimi_config=str(cfg))  # a reload while running
+    data = hello("api.openai.com")
+    tls_ready.tls_clienthello(data)
+    assert not data.ignore_connection
+
+
+def test_no_relay_process_no_pass_through(tls_ready):
+    tls_ready.relay.tls_port = None  # restarting: mitmproxy decrypts, the call gets its 503
+    data = hello("api.openai.com")
+    tls_ready.tls_clienthello(data)
+    assert not data.ignore_connection

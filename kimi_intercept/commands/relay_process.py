@@ -6,11 +6,16 @@ turns with mitmproxy's forwarding, and 50 streaming clients got ~75 % of the cal
 plain mitmproxy serves (docs/performance.md). So the addon only intercepts and forwards; this
 process plans, relays, meters and records.
 
-Child (``python -m kimi_intercept.commands.relay_process CONFIG``, :func:`main`): reads this
+Child (``python -m kimi_intercept.commands.relay_process CONFIG [--certs DIR] [--upstream-ca PEM]
+[--upstream-insecure]``, :func:`main`): reads this
 run's token as its first stdin line, checks the config (:func:`.checks.check_config`), prunes
 old rows, starts the store writer, OpenTelemetry and the team shipper (``[otel]``, ``[team]``),
 reads the spend so far (``[budget]``), starts :class:`~kimi_intercept.relay.Relay` on
-``127.0.0.1`` and says its port. Then it takes commands, one JSON object per stdin line:
+``127.0.0.1`` — with ``--certs``, the addon's certificate folder, its TLS listener too
+(:mod:`kimi_intercept.relay.direct`) — and says its ports. ``--upstream-ca`` and
+``--upstream-insecure`` are mitmproxy's ``ssl_verify_upstream_trusted_ca`` and ``ssl_insecure``
+as the user set them, for the relay's own upstream calls. Then it takes commands, one JSON
+object per stdin line:
 ``{"config": PATH}`` (reload), ``{"drain": SECONDS}`` (graceful shutdown, then exit 0),
 ``{"cut": true}`` (cut the answers still draining), ``{"unavailable": CALL}`` (the row of a
 call the proxy answered with a 503 while no relay process ran). End of stdin — the proxy is
@@ -18,7 +23,8 @@ gone, even killed — drains with ``[proxy] drain_s`` and exits; so does SIGTERM
 cuts).
 SIGINT is ignored: a terminal's Ctrl-C reaches the whole process group, and the proxy decides.
 
-Its stdout carries one JSON object per line to the proxy: ``{"port": N}`` once, then
+Its stdout carries one JSON object per line to the proxy: ``{"port": N, "tls_port": M}``
+(``M`` null without ``--certs``) once, then
 ``{"console": LINE}`` per finished call and ``{"level": N, "logger": NAME, "message": TEXT}``
 per log record (tracebacks in ``message``); its stderr is the proxy's.
 
@@ -67,7 +73,8 @@ class RelayProcess:
     """The relay process, seen from the proxy. Call every method on the proxy's event loop.
 
     ``console(line)`` gets each finished call's console line, ``log_record(level, logger,
-    message)`` each log record of the child; :attr:`port` is ``None`` while no child serves.
+    message)`` each log record of the child; :attr:`port` and :attr:`tls_port` are ``None``
+    while no child serves (``tls_port`` also without a certificate folder).
     """
 
     def __init__(
@@ -79,6 +86,9 @@ class RelayProcess:
         self.log_record = log_record
         self.token = secrets.token_urlsafe(24)
         self.port: int | None = None
+        self.tls_port: int | None = None
+        self.certs_dir: Path | None = None  # the TLS listener's certificates (the addon's)
+        self.upstream: tuple[str | None, bool] = (None, False)  # trusted CA, insecure
         self.config_path: Path | None = None  # None: the built-in defaults
         self._proc: asyncio.subprocess.Process | None = None
         self._pump: asyncio.Task[None] | None = None
@@ -88,23 +98,33 @@ class RelayProcess:
         self._failures = 0  # restarts in a row that failed, or whose child exited soon
         self._started_at = 0.0  # loop time when the child said its port
 
-    async def start(self, config_path: Path | None) -> int:
+    async def start(
+        self, config_path: Path | None, certs_dir: Path | None = None, upstream: Any = None
+    ) -> int:
         """Start the child with ``config_path`` (``None``: the built-in defaults) and return
-        its port.
+        its port; with ``certs_dir`` it also listens with TLS (:attr:`tls_port`); ``upstream``:
+        ``(trusted CA PEM or None, insecure)`` for its upstream calls. Both are kept for
+        restarts.
 
         :raises RelayStartError: it exited before saying its port, or took longer than
             :data:`START_TIMEOUT_S`
         """
         self.config_path = config_path
+        self.certs_dir = certs_dir or self.certs_dir
+        self.upstream = upstream or self.upstream
+        args = ["--certs", str(self.certs_dir)] if self.certs_dir is not None else []
+        ca, insecure = self.upstream
+        args += ["--upstream-ca", str(ca)] if ca else []
+        args += ["--upstream-insecure"] if insecure else []
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", __name__, str(config_path or ""),
+            sys.executable, "-m", __name__, str(config_path or ""), *args,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=_LINE_LIMIT,
         )  # fmt: skip
         assert proc.stdin is not None and proc.stdout is not None
         self._proc = proc
         proc.stdin.write(self.token.encode() + b"\n")
         try:
-            port = await asyncio.wait_for(self._read_port(proc.stdout), START_TIMEOUT_S)
+            port, tls_port = await asyncio.wait_for(self._read_port(proc.stdout), START_TIMEOUT_S)
         except (asyncio.TimeoutError, RelayStartError) as e:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -115,7 +135,7 @@ class RelayProcess:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             raise
-        self.port = port
+        self.port, self.tls_port = port, tls_port
         self._started_at = asyncio.get_running_loop().time()
         self._pump = asyncio.ensure_future(self._read_lines(proc))
         for call in self._missed:  # their rows, by the new child
@@ -124,11 +144,12 @@ class RelayProcess:
         self._log_unkept()
         return port
 
-    async def _read_port(self, stdout: asyncio.StreamReader) -> int:
+    async def _read_port(self, stdout: asyncio.StreamReader) -> tuple[int, int | None]:
         while line := await stdout.readline():
             said = self._said(line)
             if "port" in said:
-                return int(said["port"])
+                tls_port = said.get("tls_port")
+                return int(said["port"]), int(tls_port) if tls_port else None
         raise RelayStartError("it exited")
 
     def _said(self, line: bytes) -> dict[str, Any]:
@@ -153,7 +174,7 @@ class RelayProcess:
         while line := await proc.stdout.readline():
             self._said(line)
         code = await proc.wait()
-        self.port = None
+        self.port = self.tls_port = None
         if self._stopping:
             return
         loop = asyncio.get_running_loop()
@@ -238,7 +259,7 @@ class RelayProcess:
             await proc.wait()
         if self._pump is not None:
             await asyncio.wait([self._pump], timeout=5)
-        self.port = None
+        self.port = self.tls_port = None
         if self._missed:
             self.log_record(logging.WARNING, __name__,
                             f"kimi-intercept: {len(self._missed)} call(s) answered 503 while the "
@@ -271,7 +292,7 @@ class _ToProxy(logging.Handler):
             self.handleError(record)
 
 
-async def _serve(config_path: Path | None, token: str) -> int:
+async def _serve(config_path: Path | None, token: str, args: Any) -> int:
     from kimi_intercept.commands.checks import check_config
     from kimi_intercept.commands.status import status_file_for
     from kimi_intercept.config.settings import ConfigError
@@ -313,12 +334,13 @@ async def _serve(config_path: Path | None, token: str) -> int:
             telemetry.record(row, attempts)  # a queue put: exported by its own threads
 
     relay = Relay(cfg, record, status_path=status_file_for(cfg.database),
-                  preparer=checked.preparer, token=token)  # fmt: skip
+                  preparer=checked.preparer, token=token, certs_dir=args.certs)  # fmt: skip
+    relay.upstream.extra_ca, relay.upstream.insecure = args.upstream_ca, args.upstream_insecure
     # spend so far today / this month, from the store (the budget counts on from there)
     await asyncio.to_thread(relay.budget.reconcile, cfg.database)
     port = await relay.start()
     threading.Thread(target=_warm_tokenizer, name="kimi-tokenizer", daemon=True).start()
-    _emit({"port": port})
+    _emit({"port": port, "tls_port": relay.tls_port})
     await relay.drain(await _commands(relay))
     await relay.stop()
     writer.close()
@@ -402,18 +424,25 @@ def _first_line() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The child's entry point: ``argv`` is ``[CONFIG]`` (empty: the built-in defaults);
-    returns the exit code."""
-    args = sys.argv[1:] if argv is None else argv
+    """The child's entry point: ``argv`` is ``[CONFIG (empty: the built-in defaults), options]``
+    (module docstring); returns the exit code."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="relay_process", add_help=False)
+    parser.add_argument("config")
+    parser.add_argument("--certs", type=Path)
+    parser.add_argument("--upstream-ca")
+    parser.add_argument("--upstream-insecure", action="store_true")
+    parsed, unknown = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the proxy decides (module docstring)
     root = logging.getLogger()
     root.handlers[:] = [_ToProxy()]
     root.setLevel(logging.INFO)
     token = _first_line().strip()
-    if len(args) != 1 or not token:
+    if unknown or not token:
         print("usage: started by the kimi-intercept addon only", file=sys.stderr)
         return 2
-    return asyncio.run(_serve(Path(args[0]) if args[0] else None, token))
+    return asyncio.run(_serve(Path(parsed.config) if parsed.config else None, token, parsed))
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ ROUTING_KEYS = (
 )  # fmt: skip
 SHADOW_KEYS = ("provider", "share")
 STORAGE_KEYS = ("database", "retention_days", "spool")  # retention_days: storage.retention
-PROXY_KEYS = ("max_body_mb", "drain_s")
+PROXY_KEYS = ("max_body_mb", "drain_s", "relay_tls")
 DIALECTS_KEYS = ("responses",)
 RESPONSES_KEYS = ("drop_builtin_tools",)  # [dialects.responses]
 PROVIDER_KEYS = (
@@ -183,6 +183,9 @@ class Config:
     # ${VAR} name -> expanded value, only to take secrets back out of messages (redact)
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     drain_s: float = 30.0  # [proxy] drain_s: on SIGTERM/SIGINT, streams in flight get this long
+    # [proxy] relay_tls: a local client's TLS to an LLM host is passed through by mitmproxy to
+    # the relay process, which decrypts it itself (docs/request-path.md, "TLS at the relay")
+    relay_tls: bool = True
     # [dialects.responses] drop_builtin_tools: drop (logged) the Responses API's hosted tools
     # (web_search …) of a rerouted request instead of refusing it with a 400
     responses_drop_builtin_tools: bool = True
@@ -351,9 +354,11 @@ def _build(
             database = source.parent / database
     max_body_mb = _number(_table(raw, "proxy"), "proxy.max_body_mb", 0.001, 4096)
     drain_s = _number(_table(raw, "proxy"), "proxy.drain_s", 0, 3600)
+    relay_tls = _bool(_table(raw, "proxy"), "proxy.relay_tls")
     return Config(
         hosts, routing, database, providers, dict(models), source, raw, rules,
-        max_body_mb=max_body_mb, drain_s=drain_s, kimi=parse_kimi(raw.get("kimi")),
+        max_body_mb=max_body_mb, drain_s=drain_s, relay_tls=relay_tls,
+        kimi=parse_kimi(raw.get("kimi")),
         secrets=secrets,
         responses_drop_builtin_tools=_bool(responses, "dialects.responses.drop_builtin_tools"),
     )  # fmt: skip

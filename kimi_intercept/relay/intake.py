@@ -1,5 +1,6 @@
 """What reaches the relay process: an intercepted call as the client sent it, and the few
-facts mitmproxy knew about it.
+facts mitmproxy knew about it — or, over the relay's TLS listener (:mod:`.direct`), the
+client's own request, whose facts the relay finds itself.
 
 The addon forwards an intercepted LLM call to the relay unchanged — method, path, every header
 (the client's key included), the body still in its ``Content-Encoding`` — over loopback, and
@@ -17,6 +18,7 @@ on_plan_error = "passthrough"``, and a call the relay's config no longer interce
 from __future__ import annotations
 
 import hmac
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -66,9 +68,34 @@ def authorized(request: web.BaseRequest, token: str) -> bool:
     return hmac.compare_digest(request.headers.get(TOKEN_HEADER, "").encode(), token.encode())
 
 
+def direct_host(request: web.BaseRequest) -> tuple[str, str]:
+    """``(host, authority)`` of a request on the TLS listener: its ``Host`` header without and
+    with the port (mitmproxy's ``pretty_host``; RFC 9110 §7.2), lower case; empty without one."""
+    authority = request.headers.get("host", "").strip().lower()
+    if authority.startswith("["):  # an IP literal: never a certificate of ours (direct.py)
+        return authority.partition("]")[0] + "]", authority
+    return authority.rpartition(":")[0] if ":" in authority else authority, authority
+
+
 async def received(request: web.BaseRequest) -> Received:
     """The call behind ``request`` (reads its whole body, whatever its size: the limit is
-    ``[proxy] max_body_mb``, applied by planning)."""
+    ``[proxy] max_body_mb``, applied by planning). A request on the TLS listener
+    (``request.secure``) is the client's own: its URL is ``https://`` + its ``Host`` + its
+    path, the client is the listener's peer (mitmproxy, on this machine: it passes the TLS
+    through only for clients on this machine), and it started when its headers were read."""
+    if request.secure:
+        started = time.time()
+        host, authority = direct_host(request)
+        return Received(
+            method=request.method,
+            url=f"https://{authority}{request.raw_path}",
+            host=host,
+            path=request.raw_path,
+            headers=[(k, v) for k, v in request.headers.items() if k.lower() not in META],
+            body=await request.content.read(),
+            client_host=request.remote,
+            started=started,
+        )
     h = request.headers
     try:
         started: float | None = float(h.get(STARTED_HEADER, ""))

@@ -39,7 +39,8 @@ If every target fails the client gets an error in its dialect (OpenAI's
 with the last provider's status and message.
 
 The relay answers only calls that carry this run's token (404 otherwise, :mod:`.intake`), so it
-is not an open proxy to anything on the machine.
+is not an open proxy to anything on the machine; on its TLS listener (:mod:`.direct`), only calls
+to a host it holds a certificate for.
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ from kimi_intercept.config.budget import budget_settings
 from kimi_intercept.config.cache import cache_settings
 from kimi_intercept.config.settings import Config
 from kimi_intercept.dialects import text_of
-from kimi_intercept.dialects.bridge import error_json, openai_error_body
-from kimi_intercept.relay import intake, offload, refusal, shadow
+from kimi_intercept.dialects.bridge import error_json
+from kimi_intercept.relay import direct, intake, offload, refusal, shadow
 from kimi_intercept.relay.admission import cannot_try, tokens_guess
 from kimi_intercept.relay.answer import attempt_row, client_left, count_tokens, ms_since, pipe
 from kimi_intercept.relay.budget import BudgetTracker, gate
@@ -96,8 +97,8 @@ Recorder = Callable[..., None]
 
 class Relay:
     """aiohttp server + client on the running loop. ``record(row, attempts)`` must not block;
-    ``token`` is what a call must carry in :data:`.intake.TOKEN_HEADER` (a fresh random one by
-    default)."""
+    ``token``: what a call must carry in :data:`.intake.TOKEN_HEADER` (default: a random one);
+    ``certs_dir``: the addon's certificates, to listen with TLS too (:mod:`.direct`)."""
 
     def __init__(
         self,
@@ -106,8 +107,11 @@ class Relay:
         status_path: Path | None = None,
         preparer: Preparer | None = None,
         token: str | None = None,
+        certs_dir: Path | None = None,
     ):
         self.cfg = cfg
+        self.certs_dir = certs_dir
+        self.tls_port: int | None = None
         self.preparer = preparer or Preparer(cfg)
         self.record = record
         self.status_path = status_path
@@ -134,7 +138,8 @@ class Relay:
         self.arriving = 0  # calls received and still being planned
 
     async def start(self) -> int:
-        """Listen on ``127.0.0.1`` (an ephemeral port) and return the port."""
+        """Listen on ``127.0.0.1`` (an ephemeral port) and return the port; with ``certs_dir``
+        also with TLS (another ephemeral port, :attr:`tls_port`)."""
         # aiohttp's low-level server: no application, router or middleware on the path of a
         # call (the hop measured cheaper, docs/performance.md). handler_cancellation: a client
         # that leaves cancels its handler, which closes upstream.
@@ -148,6 +153,8 @@ class Relay:
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        if self.certs_dir is not None:
+            self.tls_port = await direct.listen(self._runner, self.certs_dir)
         self.upstream.start()
         return self.port
 
@@ -184,18 +191,19 @@ class Relay:
         self.conversations = ConversationTracker(cfg.routing.conversation_idle_s)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        if not intake.authorized(request, self.token):
-            body = openai_error_body("not a call from this proxy", "not_found")
-            return web.json_response(body, status=404)
+        early = await direct.gate(request, self.token, self.certs_dir, self._session())
+        if early is not None:  # not ours, or not an HTTP call
+            return early
         self.arriving += 1  # a shutdown waits for it to be planned (drain)
         try:
             call = await intake.received(request)
             plan = await offload.sized(len(call.body), self._plan, call)
         finally:
             self.arriving -= 1
-        if plan is None:  # this config no longer intercepts it (a reload): as the client sent it
-            log.info("kimi-intercept: %s passed through: not intercepted by the current config",
-                     text_of(call.host))  # fmt: skip
+        if plan is None:  # not an LLM call, or (a reload) no longer intercepted: sent unchanged
+            if not request.secure:  # the addon sent it as an LLM call
+                log.info("kimi-intercept: %s passed through: not intercepted by the current config",
+                         text_of(call.host))  # fmt: skip
             return (await intake.forward_unchanged(self._session(), request, call))[0]
         if plan.kind == "rejected":
             return await self._unplanned(request, call, plan)

@@ -37,18 +37,27 @@ from kimi_intercept.routing.targets import Target
 
 
 class Upstream:
-    """The relay's client side: one aiohttp session (certifi's CAs, no proxy from the
-    environment, no decompression: bytes pass as the provider sent them), the routing timeouts
-    and the providers' health."""
+    """The relay's client side: one aiohttp session (certifi's CAs, plus or instead of them what
+    the user gave mitmproxy: :attr:`extra_ca`, :attr:`insecure`; no proxy from the environment;
+    no decompression: bytes pass as the provider sent them), the routing timeouts and the
+    providers' health."""
 
     def __init__(self, routing: Routing, health: ProviderHealth):
         self.routing = routing
         self.health = health
         self.session: aiohttp.ClientSession | None = None
+        #: mitmproxy's ``ssl_verify_upstream_trusted_ca`` (a PEM also trusted) and
+        #: ``ssl_insecure`` (no verification), as the user set them; read by :meth:`start`
+        self.extra_ca: str | None = None
+        self.insecure = False
 
     def start(self) -> None:
         """Open the client session (on the running event loop)."""
-        ctx = ssl.create_default_context(cafile=certifi.where())
+        ctx: ssl.SSLContext | bool = ssl.create_default_context(cafile=certifi.where())
+        if self.extra_ca:
+            ctx.load_verify_locations(cafile=self.extra_ca)
+        if self.insecure:
+            ctx = False  # aiohttp: no certificate verification
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=ctx, limit=0),
             timeout=aiohttp.ClientTimeout(total=None),

@@ -33,10 +33,10 @@ def _our_lines(log: str) -> list[str]:
 
 @pytest.fixture
 def proxied(tmp_path, fake_upstream, start_proxy, openai_client):
-    def make(extra_args=()):
+    def make(extra_args=(), config_extra=""):
         kimi, deepseek = fake_upstream(), fake_upstream()
         db = tmp_path / "kimi.db"
-        proxy = start_proxy(render_config(db, kimi.url, deepseek.url), extra_args)
+        proxy = start_proxy(render_config(db, kimi.url, deepseek.url) + config_extra, extra_args)
         return kimi, deepseek, proxy, openai_client(proxy), db
 
     return make
@@ -78,7 +78,11 @@ def test_each_call_prints_one_line_and_no_flow_lines(proxied):
 
 
 def test_kimi_verbose_brings_mitmproxy_lines_back(proxied):
-    kimi, deepseek, proxy, client, db = proxied(["--set", "kimi_verbose=true"])
+    """For the calls mitmproxy decrypts itself (``relay_tls = false`` here; with it, a local
+    client's calls never reach mitmproxy's HTTP layer: ``test_relay_tls_e2e.py``)."""
+    kimi, deepseek, proxy, client, db = proxied(
+        ["--set", "kimi_verbose=true"], "\n[proxy]\nrelay_tls = false\n"
+    )
     kimi.enqueue(Reply.sse_file(MOONSHOT_STREAM))
     list(client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True))
     wait_rows(db, 1)

@@ -1,0 +1,109 @@
+"""The floor's reroute with the relay design kimi-intercept uses, and nothing else: mitmproxy
+passes the client's TLS through, unread, to a relay process that decrypts it itself.
+
+For measuring only (``overhead.py --hop``, ``concurrency.py --hop``: the default ``HOP_SCRIPT``).
+Run as ``mitmdump -s benchmarks/floor_tls_relay.py --set connection_strategy=lazy`` with
+``FLOOR_UPSTREAM=http://127.0.0.1:<port>``. Like kimi-intercept with ``[proxy] relay_tls``
+(``kimi_intercept.relay.direct``): the ``tls_clienthello`` hook marks a connection to
+``api.openai.com`` as not to be intercepted and points it at a child process, which serves
+TLS with a certificate for that host from mitmproxy's own CA (so the client's trust is the
+same) through aiohttp's low-level server, and forwards each call to the upstream with an
+aiohttp client, streaming the answer back chunk by chunk — without planning, fallbacks,
+metering or rows. ``floor_relay.py`` is the hop kimi-intercept used before (mitmproxy
+decrypts, then forwards over plain HTTP: ``HOP_SCRIPT=floor_relay.py``).
+Run as a script (``HOP_CERT=PEM python benchmarks/floor_tls_relay.py``) it serves the relay
+alone and prints its port.
+"""
+
+import asyncio
+import os
+import ssl
+import sys
+import tempfile
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+UPSTREAM = os.environ.get("FLOOR_UPSTREAM", "")
+HOST = "api.openai.com"
+_DROP = {"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"}
+
+
+class TlsRelayHop:
+    def __init__(self):
+        self.port = None
+        self.child = None
+        self.folder = None
+
+    async def running(self):
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+        from mitmproxy import ctx
+
+        entry = ctx.master.addons.get("tlsconfig").certstore.get_cert(HOST, [x509.DNSName(HOST)])
+        key = entry.privatekey.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        self.folder = Path(tempfile.mkdtemp())
+        pem = self.folder / f"{HOST}.pem"
+        pem.write_bytes(entry.cert.to_pem() + key)
+        self.child = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "HOP_CERT": str(pem)},
+        )  # fmt: skip
+        self.port = int(await self.child.stdout.readline())
+
+    def tls_clienthello(self, data):
+        if data.client_hello.sni == HOST and self.port:
+            data.ignore_connection = True
+            data.context.server.address = ("127.0.0.1", self.port)
+
+    def done(self):
+        if self.child is not None and self.child.returncode is None:
+            self.child.terminate()
+
+
+class Relay:
+    async def start(self):
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(os.environ["HOP_CERT"])
+        tls.set_alpn_protocols(["http/1.1"])
+        runner = web.ServerRunner(web.Server(self.handle, access_log=None), handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
+        await site.start()
+        self.session = aiohttp.ClientSession(
+            auto_decompress=False, trust_env=False, cookie_jar=aiohttp.DummyCookieJar()
+        )
+        return site._server.sockets[0].getsockname()[1]
+
+    async def handle(self, request):
+        body = await request.read()
+        headers = {"content-type": request.headers.get("content-type", "application/json")}
+        async with self.session.post(UPSTREAM + request.path, data=body, headers=headers) as up:
+            out = web.StreamResponse(status=up.status)
+            for k, v in up.headers.items():
+                if k.lower() not in _DROP:
+                    out.headers.add(k, v)
+            if up.content_length is not None:
+                out.content_length = up.content_length
+            await out.prepare(request)
+            async for chunk in up.content.iter_any():
+                await out.write(chunk)
+            await out.write_eof()
+        return out
+
+
+addons = [TlsRelayHop()]
+
+
+async def _serve_alone():
+    print(await Relay().start(), flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve_alone())
