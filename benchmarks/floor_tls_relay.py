@@ -23,11 +23,10 @@ import tempfile
 from pathlib import Path
 
 import aiohttp
+import floor_relay  # mitmproxy puts a script's folder on sys.path, as Python does for a script
 from aiohttp import web
 
-UPSTREAM = os.environ.get("FLOOR_UPSTREAM", "")
 HOST = "api.openai.com"
-_DROP = {"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"}
 
 
 class TlsRelayHop:
@@ -66,7 +65,9 @@ class TlsRelayHop:
             self.child.terminate()
 
 
-class Relay:
+class Relay(floor_relay.HopRelay):
+    """``floor_relay``'s relay (the same handler), served with TLS."""
+
     async def start(self):
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls.load_cert_chain(os.environ["HOP_CERT"])
@@ -79,22 +80,6 @@ class Relay:
             auto_decompress=False, trust_env=False, cookie_jar=aiohttp.DummyCookieJar()
         )
         return site._server.sockets[0].getsockname()[1]
-
-    async def handle(self, request):
-        body = await request.read()
-        headers = {"content-type": request.headers.get("content-type", "application/json")}
-        async with self.session.post(UPSTREAM + request.path, data=body, headers=headers) as up:
-            out = web.StreamResponse(status=up.status)
-            for k, v in up.headers.items():
-                if k.lower() not in _DROP:
-                    out.headers.add(k, v)
-            if up.content_length is not None:
-                out.content_length = up.content_length
-            await out.prepare(request)
-            async for chunk in up.content.iter_any():
-                await out.write(chunk)
-            await out.write_eof()
-        return out
 
 
 addons = [TlsRelayHop()]

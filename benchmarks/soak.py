@@ -88,13 +88,16 @@ async def _run(spec: dict) -> dict:
     out = {n: {"calls": 0, "errors": 0, "first_errors": [], "rss_kb": {}, "seconds": 0.0}
            for n in names}  # fmt: skip
     cuts = [max(1, round(spec["requests"] * c)) for c in CUTS]
+    # one TLS context per setup for the whole run: aiohttp pools connections by it, so each
+    # client keeps its one connection from cut to cut, as an agent keeps its own
+    contexts = {n: ssl_context(s) for n, s in setups.items()}
     try:
         done_before = 0
         for i, cut in enumerate(cuts):
             order = names[i % len(names) :] + names[: i % len(names)]
             for name in order:
                 s, r = setups[name], out[name]
-                ssl_ctx = ssl_context(s)
+                ssl_ctx = contexts[name]
                 left = [cut - done_before]
 
                 async def worker(session, s=s, r=r, ssl_ctx=ssl_ctx, left=left) -> None:
