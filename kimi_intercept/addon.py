@@ -210,7 +210,11 @@ class KimiIntercept:
         self.is_running = True
         try:
             self.certs_dir = Path(tempfile.mkdtemp(prefix="kimi-intercept-certs-"))
-            self._tls_hosts()
+        except OSError as e:  # mitmproxy decrypts every call, as with relay_tls = false
+            log.warning("kimi-intercept: no folder for the relay's certificates (%s); "
+                        "mitmproxy decrypts every call", e)  # fmt: skip
+        self._tls_hosts()
+        try:
             upstream = (ctx.options.ssl_verify_upstream_trusted_ca, ctx.options.ssl_insecure)
             port = await self.relay.start(self.config_path, self.certs_dir, upstream)
         except RelayStartError as e:
@@ -255,8 +259,12 @@ class KimiIntercept:
         chain = b"".join(c.to_pem() for c in store.default_chain_certs)  # as mitmproxy serves
         ready = set()
         for host in cfg.hosts:  # an IP address or a pattern gets none: mitmproxy decrypts it
-            if write_cert(folder, host, ca_pem, ca_key, chain) is not None:
-                ready.add(host.lower())
+            try:
+                if write_cert(folder, host, ca_pem, ca_key, chain) is not None:
+                    ready.add(host.lower())
+            except (OSError, ValueError, TypeError) as e:  # a full disk, a CA key it cannot use
+                log.warning("kimi-intercept: no relay certificate for %s (%s); mitmproxy "
+                            "decrypts its calls", host, e)  # fmt: skip
         self.tls_hosts = frozenset(ready)
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:

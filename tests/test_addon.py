@@ -201,3 +201,19 @@ def test_no_relay_process_no_pass_through(tls_ready):
     data = hello("api.openai.com")
     tls_ready.tls_clienthello(data)
     assert not data.ignore_connection
+
+
+def test_a_host_added_by_a_reload_gets_its_certificate_and_goes_to_the_relay(tls_ready, tmp_path):
+    from mitmproxy import ctx
+
+    cfg = tmp_path / "more.toml"
+    cfg.write_text(
+        f'[storage]\ndatabase = "{tmp_path / "k.db"}"\n'
+        '[intercept]\nhosts = ["api.openai.com", "llm.example.dev", "10.0.0.7"]\n'
+    )
+    ctx.options.update(kimi_config=str(cfg))  # :set kimi_config=… while running
+    assert (tls_ready.certs_dir / "llm.example.dev.pem").is_file()
+    assert tls_ready.tls_hosts == {"api.openai.com", "llm.example.dev"}  # no IP address
+    data = hello("llm.example.dev")
+    tls_ready.tls_clienthello(data)
+    assert data.ignore_connection and data.context.server.address == ("127.0.0.1", 6666)

@@ -9,6 +9,10 @@ of the proxy's latency and CPU (docs/performance.md, "TLS at the relay"). Every 
 such a connection reaches the relay: LLM calls are planned as usual, anything else on the host
 (``GET /v1/models``, OAuth, a WebSocket) is sent on unchanged (:mod:`.intake`, :func:`websocket`).
 
+Like the proxy's own port, the listener takes connections from any process on this machine; it
+serves only the hosts it holds a certificate for (:func:`gate`), so it is no open proxy to
+anything else; its certificates' keys are readable by this user only, like the CA's own.
+
 The certificates are made when the proxy starts (:func:`write_cert`, called by the addon with
 mitmproxy's CA): one PEM file per host, ``<dir>/<host>.pem``, holding a certificate signed by
 that CA and its own fresh key (never the CA's key, which mitmproxy uses for its own leaf
@@ -40,6 +44,7 @@ from kimi_intercept.routing.websocket import REFUSAL_STATUS, is_responses_websoc
 log = logging.getLogger(__name__)
 
 _HOST_NAME = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")
+_HOST_NAME_IS_IP = re.compile(r"[0-9.]+")  # IPv6 has colons: _HOST_NAME refuses it already
 # Not forwarded on a WebSocket handshake: aiohttp makes its own (RFC 6455 §4.1), and these
 # describe one connection (RFC 9110 §7.6.1).
 _WS_OWN = frozenset(
@@ -52,9 +57,10 @@ _WS_OWN = frozenset(
 
 def cert_path(certs_dir: Path, host: str) -> Path | None:
     """The PEM file of ``host`` in ``certs_dir``, or ``None`` for a name that is not a plain DNS
-    host name (lower case), which never gets one."""
+    host name, which never gets one: a pattern, an IP address (a client names no IP address in
+    SNI, RFC 6066 §3). Case does not matter."""
     host = host.lower()
-    if not _HOST_NAME.fullmatch(host) or ".." in host:
+    if not _HOST_NAME.fullmatch(host) or ".." in host or _HOST_NAME_IS_IP.fullmatch(host):
         return None
     return certs_dir / f"{host}.pem"
 
@@ -70,12 +76,13 @@ def write_cert(
     at all. Returns the path, ``None`` for a name :func:`cert_path` refuses."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     path = cert_path(certs_dir, host)
     if path is None or path.is_file():
         return path
+    no_digest = (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)  # they sign the message itself
     ca = x509.load_pem_x509_certificate(ca_pem)
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -94,7 +101,7 @@ def write_cert(
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key()), critical=False
         )
-        .sign(ca_key, hashes.SHA256())
+        .sign(ca_key, None if isinstance(ca_key, no_digest) else hashes.SHA256())
     )
     own_key = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
