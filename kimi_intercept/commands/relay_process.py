@@ -7,17 +7,15 @@ plain mitmproxy serves (docs/performance.md). So the addon only intercepts and f
 process plans, relays, meters and records.
 
 Child (``python -m kimi_intercept.commands.relay_process CONFIG [--certs DIR] [--upstream-ca PEM]
-[--upstream-insecure]``, :func:`main`): reads this
-run's token as its first stdin line, checks the config (:func:`.checks.check_config`), prunes
-old rows, starts the store writer, OpenTelemetry and the team shipper (``[otel]``, ``[team]``),
-reads the spend so far (``[budget]``), starts :class:`~kimi_intercept.relay.Relay` on
-``127.0.0.1`` — with ``--certs``, the addon's certificate folder, its TLS listener too
-(:mod:`kimi_intercept.relay.direct`) — and says its ports. ``--upstream-ca`` and
-``--upstream-insecure`` are mitmproxy's ``ssl_verify_upstream_trusted_ca`` and ``ssl_insecure``
-as the user set them, for the relay's own upstream calls. Then it takes commands, one JSON
-object per stdin line:
-``{"config": PATH}`` (reload), ``{"drain": SECONDS}`` (graceful shutdown, then exit 0),
-``{"cut": true}`` (cut the answers still draining), ``{"unavailable": CALL}`` (the row of a
+[--upstream-insecure]``, :func:`main`): reads this run's token as its first stdin line, checks
+the config (:func:`.checks.check_config`), prunes old rows, starts the store writer,
+OpenTelemetry and the team shipper (``[otel]``, ``[team]``), reads the spend so far
+(``[budget]``), starts :class:`~kimi_intercept.relay.Relay` on ``127.0.0.1`` (with the
+addon's ``--certs``, its TLS listener too: :mod:`kimi_intercept.relay.direct`) and says its
+ports. ``--upstream-ca`` / ``--upstream-insecure``: mitmproxy's ``ssl_verify_upstream_trusted_ca``
+/ ``ssl_insecure``, for its own upstream calls. Then it takes commands, one JSON object per
+stdin line: ``{"config": PATH}`` (reload), ``{"drain": SECONDS}`` (graceful shutdown, then exit
+0), ``{"cut": true}`` (cut the answers still draining), ``{"unavailable": CALL}`` (the row of a
 call the proxy answered with a 503 while no relay process ran). End of stdin — the proxy is
 gone, even killed — drains with ``[proxy] drain_s`` and exits; so does SIGTERM (a second one
 cuts).
@@ -99,7 +97,10 @@ class RelayProcess:
         self._started_at = 0.0  # loop time when the child said its port
 
     async def start(
-        self, config_path: Path | None, certs_dir: Path | None = None, upstream: Any = None
+        self,
+        config_path: Path | None,
+        certs_dir: Path | None = None,
+        upstream: tuple[str | None, bool] | None = None,
     ) -> int:
         """Start the child with ``config_path`` (``None``: the built-in defaults) and return
         its port; with ``certs_dir`` it also listens with TLS (:attr:`tls_port`); ``upstream``:
