@@ -6,17 +6,19 @@ Run as ``mitmdump -s benchmarks/floor_tls_relay.py --set connection_strategy=laz
 ``FLOOR_UPSTREAM=http://127.0.0.1:<port>``. Like kimi-intercept with ``[proxy] relay_tls``
 (``kimi_intercept.relay.direct``): the ``tls_clienthello`` hook marks a connection to
 ``api.openai.com`` as not to be intercepted and points it at a child process, which serves
-TLS with a certificate for that host from mitmproxy's own CA (so the client's trust is the
-same) through aiohttp's low-level server, and forwards each call to the upstream with an
-aiohttp client, streaming the answer back chunk by chunk — without planning, fallbacks,
-metering or rows. ``floor_relay.py`` is the hop kimi-intercept used before (mitmproxy
-decrypts, then forwards over plain HTTP: ``HOP_SCRIPT=floor_relay.py``).
+TLS with a certificate for that host from mitmproxy's own CA, made as kimi-intercept makes
+its own (``write_cert``: the client's trust is the same), through aiohttp's low-level server,
+and forwards each call to the upstream with an aiohttp client, streaming the answer back chunk
+by chunk — without planning, fallbacks, metering or rows. ``floor_relay.py`` is the hop
+kimi-intercept used before (mitmproxy decrypts, then forwards over plain HTTP:
+``HOP_SCRIPT=floor_relay.py``).
 Run as a script (``HOP_CERT=PEM python benchmarks/floor_tls_relay.py``) it serves the relay
 alone and prints its port.
 """
 
 import asyncio
 import os
+import shutil
 import ssl
 import sys
 import tempfile
@@ -36,19 +38,13 @@ class TlsRelayHop:
         self.folder = None
 
     async def running(self):
-        from cryptography import x509
-        from cryptography.hazmat.primitives import serialization
         from mitmproxy import ctx
 
-        entry = ctx.master.addons.get("tlsconfig").certstore.get_cert(HOST, [x509.DNSName(HOST)])
-        key = entry.privatekey.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        from kimi_intercept.relay.direct import write_cert
+
+        store = ctx.master.addons.get("tlsconfig").certstore
         self.folder = Path(tempfile.mkdtemp())
-        pem = self.folder / f"{HOST}.pem"
-        pem.write_bytes(entry.cert.to_pem() + key)
+        pem = write_cert(self.folder, HOST, store.default_ca.to_pem(), store.default_privatekey)
         self.child = await asyncio.create_subprocess_exec(
             sys.executable, __file__, stdout=asyncio.subprocess.PIPE,
             env={**os.environ, "HOP_CERT": str(pem)},
@@ -63,6 +59,8 @@ class TlsRelayHop:
     def done(self):
         if self.child is not None and self.child.returncode is None:
             self.child.terminate()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class Relay(floor_relay.HopRelay):

@@ -270,9 +270,11 @@ class KimiIntercept:
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         """A client on this machine opening TLS to an intercepted host, through the proxy as
         ``HTTPS_PROXY``: its TLS is passed through, unread, to the relay's TLS listener, which
-        decrypts it with the same CA (:mod:`.relay.direct`). Anything else, mitmproxy decrypts
-        (the ``request`` hook): another host, a client elsewhere (its address goes with the
-        call), a connection already open, another proxy mode, no relay running."""
+        decrypts it with the same CA (:mod:`.relay.direct`). Anything else mitmproxy decrypts
+        (the ``request`` hook): an intercepted host without a certificate (an IP address, a
+        pattern), a client elsewhere (its address goes with the call), a connection already
+        open, another proxy mode, no relay running. Hosts not intercepted never get here
+        (``allow_hosts``)."""
         port, sni = self.relay.tls_port, (data.client_hello.sni or "").lower()
         client, server = data.context.client, data.context.server
         if port is None or sni not in self.tls_hosts or server.connected:

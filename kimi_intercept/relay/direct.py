@@ -17,7 +17,7 @@ The certificates are made when the proxy starts (:func:`write_cert`, called by t
 mitmproxy's CA): one PEM file per host, ``<dir>/<host>.pem``, holding a certificate signed by
 that CA and its own fresh key (never the CA's key, which mitmproxy uses for its own leaf
 certificates), in a folder only this user can read, removed when the proxy stops; the relay
-loads them as clients ask for them (:func:`server_context`). The listener speaks HTTP/1.1
+loads them as clients ask for them (:class:`Certificates`). The listener speaks HTTP/1.1
 (ALPN ``http/1.1``; a client that offers ``h2`` too uses HTTP/1.1, RFC 7301 §3.2).
 """
 
@@ -121,25 +121,31 @@ def has_cert(certs_dir: Path, host: str) -> bool:
     return path is not None and path.is_file()
 
 
-def server_context(certs_dir: Path) -> ssl.SSLContext:
-    """A TLS server context that picks each connection's certificate by its SNI from
-    ``certs_dir`` (loaded once per host, then kept). A client without SNI, or naming a host
-    without a certificate, gets the ``unrecognized_name`` alert (RFC 6066 §3)."""
-    contexts: dict[str, ssl.SSLContext] = {}
+class Certificates:
+    """The addon's certificate folder as the listener uses it: each host's TLS context is loaded
+    the first time a handshake or a request names the host, then kept (the addon never removes
+    a file while the proxy runs), so a request costs no file lookup."""
 
-    def for_host(host: str) -> ssl.SSLContext | None:
-        if host in contexts:
-            return contexts[host]
-        path = cert_path(certs_dir, host)
-        if path is None or not path.is_file():
-            return None
-        ctx = _context()
-        ctx.load_cert_chain(path)
-        contexts[host] = ctx
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._contexts: dict[str, ssl.SSLContext] = {}
+
+    def context(self, host: str) -> ssl.SSLContext | None:
+        """The server context of ``host`` (lower case), ``None`` without a certificate."""
+        ctx = self._contexts.get(host)
+        if ctx is None and has_cert(self.folder, host):
+            ctx = self._contexts[host] = _context()
+            ctx.load_cert_chain(self.folder / f"{host}.pem")
         return ctx
 
+
+def server_context(certs: Certificates) -> ssl.SSLContext:
+    """A TLS server context that picks each connection's certificate by its SNI from ``certs``.
+    A client without SNI, or naming a host without a certificate, gets the ``unrecognized_name``
+    alert (RFC 6066 §3)."""
+
     def pick(sslobj: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> int | None:
-        ctx = for_host(server_name or "")
+        ctx = certs.context((server_name or "").lower())
         if ctx is None:
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
         sslobj.context = ctx
@@ -150,10 +156,10 @@ def server_context(certs_dir: Path) -> ssl.SSLContext:
     return outer
 
 
-async def listen(runner: web.BaseRunner, certs_dir: Path) -> int:
+async def listen(runner: web.BaseRunner, certs: Certificates) -> int:
     """Serve ``runner``'s server with TLS (:func:`server_context`) on ``127.0.0.1`` too, on an
     ephemeral port; return it."""
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context(certs_dir))
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context(certs))
     await site.start()
     return int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
 
@@ -170,7 +176,7 @@ def is_websocket(request: web.BaseRequest) -> bool:
 
 
 async def gate(
-    request: web.BaseRequest, token: str, certs_dir: Path | None, session: aiohttp.ClientSession
+    request: web.BaseRequest, token: str, certs: Certificates | None, session: aiohttp.ClientSession
 ) -> web.StreamResponse | None:
     """What a request gets before planning, if anything; ``None``: plan it.
 
@@ -185,7 +191,7 @@ async def gate(
         body = openai_error_body("not a call from this proxy", "not_found")
         return web.json_response(body, status=404)
     host, authority = direct_host(request)
-    if certs_dir is None or not has_cert(certs_dir, host):
+    if certs is None or certs.context(host) is None:
         return web.Response(status=421, text=f"{host or 'no Host'}: not served here")
     if not is_websocket(request):
         return None

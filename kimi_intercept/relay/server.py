@@ -110,7 +110,7 @@ class Relay:
         certs_dir: Path | None = None,
     ):
         self.cfg = cfg
-        self.certs_dir = certs_dir
+        self.certs = direct.Certificates(certs_dir) if certs_dir is not None else None
         self.tls_port: int | None = None
         self.preparer = preparer or Preparer(cfg)
         self.record = record
@@ -153,8 +153,8 @@ class Relay:
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        if self.certs_dir is not None:
-            self.tls_port = await direct.listen(self._runner, self.certs_dir)
+        if self.certs is not None:
+            self.tls_port = await direct.listen(self._runner, self.certs)
         self.upstream.start()
         return self.port
 
@@ -191,7 +191,7 @@ class Relay:
         self.conversations = ConversationTracker(cfg.routing.conversation_idle_s)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        early = await direct.gate(request, self.token, self.certs_dir, self._session())
+        early = await direct.gate(request, self.token, self.certs, self._session())
         if early is not None:  # not ours, or not an HTTP call
             return early
         self.arriving += 1  # a shutdown waits for it to be planned (drain)

@@ -11,7 +11,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from kimi_intercept.relay.direct import cert_path, has_cert, server_context, write_cert
+from kimi_intercept.relay.direct import (
+    Certificates,
+    cert_path,
+    has_cert,
+    server_context,
+    write_cert,
+)
 
 
 @pytest.mark.parametrize(
@@ -81,7 +87,7 @@ def test_each_client_gets_the_certificate_of_the_host_it_names(tmp_path):
     ca, ca_pem, ca_key = _ca()
     for host in ("api.openai.com", "api.anthropic.com"):
         write_cert(tmp_path, host, ca_pem, ca_key)
-    server = server_context(tmp_path)
+    server = server_context(Certificates(tmp_path))
     client = ssl.create_default_context()
     ca.configure_trust(client)
     for host in ("api.openai.com", "api.anthropic.com"):
